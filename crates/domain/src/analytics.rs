@@ -1,0 +1,334 @@
+//! Analytics counters built from committed events: per ad, per campaign and for all ads,
+//! in minute buckets (recent, exact to the minute) and hour buckets (older, up to the
+//! retention). A query over [from, to) sums minute buckets for the part after the
+//! "minute floor" (the hour boundary where minute buckets start) and hour buckets before
+//! it, so every event is counted exactly once. A bucket belongs to a range when its start
+//! lies inside the range; ranges are therefore resolved to whole minutes (recent part)
+//! or whole hours (older part). The whole structure is rebuilt from the event store at
+//! start, which is why it needs no persistence of its own.
+
+use crate::StoredEvent;
+use crate::pb::{self, EventType, Metric};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+/// Retention of the counters (`[analytics]` in the config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Hours of minute-resolution buckets (default 2).
+    pub minute_retention_hours: u32,
+    /// Days of hour-resolution buckets (default 8; queries beyond return zero).
+    pub retention_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { minute_retention_hours: 2, retention_days: 8 }
+    }
+}
+
+/// Counters of one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// Events by `EventType` value (index 0 unused).
+    pub by_type: [u64; 8],
+    /// Sum of revenue in US dollars.
+    pub revenue_usd: f64,
+    /// Sum of video positions of video events, in milliseconds.
+    pub video_ms: u64,
+}
+
+impl Counters {
+    fn add_event(&mut self, e: &pb::AdEvent) {
+        let t = e.r#type as usize;
+        if t < self.by_type.len() {
+            self.by_type[t] += 1;
+        }
+        self.revenue_usd += e.revenue_usd.unwrap_or(0.0);
+        if matches!(
+            EventType::try_from(e.r#type),
+            Ok(EventType::VideoStart | EventType::VideoProgress | EventType::VideoComplete)
+        ) {
+            self.video_ms += e.video_position_ms.max(0) as u64;
+        }
+    }
+
+    fn merge(&mut self, o: &Counters) {
+        for (a, b) in self.by_type.iter_mut().zip(o.by_type) {
+            *a += b;
+        }
+        self.revenue_usd += o.revenue_usd;
+        self.video_ms += o.video_ms;
+    }
+
+    /// Number of events of type `t`.
+    pub fn count(&self, t: EventType) -> u64 {
+        self.by_type[t as usize]
+    }
+
+    /// All events.
+    pub fn total(&self) -> u64 {
+        self.by_type.iter().sum()
+    }
+
+    /// clicks / impressions, 0 without impressions.
+    pub fn ctr(&self) -> f64 {
+        ratio(self.count(EventType::Click), self.count(EventType::Impression))
+    }
+
+    /// conversions / clicks, 0 without clicks.
+    pub fn conversion_rate(&self) -> f64 {
+        ratio(self.count(EventType::Conversion), self.count(EventType::Click))
+    }
+
+    /// The value of `metric` (impressions by default).
+    pub fn metric(&self, metric: Metric) -> f64 {
+        match metric {
+            Metric::Unspecified | Metric::Impressions => self.count(EventType::Impression) as f64,
+            Metric::Clicks => self.count(EventType::Click) as f64,
+            Metric::Conversions => self.count(EventType::Conversion) as f64,
+            Metric::Revenue => self.revenue_usd,
+            Metric::Ctr => self.ctr(),
+            Metric::ConversionRate => self.conversion_rate(),
+        }
+    }
+
+    /// The denominator of a rate metric (impressions for CTR, clicks for conversion rate).
+    pub fn denominator(&self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Ctr => self.count(EventType::Impression),
+            Metric::ConversionRate => self.count(EventType::Click),
+            _ => u64::MAX,
+        }
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+#[derive(Default)]
+struct Series {
+    minutes: BTreeMap<i64, Counters>,
+    hours: BTreeMap<i64, Counters>,
+}
+
+impl Series {
+    fn add(&mut self, e: &pb::AdEvent) {
+        let ts = e.timestamp_ms;
+        self.minutes.entry(ts.div_euclid(MINUTE)).or_default().add_event(e);
+        self.hours.entry(ts.div_euclid(HOUR)).or_default().add_event(e);
+    }
+
+    fn sum(&self, from: i64, to: i64, minute_floor: i64) -> Counters {
+        let mut c = Counters::default();
+        if from >= to {
+            return c;
+        }
+        let (hour_to, minute_from) = (to.min(minute_floor), from.max(minute_floor));
+        if from < hour_to {
+            // Hour buckets whose start lies in [from, hour_to).
+            for (_, b) in self.hours.range(ceil_div(from, HOUR)..ceil_div(hour_to, HOUR)) {
+                c.merge(b);
+            }
+        }
+        if minute_from < to {
+            for (_, b) in self.minutes.range(ceil_div(minute_from, MINUTE)..ceil_div(to, MINUTE)) {
+                c.merge(b);
+            }
+        }
+        c
+    }
+
+    fn prune(&mut self, minute_floor: i64, hour_floor: i64) {
+        self.minutes = self.minutes.split_off(&minute_floor.div_euclid(MINUTE));
+        self.hours = self.hours.split_off(&hour_floor.div_euclid(HOUR));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hours.is_empty()
+    }
+}
+
+fn ceil_div(a: i64, b: i64) -> i64 {
+    -((-a).div_euclid(b))
+}
+
+/// Which series a query reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// All ads together.
+    All,
+    /// One ad.
+    Ad(&'a str),
+    /// One campaign.
+    Campaign(&'a str),
+}
+
+/// The analytics state of a gateway.
+#[derive(Default)]
+pub struct Analytics {
+    retention: Retention,
+    all: Series,
+    ads: HashMap<String, Series>,
+    campaigns: HashMap<String, Series>,
+    recorded: u64,
+}
+
+impl Analytics {
+    /// Empty analytics with the given retention.
+    pub fn new(retention: Retention) -> Self {
+        Self { retention, ..Default::default() }
+    }
+
+    fn minute_floor(&self, now_ms: i64) -> i64 {
+        (now_ms.div_euclid(HOUR) - self.retention.minute_retention_hours as i64) * HOUR
+    }
+
+    fn hour_floor(&self, now_ms: i64) -> i64 {
+        (now_ms.div_euclid(HOUR) - self.retention.retention_days as i64 * 24) * HOUR
+    }
+
+    /// Counts committed events; events older than the retention are skipped.
+    pub fn record<'a>(&mut self, events: impl IntoIterator<Item = &'a StoredEvent>, now_ms: i64) {
+        let hour_floor = self.hour_floor(now_ms);
+        for s in events {
+            let e = &s.event;
+            if e.timestamp_ms < hour_floor {
+                continue;
+            }
+            self.all.add(e);
+            series(&mut self.ads, &e.ad_id).add(e);
+            if !e.campaign_id.is_empty() {
+                series(&mut self.campaigns, &e.campaign_id).add(e);
+            }
+            self.recorded += 1;
+            // Amortised pruning: once per ~million events keeps memory flat without a timer.
+            if self.recorded.is_multiple_of(1 << 20) {
+                self.prune(now_ms);
+            }
+        }
+    }
+
+    /// Drops buckets that fell out of the retention.
+    pub fn prune(&mut self, now_ms: i64) {
+        let (mf, hf) = (self.minute_floor(now_ms), self.hour_floor(now_ms));
+        self.all.prune(mf, hf);
+        for map in [&mut self.ads, &mut self.campaigns] {
+            map.retain(|_, s| {
+                s.prune(mf, hf);
+                !s.is_empty()
+            });
+        }
+    }
+
+    /// Counters of `scope` over [from, to).
+    pub fn sum(&self, scope: Scope<'_>, from: i64, to: i64, now_ms: i64) -> Counters {
+        let floor = self.minute_floor(now_ms);
+        let s = match scope {
+            Scope::All => Some(&self.all),
+            Scope::Ad(id) => self.ads.get(id),
+            Scope::Campaign(id) => self.campaigns.get(id),
+        };
+        s.map(|s| s.sum(from, to, floor)).unwrap_or_default()
+    }
+
+    /// Each ad with events in [from, to), with its counters.
+    pub fn ads_in(&self, from: i64, to: i64, now_ms: i64) -> Vec<(&str, Counters)> {
+        per_key(&self.ads, from, to, self.minute_floor(now_ms))
+    }
+
+    /// Each campaign with events in [from, to), with its counters.
+    pub fn campaigns_in(&self, from: i64, to: i64, now_ms: i64) -> Vec<(&str, Counters)> {
+        per_key(&self.campaigns, from, to, self.minute_floor(now_ms))
+    }
+}
+
+fn series<'m>(map: &'m mut HashMap<String, Series>, id: &str) -> &'m mut Series {
+    if !map.contains_key(id) {
+        map.insert(id.to_owned(), Series::default());
+    }
+    map.get_mut(id).expect("inserted above")
+}
+
+fn per_key<'a>(map: &'a HashMap<String, Series>, from: i64, to: i64, floor: i64) -> Vec<(&'a str, Counters)> {
+    map.iter()
+        .map(|(k, s)| (k.as_str(), s.sum(from, to, floor)))
+        .filter(|(_, c)| c.total() > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn ev(ad: &str, camp: &str, t: EventType, ts: i64, revenue: Option<f64>) -> StoredEvent {
+        StoredEvent {
+            received_at_ms: ts,
+            event: pb::AdEvent {
+                event_id: format!("{ad}-{ts}"),
+                ad_id: ad.into(),
+                campaign_id: camp.into(),
+                r#type: t as i32,
+                timestamp_ms: ts,
+                revenue_usd: revenue,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn windows_count_each_event_once() {
+        let mut a = Analytics::new(Retention::default());
+        let evs = vec![
+            ev("a", "c1", EventType::Impression, NOW - 5 * MINUTE, None),
+            ev("a", "c1", EventType::Click, NOW - 30 * MINUTE, None),
+            ev("a", "c1", EventType::Conversion, NOW - 3 * HOUR, Some(2.5)),
+            ev("b", "c2", EventType::Impression, NOW - 2 * 86_400_000, None),
+        ];
+        a.record(&evs, NOW);
+        let hour = a.sum(Scope::Ad("a"), NOW - HOUR, NOW, NOW);
+        assert_eq!((hour.count(EventType::Impression), hour.count(EventType::Click)), (1, 1));
+        assert_eq!(hour.count(EventType::Conversion), 0);
+        let day = a.sum(Scope::Ad("a"), NOW - 24 * HOUR, NOW, NOW);
+        assert_eq!(day.total(), 3);
+        assert_eq!(day.revenue_usd, 2.5);
+        assert_eq!(day.ctr(), 1.0);
+        assert_eq!(day.conversion_rate(), 1.0);
+        assert_eq!(a.sum(Scope::All, NOW - 7 * 24 * HOUR, NOW, NOW).total(), 4);
+        assert_eq!(a.sum(Scope::Campaign("c2"), NOW - 24 * HOUR, NOW, NOW).total(), 0);
+        assert_eq!(a.sum(Scope::Campaign("c2"), NOW - 7 * 24 * HOUR, NOW, NOW).total(), 1);
+    }
+
+    #[test]
+    fn minute_and_hour_parts_do_not_overlap() {
+        let mut a = Analytics::new(Retention::default());
+        // One event per minute for the last 5 hours.
+        let evs: Vec<_> = (1..=300).map(|m| ev("a", "", EventType::Impression, NOW - m * MINUTE, None)).collect();
+        a.record(&evs, NOW);
+        let all = a.sum(Scope::Ad("a"), NOW - 10 * HOUR, NOW + MINUTE, NOW);
+        assert_eq!(all.total(), 300);
+    }
+
+    #[test]
+    fn prune_keeps_what_queries_can_still_see() {
+        let mut a = Analytics::new(Retention::default());
+        a.record(&[ev("a", "", EventType::Click, NOW - 3 * HOUR, None)], NOW);
+        a.prune(NOW);
+        assert_eq!(a.sum(Scope::Ad("a"), NOW - 24 * HOUR, NOW, NOW).total(), 1);
+        a.prune(NOW + 9 * 24 * HOUR);
+        assert!(a.ads_in(0, i64::MAX, NOW).is_empty());
+    }
+
+    #[test]
+    fn rates_are_zero_without_denominator() {
+        let c = Counters::default();
+        assert_eq!((c.ctr(), c.conversion_rate()), (0.0, 0.0));
+    }
+}
