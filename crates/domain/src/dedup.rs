@@ -93,16 +93,19 @@ impl DedupWindow {
         if s.gens.iter().any(|g| g.ids.contains(&key)) {
             return false;
         }
-        let needs_new = s.gens.back().is_none_or(|g| now_ms >= g.start_ms + self.gen_ms);
+        // A new generation starts when the newest is older than a generation span or holds
+        // its share of the memory bound, so the bound always drops a slice, never all ids.
+        let gen_cap = (self.max_per_shard / GENERATIONS as usize).max(1);
+        let needs_new =
+            s.gens.back().is_none_or(|g| now_ms >= g.start_ms + self.gen_ms || g.ids.len() >= gen_cap);
         if needs_new {
-            let start_ms = now_ms - now_ms.rem_euclid(self.gen_ms);
-            s.gens.push_back(Generation { start_ms, ids: IdSet::default() });
+            s.gens.push_back(Generation { start_ms: now_ms, ids: IdSet::default() });
         }
         if let Some(g) = s.gens.back_mut() {
             g.ids.insert(key);
         }
         s.len += 1;
-        while s.len > self.max_per_shard {
+        while s.len > self.max_per_shard && s.gens.len() > 1 {
             let Some(old) = s.gens.pop_front() else { break };
             s.len -= old.ids.len();
             self.evicted_early.fetch_add(old.ids.len() as u64, Ordering::Relaxed);
@@ -170,7 +173,7 @@ mod tests {
         let d = DedupWindow::new(80_000, 1_000_000);
         assert!(d.insert(key("a"), 0));
         assert!(!d.insert(key("a"), 79_000));
-        // The generation holding "a" ([0, 10s)) is fully older than 80 s at 90 s.
+        // The generation holding "a" (started at 0, spanning 10 s) is fully older than 80 s at 90 s.
         assert!(d.insert(key("a"), 90_001));
     }
 

@@ -1,1 +1,13 @@
-//! placeholder
+//! The adflow gateway: configuration, the ingest pipeline, the tonic services and the
+//! server that wires them together. `server::serve` is what the binary and the
+//! integration tests both run.
+
+pub mod config;
+pub mod pipeline;
+pub mod server;
+pub mod services;
+mod status;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::serve;

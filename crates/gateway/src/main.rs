@@ -1,1 +1,69 @@
-fn main(){}
+//! `adflow-gateway`: loads the configuration, sizes the runtime to the machine, and runs
+//! the gateway until SIGINT or SIGTERM.
+
+use adflow_gateway::{Config, serve, telemetry};
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+/// The adflow gRPC gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML file merged over the defaults and configs/default.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML-like JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("adflow-gateway: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    telemetry::init(&cfg.log);
+    let threads = match cfg.server.worker_threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("binding {} (server.listen)", cfg.server.listen))?;
+        tracing::info!(worker_threads = threads, "runtime ready");
+        serve(listener, cfg, shutdown_signal()).await
+    })
+}

@@ -1,0 +1,311 @@
+//! Gateway configuration, loaded with figment in this order (later wins): built-in
+//! defaults <- `configs/default.toml` (when present in the working directory) <-
+//! `--config FILE` <- `ADFLOW_SECTION__KEY` environment variables. Every struct denies
+//! unknown keys (figment would silently ignore a typo otherwise) and `validate` checks
+//! ranges, so a bad value stops the gateway at start with the key named.
+
+use adflow_domain::analytics::Retention;
+use adflow_domain::validate::Limits;
+use adflow_store::StorageConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The shipped defaults file, merged when it exists in the working directory.
+pub const DEFAULT_FILE: &str = "configs/default.toml";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` names a file that does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value has the wrong type or an unknown key was given (figment names the key).
+    #[error("invalid configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    /// A value is outside its allowed range.
+    #[error("invalid configuration: {key} {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `ingest.max_batch_events`.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network and runtime settings.
+    pub server: ServerConfig,
+    /// The ingest pipeline.
+    pub ingest: IngestConfig,
+    /// Limits every event must respect.
+    pub validation: Limits,
+    /// Analytics counters retention.
+    pub analytics: Retention,
+    /// Where events are stored.
+    pub storage: StorageConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on (default "127.0.0.1:50051").
+    pub listen: SocketAddr,
+    /// Largest accepted gRPC message, in bytes (default 16 MiB).
+    pub max_message_bytes: usize,
+    /// Tokio worker threads; 0 means one per CPU core (default 0).
+    pub worker_threads: usize,
+    /// Longest wait for open requests and streams at shutdown, in ms (default 10000).
+    pub shutdown_grace_ms: u64,
+    /// Most concurrent HTTP/2 streams per connection (default 1024).
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 16 << 20,
+            worker_threads: 0,
+            shutdown_grace_ms: 10_000,
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// When the gateway answers an ingest request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the batch holding the events is committed by the store.
+    #[default]
+    Durable,
+    /// Once the events are validated, deduplicated and queued.
+    Accepted,
+}
+
+/// `[ingest]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Ack mode for requests that leave it UNSPECIFIED (default "durable").
+    pub ack_mode: AckMode,
+    /// Most events in one request or streamed batch (default 10000).
+    pub max_events_per_request: usize,
+    /// Events that may wait between the RPC handlers and the store; beyond it requests
+    /// get RESOURCE_EXHAUSTED (default 262144).
+    pub queue_capacity_events: usize,
+    /// The batcher writes once this many events are gathered (default 8192).
+    pub max_batch_events: usize,
+    /// ...or once the first gathered event has waited this long, in ms (default 1).
+    pub max_batch_delay_ms: u64,
+    /// Batches a StreamEvents call may have awaiting their ack (default 32).
+    pub stream_max_inflight: usize,
+    /// Store write attempts before durable requests fail with UNAVAILABLE (default 5).
+    pub store_retry_attempts: u32,
+    /// First retry backoff in ms, doubled per attempt with jitter (default 20).
+    pub store_retry_base_ms: u64,
+    /// Longest retry backoff in ms (default 2000).
+    pub store_retry_max_ms: u64,
+    /// Deduplication by event id.
+    pub dedup: DedupConfig,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            ack_mode: AckMode::Durable,
+            max_events_per_request: 10_000,
+            queue_capacity_events: 262_144,
+            max_batch_events: 8_192,
+            max_batch_delay_ms: 1,
+            stream_max_inflight: 32,
+            store_retry_attempts: 5,
+            store_retry_base_ms: 20,
+            store_retry_max_ms: 2_000,
+            dedup: DedupConfig::default(),
+        }
+    }
+}
+
+/// `[ingest.dedup]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Deduplicate by event id (default true).
+    pub enabled: bool,
+    /// How long an accepted id is remembered, in seconds (default 600).
+    pub window_secs: u64,
+    /// Most ids remembered (about 24 bytes each; default 2000000). When reached, the
+    /// oldest ids are forgotten early and counted as early evictions.
+    pub max_ids: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { enabled: true, window_secs: 600, max_ids: 2_000_000 }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Text or JSON (default "text").
+    pub format: LogFormat,
+    /// tracing filter directives (default "info"); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into() }
+}
+
+impl Config {
+    /// Loads defaults <- `configs/default.toml` <- `file` <- environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if Path::new(DEFAULT_FILE).exists() {
+            fig = fig.merge(Toml::file(DEFAULT_FILE));
+        }
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::MissingFile(f.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        Self::from_figment(fig.merge(env()))
+    }
+
+    /// Extracts and validates a configuration from any figment (used by tests too).
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks value ranges that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let i = &self.ingest;
+        if i.max_events_per_request == 0 {
+            return Err(invalid("ingest.max_events_per_request", "must be > 0"));
+        }
+        if i.queue_capacity_events < i.max_events_per_request || i.queue_capacity_events > u32::MAX as usize {
+            return Err(invalid(
+                "ingest.queue_capacity_events",
+                format!("must be >= ingest.max_events_per_request ({}) and < 2^32", i.max_events_per_request),
+            ));
+        }
+        if i.max_batch_events == 0 {
+            return Err(invalid("ingest.max_batch_events", "must be > 0"));
+        }
+        if i.stream_max_inflight == 0 {
+            return Err(invalid("ingest.stream_max_inflight", "must be > 0"));
+        }
+        if i.store_retry_attempts == 0 {
+            return Err(invalid("ingest.store_retry_attempts", "must be > 0"));
+        }
+        if i.dedup.enabled && (i.dedup.window_secs == 0 || i.dedup.max_ids == 0) {
+            return Err(invalid("ingest.dedup", "window_secs and max_ids must be > 0 when enabled"));
+        }
+        if self.server.max_message_bytes < 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1024"));
+        }
+        if self.validation.max_event_id_len == 0 {
+            return Err(invalid("validation.max_event_id_len", "must be > 0"));
+        }
+        if self.analytics.retention_days == 0 {
+            return Err(invalid("analytics.retention_days", "must be > 0"));
+        }
+        if self.storage.file.segment_bytes < 4096 {
+            return Err(invalid("storage.file.segment_bytes", "must be at least 4096"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", format!("{:?} is not a valid tracing filter", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+/// `ADFLOW_SECTION__KEY=value` variables. Only names with `__` are read: every key lives
+/// in a section, and other `ADFLOW_*` variables (e.g. test settings) are not config.
+fn env() -> Env {
+    Env::prefixed("ADFLOW_").filter(|k| k.as_str().contains("__")).split("__")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name)
+    }
+
+    #[test]
+    fn the_shipped_default_file_loads_and_equals_the_built_in_defaults() {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(shipped("default.toml")));
+        assert_eq!(Config::from_figment(fig).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[ingest]\nmax_batch_events = \"many\""));
+        let err = Config::from_figment(fig).unwrap_err().to_string();
+        assert!(err.contains("max_batch_events"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let fig =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string("[ingest]\nbatch_size = 5"));
+        let err = Config::from_figment(fig).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_the_key() {
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[ingest]\nqueue_capacity_events = 10"));
+        let err = Config::from_figment(fig).unwrap_err().to_string();
+        assert!(err.contains("ingest.queue_capacity_events"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ADFLOW_SERVER__LISTEN", "127.0.0.1:6000");
+            jail.set_env("ADFLOW_INGEST__DEDUP__WINDOW_SECS", "42");
+            jail.set_env("ADFLOW_TEST_REDIS_URL", "redis://ignored");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.server.listen.port(), 6000);
+            assert_eq!(cfg.ingest.dedup.window_secs, 42);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,283 @@
+//! The ingest pipeline: validate -> dedup -> bounded queue -> batcher -> `EventStore`.
+//!
+//! Handlers call `Pipeline::enqueue`, which does the cheap per-event work on the RPC's own
+//! task (so it spreads over all cores), reserves room for the new events in a semaphore
+//! counted in events (the memory bound), and hands them to the single batcher task. The
+//! batcher gathers submissions into one commit (group commit: many requests share one
+//! fsync), retries failed writes with backoff, updates analytics after each commit, and
+//! answers durable waiters. Room is given back only when the events are committed, so
+//! the queue plus the batch in flight never exceed `ingest.queue_capacity_events`.
+
+mod batcher;
+
+use crate::config::{AckMode, IngestConfig};
+use adflow_domain::analytics::Analytics;
+use adflow_domain::dedup::{self, DedupWindow};
+use adflow_domain::validate::Limits;
+use adflow_domain::{StoredEvent, now_ms, pb};
+use adflow_store::EventStore;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// Why a request could not be taken in.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The request carries no event.
+    #[error("the request has no events")]
+    Empty,
+    /// The request carries more events than allowed.
+    #[error("the request has {got} events, the limit is {limit} per request")]
+    TooMany {
+        /// Events sent.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A single event (SendEvent) failed validation.
+    #[error("event rejected: {0}")]
+    Invalid(#[from] adflow_domain::validate::Invalid),
+    /// The pipeline has no room for the events.
+    #[error(
+        "ingest pipeline is full ({queued} of {capacity} events waiting for the store); retry with backoff"
+    )]
+    Full {
+        /// Events currently waiting.
+        queued: usize,
+        /// The capacity.
+        capacity: usize,
+    },
+    /// The gateway is stopping.
+    #[error("the gateway is shutting down; resend to another gateway or after restart")]
+    ShuttingDown,
+    /// The store could not commit the batch holding the events; none of them was stored.
+    #[error("the event store could not commit the batch ({0}); none of these events was stored, retry")]
+    CommitFailed(String),
+}
+
+/// Counters of the pipeline, for logs, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events received in requests.
+    pub received: AtomicU64,
+    /// Events accepted (new ids).
+    pub accepted: AtomicU64,
+    /// Events refused as duplicates.
+    pub duplicates: AtomicU64,
+    /// Events refused by validation.
+    pub rejected: AtomicU64,
+    /// Events committed by the store.
+    pub committed: AtomicU64,
+    /// Commits (batches written).
+    pub batches: AtomicU64,
+    /// Failed store writes (each attempt).
+    pub store_errors: AtomicU64,
+}
+
+/// Whether the caller waits for room in the queue or is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse with `IngestError::Full` (unary and batch RPCs).
+    Refuse,
+    /// Wait for room (streams, whose backpressure is HTTP/2 flow control).
+    Wait,
+}
+
+/// One request's events on their way to the batcher.
+pub(crate) struct Submission {
+    events: Vec<StoredEvent>,
+    keys: Vec<u128>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// A request taken in; `wait` yields its reply once the ack mode is satisfied.
+pub struct Pending {
+    reply: pb::IngestReply,
+    commit: Option<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl Pending {
+    /// Waits for the commit (durable mode) and returns the reply.
+    pub async fn wait(self) -> Result<pb::IngestReply, IngestError> {
+        if let Some(rx) = self.commit {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(IngestError::CommitFailed(e)),
+                Err(_) => return Err(IngestError::ShuttingDown),
+            }
+        }
+        Ok(self.reply)
+    }
+}
+
+/// The shared state of the pipeline, cloned into every handler.
+pub struct Pipeline {
+    cfg: IngestConfig,
+    limits: Limits,
+    tx: mpsc::Sender<Submission>,
+    room: Arc<Semaphore>,
+    dedup: Option<Arc<DedupWindow>>,
+    counters: Arc<Counters>,
+    batcher: batcher::Handle,
+}
+
+impl Pipeline {
+    /// Starts the batcher over `store`, feeding `analytics` after each commit.
+    pub fn start(
+        cfg: IngestConfig,
+        limits: Limits,
+        store: Arc<dyn EventStore>,
+        analytics: Arc<RwLock<Analytics>>,
+        dedup: Option<Arc<DedupWindow>>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity_events);
+        let counters = Arc::new(Counters::default());
+        let room = Arc::new(Semaphore::new(cfg.queue_capacity_events));
+        let batcher = batcher::spawn(cfg.clone(), rx, store, analytics, dedup.clone(), counters.clone());
+        Self { cfg, limits, tx, room, dedup, counters, batcher }
+    }
+
+    /// The pipeline's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Events waiting for the store right now.
+    pub fn queued(&self) -> usize {
+        self.cfg.queue_capacity_events - self.room.available_permits()
+    }
+
+    /// The ack mode a request asked for, or the configured default.
+    pub fn ack_mode(&self, requested: pb::AckMode) -> pb::AckMode {
+        match requested {
+            pb::AckMode::Unspecified => match self.cfg.ack_mode {
+                AckMode::Durable => pb::AckMode::Durable,
+                AckMode::Accepted => pb::AckMode::Accepted,
+            },
+            m => m,
+        }
+    }
+
+    /// Validates, deduplicates and queues `events`.
+    pub async fn enqueue(
+        &self,
+        events: Vec<pb::AdEvent>,
+        mode: pb::AckMode,
+        sequence: u64,
+        when_full: WhenFull,
+    ) -> Result<Pending, IngestError> {
+        if events.is_empty() {
+            return Err(IngestError::Empty);
+        }
+        if events.len() > self.cfg.max_events_per_request {
+            return Err(IngestError::TooMany { got: events.len(), limit: self.cfg.max_events_per_request });
+        }
+        let now = now_ms();
+        let mode = self.ack_mode(mode);
+        let mut reply = pb::IngestReply { sequence, ack_mode: mode as i32, ..Default::default() };
+        let received = events.len() as u64;
+        let mut valid = Vec::with_capacity(events.len());
+        for (index, mut event) in events.into_iter().enumerate() {
+            match self.limits.check(&event, now) {
+                Ok(()) => {
+                    if event.timestamp_ms == 0 {
+                        event.timestamp_ms = now;
+                    }
+                    valid.push(StoredEvent { received_at_ms: now, event });
+                }
+                Err(bad) => reply.rejections.push(pb::Rejection {
+                    index: index as u32,
+                    event_id: adflow_domain::validate::trunc(&event.event_id).to_owned(),
+                    field: bad.field.to_owned(),
+                    reason: bad.reason as i32,
+                    message: bad.message,
+                }),
+            }
+        }
+        reply.rejected = reply.rejections.len() as u32;
+        self.counters.received.fetch_add(received, Ordering::Relaxed);
+        self.counters.rejected.fetch_add(reply.rejected as u64, Ordering::Relaxed);
+
+        // Room first, dedup second: a refused request then leaves no trace in the window.
+        let mut room = self.reserve(valid.len(), when_full).await?;
+        let (events, keys) = self.dedup(valid, now);
+        reply.accepted = events.len() as u32;
+        reply.duplicates = (received as usize - events.len() - reply.rejected as usize) as u32;
+        self.counters.duplicates.fetch_add(reply.duplicates as u64, Ordering::Relaxed);
+        if events.is_empty() {
+            return Ok(Pending { reply, commit: None });
+        }
+        if let Some(r) = room.as_mut()
+            && let Some(extra) = r.split(reply.duplicates as usize)
+        {
+            drop(extra);
+        }
+        self.counters.accepted.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let (done, commit) = match mode {
+            pb::AckMode::Durable => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let sub = Submission { events, keys, done, _room: room };
+        if let Err(e) = self.tx.try_send(sub) {
+            // Room was reserved, so the channel can only be closed (shutdown), not full.
+            let sub = e.into_inner();
+            self.forget(&sub.keys);
+            return Err(IngestError::ShuttingDown);
+        }
+        Ok(Pending { reply, commit })
+    }
+
+    async fn reserve(&self, n: usize, when_full: WhenFull) -> Result<Option<OwnedSemaphorePermit>, IngestError> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let permit = match when_full {
+            WhenFull::Refuse => self.room.clone().try_acquire_many_owned(n as u32).map_err(|e| match e {
+                tokio::sync::TryAcquireError::Closed => IngestError::ShuttingDown,
+                tokio::sync::TryAcquireError::NoPermits => {
+                    IngestError::Full { queued: self.queued(), capacity: self.cfg.queue_capacity_events }
+                }
+            })?,
+            WhenFull::Wait => {
+                self.room.clone().acquire_many_owned(n as u32).await.map_err(|_| IngestError::ShuttingDown)?
+            }
+        };
+        Ok(Some(permit))
+    }
+
+    /// Splits off events whose id is already in the window; returns the new ones and their keys.
+    fn dedup(&self, valid: Vec<StoredEvent>, now: i64) -> (Vec<StoredEvent>, Vec<u128>) {
+        let Some(window) = &self.dedup else {
+            return (valid, Vec::new());
+        };
+        let mut keys = Vec::with_capacity(valid.len());
+        let mut fresh = Vec::with_capacity(valid.len());
+        for e in valid {
+            let k = dedup::key(&e.event.event_id);
+            if window.insert(k, now) {
+                keys.push(k);
+                fresh.push(e);
+            }
+        }
+        (fresh, keys)
+    }
+
+    fn forget(&self, keys: &[u128]) {
+        if let Some(w) = &self.dedup {
+            keys.iter().for_each(|k| w.remove(*k));
+        }
+    }
+
+    /// Stops taking events, writes everything already accepted and waits for the batcher.
+    pub async fn shutdown(&self) {
+        self.room.close();
+        self.batcher.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The batcher: the single task that turns queued submissions into store commits.
+//! It gathers whatever is queued (up to `max_batch_events`, waiting at most
+//! `max_batch_delay_ms` for more), appends it as one commit, and then answers every
+//! durable waiter of that commit at once. While one commit is in flight the next batch
+//! accumulates in the channel, so the batch size adapts to the load by itself.
+//!
+//! A failed write is retried with exponential backoff and jitter. When the retry budget
+//! is spent, durable requests are failed (their clients retry, and their ids are removed
+//! from the dedup window so the retry is accepted), but events acked in `accepted` mode
+//! are kept and retried until the store takes them: those clients were promised storage.
+
+use super::{Counters, Submission};
+use crate::config::IngestConfig;
+use adflow_domain::analytics::Analytics;
+use adflow_domain::dedup::DedupWindow;
+use adflow_domain::{StoredEvent, now_ms};
+use adflow_store::EventStore;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Stops and joins the batcher.
+pub(super) struct Handle {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Handle {
+    /// Asks the batcher to drain the queue, commit it and exit; waits until it has.
+    pub(super) async fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
+        let join = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(j) = join
+            && let Err(e) = j.await
+        {
+            tracing::error!(error = %e, "batcher task failed");
+        }
+    }
+}
+
+struct Batcher {
+    cfg: IngestConfig,
+    store: Arc<dyn EventStore>,
+    analytics: Arc<RwLock<Analytics>>,
+    dedup: Option<Arc<DedupWindow>>,
+    counters: Arc<Counters>,
+    stopping: bool,
+}
+
+/// A submission's bookkeeping once its events moved into the batch.
+struct Waiter {
+    range: std::ops::Range<usize>,
+    keys: Vec<u128>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+pub(super) fn spawn(
+    cfg: IngestConfig,
+    rx: mpsc::Receiver<Submission>,
+    store: Arc<dyn EventStore>,
+    analytics: Arc<RwLock<Analytics>>,
+    dedup: Option<Arc<DedupWindow>>,
+    counters: Arc<Counters>,
+) -> Handle {
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let b = Batcher { cfg, store, analytics, dedup, counters, stopping: false };
+    let join = tokio::spawn(b.run(rx, stop_rx));
+    Handle { stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
+}
+
+impl Batcher {
+    async fn run(mut self, mut rx: mpsc::Receiver<Submission>, mut stop: oneshot::Receiver<()>) {
+        loop {
+            let first = if self.stopping {
+                rx.recv().await
+            } else {
+                tokio::select! {
+                    biased;
+                    s = rx.recv() => s,
+                    _ = &mut stop => {
+                        // No new submissions; everything already queued is still written.
+                        self.stopping = true;
+                        rx.close();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            let batch = self.gather(first, &mut rx).await;
+            self.commit(batch).await;
+        }
+        tracing::debug!("batcher drained and stopped");
+    }
+
+    async fn gather(&self, first: Submission, rx: &mut mpsc::Receiver<Submission>) -> Vec<Submission> {
+        let delay = Duration::from_millis(self.cfg.max_batch_delay_ms);
+        let deadline = Instant::now() + delay;
+        let mut n = first.events.len();
+        let mut subs = vec![first];
+        while n < self.cfg.max_batch_events {
+            let next = match rx.try_recv() {
+                Ok(s) => Some(s),
+                Err(TryRecvError::Empty) if !delay.is_zero() && !self.stopping => {
+                    tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                }
+                Err(_) => None,
+            };
+            let Some(s) = next else { break };
+            n += s.events.len();
+            subs.push(s);
+        }
+        subs
+    }
+
+    async fn commit(&self, subs: Vec<Submission>) {
+        let total = subs.iter().map(|s| s.events.len()).sum();
+        let mut events: Vec<StoredEvent> = Vec::with_capacity(total);
+        let mut waiters = Vec::with_capacity(subs.len());
+        let mut rooms = Vec::with_capacity(subs.len());
+        for s in subs {
+            let start = events.len();
+            events.extend(s.events);
+            waiters.push(Waiter { range: start..events.len(), keys: s.keys, done: s.done });
+            rooms.push(s._room);
+        }
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let Err(e) = self.store.append(&events).await else { break };
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, attempt, events = events.len(), backend = self.store.backend(), "store append failed");
+            if attempt == self.cfg.store_retry_attempts {
+                (events, waiters) = self.fail_durable(events, waiters, &e.to_string());
+                if events.is_empty() {
+                    return;
+                }
+            }
+            if self.stopping && attempt >= 2 * self.cfg.store_retry_attempts {
+                tracing::error!(events = events.len(), "shutting down with a failing store: accepted-mode events were NOT stored");
+                return;
+            }
+            tokio::time::sleep(backoff(&self.cfg, attempt)).await;
+        }
+        let n = events.len() as u64;
+        tracing::trace!(events = n, requests = waiters.len(), elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+        self.analytics.write().unwrap_or_else(|p| p.into_inner()).record(&events, now_ms());
+        self.counters.committed.fetch_add(n, Ordering::Relaxed);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        for w in waiters {
+            if let Some(tx) = w.done {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        drop(rooms);
+    }
+
+    /// Fails every durable waiter and keeps only the events acked in accepted mode.
+    fn fail_durable(&self, events: Vec<StoredEvent>, waiters: Vec<Waiter>, err: &str) -> (Vec<StoredEvent>, Vec<Waiter>) {
+        let mut slots: Vec<Option<StoredEvent>> = events.into_iter().map(Some).collect();
+        let (mut kept, mut kept_waiters) = (Vec::new(), Vec::new());
+        for w in waiters {
+            if let Some(tx) = w.done {
+                if let Some(d) = &self.dedup {
+                    w.keys.iter().for_each(|k| d.remove(*k));
+                }
+                let _ = tx.send(Err(err.to_owned()));
+                continue;
+            }
+            let start = kept.len();
+            kept.extend(slots[w.range].iter_mut().filter_map(Option::take));
+            kept_waiters.push(Waiter { range: start..kept.len(), keys: w.keys, done: None });
+        }
+        if !kept.is_empty() {
+            tracing::error!(events = kept.len(), "store still failing; keeping accepted-mode events and retrying");
+        }
+        (kept, kept_waiters)
+    }
+}
+
+/// Exponential backoff with jitter: base * 2^(attempt-1), capped, scaled by 0.5..1.0.
+fn backoff(cfg: &IngestConfig, attempt: u32) -> Duration {
+    let exp = cfg.store_retry_base_ms.saturating_mul(1 << attempt.saturating_sub(1).min(20));
+    let capped = exp.min(cfg.store_retry_max_ms).max(1);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let jitter = 0.5 + (xxhash_rust::xxh3::xxh3_64(&nanos.to_le_bytes()) % 1000) as f64 / 2000.0;
+    Duration::from_micros((capped as f64 * 1000.0 * jitter) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cfg = IngestConfig { store_retry_base_ms: 10, store_retry_max_ms: 100, ..Default::default() };
+        let b1 = backoff(&cfg, 1);
+        assert!(b1 >= Duration::from_millis(5) && b1 <= Duration::from_millis(10), "{b1:?}");
+        let b3 = backoff(&cfg, 3);
+        assert!(b3 >= Duration::from_millis(20) && b3 <= Duration::from_millis(40), "{b3:?}");
+        assert!(backoff(&cfg, 30) <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,178 @@
+//! Builds and runs the gateway: opens the store, rebuilds analytics and the dedup window
+//! from it, starts the pipeline, serves EventIngest, Analytics, grpc.health.v1 and
+//! reflection (v1 and v1alpha, so grpcurl 1.8 works), and shuts down in order:
+//! signal -> health NOT_SERVING -> stop accepting -> end open streams -> drain the
+//! pipeline -> close the store.
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::services::{analytics::AnalyticsService, ingest::IngestService};
+use adflow_domain::analytics::Analytics;
+use adflow_domain::dedup::{self, DedupWindow};
+use adflow_domain::now_ms;
+use adflow_domain::pb::{analytics_server::AnalyticsServer, event_ingest_server::EventIngestServer};
+use adflow_store::EventStore;
+use anyhow::Context;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The names health is reported under ("" is the whole server).
+const SERVICES: [&str; 3] = ["", "adflow.v1.EventIngest", "adflow.v1.Analytics"];
+const REBUILD_PAGE: usize = 16_384;
+
+/// Replays the store into analytics and the dedup window; returns the events read.
+async fn rebuild(
+    store: &dyn EventStore,
+    analytics: &RwLock<Analytics>,
+    dedup: Option<&DedupWindow>,
+) -> anyhow::Result<u64> {
+    let now = now_ms();
+    let mut cursor = None;
+    let mut n = 0u64;
+    loop {
+        let page = store.scan(cursor, REBUILD_PAGE).await.context("reading the event store at start")?;
+        n += page.events.len() as u64;
+        if let Some(d) = dedup {
+            let since = now - d.window_ms();
+            for e in page.events.iter().filter(|e| e.received_at_ms >= since) {
+                d.insert(dedup::key(&e.event.event_id), e.received_at_ms);
+            }
+        }
+        analytics.write().unwrap_or_else(|p| p.into_inner()).record(&page.events, now);
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(n),
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for s in SERVICES {
+        reporter.set_service_status(s, status).await;
+    }
+}
+
+/// Follows the store's health into grpc.health.v1 until `stop` turns true.
+async fn watch_health(store: Arc<dyn EventStore>, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut last = None;
+    loop {
+        let h = store.health().await;
+        if last.as_ref() != Some(&h.ok) {
+            if h.ok {
+                tracing::info!(backend = store.backend(), detail = %h.detail, "event store healthy: SERVING");
+            } else {
+                tracing::warn!(backend = store.backend(), detail = %h.detail, "event store unhealthy: NOT_SERVING");
+            }
+            let status = if h.ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            set_health(&reporter, status).await;
+            last = Some(h.ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then stops cleanly.
+pub async fn serve(listener: TcpListener, cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let store = adflow_store::open(&cfg.storage).await.context("opening the event store")?;
+    let analytics = Arc::new(RwLock::new(Analytics::new(cfg.analytics.clone())));
+    let d = &cfg.ingest.dedup;
+    let dedup = d.enabled.then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
+    let started = Instant::now();
+    let replayed = rebuild(&*store, &analytics, dedup.as_deref()).await?;
+    tracing::info!(
+        events = replayed,
+        dedup_ids = dedup.as_ref().map(|d| d.len()).unwrap_or(0),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "analytics and dedup window rebuilt from the event store"
+    );
+
+    let pipeline = Arc::new(Pipeline::start(
+        cfg.ingest.clone(),
+        cfg.validation.clone(),
+        store.clone(),
+        analytics.clone(),
+        dedup.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(watch_health(store.clone(), reporter.clone(), stop_rx.clone()));
+
+    let max = cfg.server.max_message_bytes;
+    let ingest = EventIngestServer::new(IngestService::new(pipeline.clone(), cfg.ingest.stream_max_inflight, stop_rx))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let analytics_svc = AnalyticsServer::new(AnalyticsService::new(analytics.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(adflow_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
+
+    let (signalled_tx, mut signalled_rx) = watch::channel(false);
+    let stop_reporter = reporter.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
+        let _ = stop_tx.send(true);
+        set_health(&stop_reporter, ServingStatus::NotServing).await;
+        let _ = signalled_tx.send(true);
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder()
+        .initial_connection_window_size(Some(8 << 20))
+        .initial_stream_window_size(Some(4 << 20))
+        .max_concurrent_streams(Some(cfg.server.max_concurrent_streams))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ingest)
+        .add_service(analytics_svc)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tracing::info!(%addr, backend = store.backend(), "adflow gateway listening");
+    let mut server = tokio::spawn(server);
+
+    let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+    tokio::select! {
+        res = &mut server => res.context("server task")?.context("gRPC server failed")?,
+        _ = signalled_rx.wait_for(|s| *s) => {
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(res) => res.context("server task")?.context("gRPC server failed")?,
+                Err(_) => {
+                    tracing::warn!(grace_ms = cfg.server.shutdown_grace_ms, "connections still open after the grace period; closing them");
+                    server.abort();
+                }
+            }
+        }
+    }
+    pipeline.shutdown().await;
+    let _ = health_task.await;
+    store.close().await.context("closing the event store")?;
+    let c = pipeline.counters();
+    tracing::info!(
+        received = c.received.load(Ordering::Relaxed),
+        accepted = c.accepted.load(Ordering::Relaxed),
+        duplicates = c.duplicates.load(Ordering::Relaxed),
+        rejected = c.rejected.load(Ordering::Relaxed),
+        committed = c.committed.load(Ordering::Relaxed),
+        batches = c.batches.load(Ordering::Relaxed),
+        "gateway stopped; everything accepted was written"
+    );
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The tonic services. Each RPC method stays thin: it unpacks the request, calls the
+//! pipeline or the analytics state, and lets `status.rs` turn errors into gRPC codes.
+
+pub mod analytics;
+pub mod ingest;

@@ -1,0 +1,32 @@
+//! The one place where domain errors become gRPC statuses. Every variant maps to the
+//! code a client can act on: INVALID_ARGUMENT (fix the request), RESOURCE_EXHAUSTED
+//! (back off and retry), UNAVAILABLE (retry later or elsewhere; nothing was stored).
+
+use crate::pipeline::IngestError;
+use tonic::Status;
+
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Self {
+        let msg = e.to_string();
+        match e {
+            IngestError::Empty | IngestError::TooMany { .. } | IngestError::Invalid(_) => Status::invalid_argument(msg),
+            IngestError::Full { .. } => Status::resource_exhausted(msg),
+            IngestError::ShuttingDown | IngestError::CommitFailed(_) => Status::unavailable(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_error_gets_an_actionable_code() {
+        assert_eq!(Status::from(IngestError::Empty).code(), Code::InvalidArgument);
+        assert_eq!(Status::from(IngestError::TooMany { got: 2, limit: 1 }).code(), Code::InvalidArgument);
+        assert_eq!(Status::from(IngestError::Full { queued: 1, capacity: 1 }).code(), Code::ResourceExhausted);
+        assert_eq!(Status::from(IngestError::ShuttingDown).code(), Code::Unavailable);
+        assert_eq!(Status::from(IngestError::CommitFailed("disk".into())).code(), Code::Unavailable);
+    }
+}
