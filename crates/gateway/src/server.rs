@@ -151,7 +151,7 @@ pub async fn serve(listener: TcpListener, cfg: Config, shutdown: impl Future<Out
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     tokio::select! {
         res = &mut server => res.context("server task")?.context("gRPC server failed")?,
-        _ = signalled_rx.wait_for(|s| *s) => {
+        _ = async { signalled_rx.wait_for(|s| *s).await.map(|_| ()) } => {
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(res) => res.context("server task")?.context("gRPC server failed")?,
                 Err(_) => {
