@@ -92,6 +92,7 @@ pub(crate) struct Submission {
 }
 
 /// A request taken in; `wait` yields its reply once the ack mode is satisfied.
+#[derive(Debug)]
 pub struct Pending {
     reply: pb::IngestReply,
     commit: Option<oneshot::Receiver<Result<(), String>>>,

@@ -11,7 +11,7 @@ mod framing;
 pub mod conformance;
 
 pub use adflow_domain::StoredEvent;
-use async_trait::async_trait;
+pub use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;

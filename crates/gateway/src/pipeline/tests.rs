@@ -1,0 +1,100 @@
+//! Pipeline behaviour around a failing store, driven through a store that fails on demand.
+
+use super::*;
+use adflow_store::{Cursor, Health, Page, StoreError};
+use adflow_store::async_trait;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU32;
+
+/// An in-memory store whose next `fail` appends fail.
+#[derive(Default)]
+struct FlakyStore {
+    events: Mutex<Vec<StoredEvent>>,
+    fail: AtomicU32,
+}
+
+#[async_trait]
+impl EventStore for FlakyStore {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn append(&self, events: &[StoredEvent]) -> adflow_store::Result<()> {
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Io { op: "write", path: "mem".into(), source: std::io::Error::other("disk on fire") });
+        }
+        self.events.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+    async fn scan(&self, _: Option<Cursor>, _: usize) -> adflow_store::Result<Page> {
+        Ok(Page { events: self.events.lock().unwrap().clone(), next: None })
+    }
+    async fn health(&self) -> Health {
+        Health { ok: true, detail: "ok".into() }
+    }
+    async fn close(&self) -> adflow_store::Result<()> {
+        Ok(())
+    }
+}
+
+fn cfg() -> IngestConfig {
+    IngestConfig { store_retry_attempts: 3, store_retry_base_ms: 1, store_retry_max_ms: 2, ..Default::default() }
+}
+
+fn ev(id: &str) -> pb::AdEvent {
+    pb::AdEvent { event_id: id.into(), ad_id: "ad".into(), r#type: pb::EventType::Click as i32, ..Default::default() }
+}
+
+fn start(store: Arc<FlakyStore>) -> Pipeline {
+    let analytics = Arc::new(RwLock::new(Analytics::default()));
+    let dedup = Some(Arc::new(DedupWindow::new(60_000, 10_000)));
+    Pipeline::start(cfg(), Limits::default(), store, analytics, dedup)
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_durable_requests_and_their_retry_is_accepted() {
+    let store = Arc::new(FlakyStore::default());
+    store.fail.store(3, Ordering::SeqCst);
+    let p = start(store.clone());
+    let pending = p.enqueue(vec![ev("a"), ev("b")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    assert!(matches!(pending.wait().await, Err(IngestError::CommitFailed(_))));
+    assert!(store.events.lock().unwrap().is_empty());
+    assert_eq!(p.queued(), 0, "room is given back after a failure");
+    // The ids were forgotten, so the client's retry is stored, not refused as duplicate.
+    let reply = p.enqueue(vec![ev("a"), ev("b")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(reply.wait().await.unwrap().accepted, 2);
+    assert_eq!(store.events.lock().unwrap().len(), 2);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_acked_in_accepted_mode_are_retried_until_stored() {
+    let store = Arc::new(FlakyStore::default());
+    store.fail.store(7, Ordering::SeqCst); // more failures than the retry budget
+    let p = start(store.clone());
+    let r = p.enqueue(vec![ev("x"), ev("y")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(r.wait().await.unwrap().accepted, 2);
+    p.shutdown().await;
+    let ids: Vec<_> = store.events.lock().unwrap().iter().map(|e| e.event.event_id.clone()).collect();
+    assert_eq!(ids, vec!["x", "y"]);
+    assert_eq!(p.counters().store_errors.load(Ordering::Relaxed), 7);
+}
+
+#[tokio::test]
+async fn after_shutdown_requests_are_refused_as_unavailable() {
+    let p = start(Arc::new(FlakyStore::default()));
+    p.shutdown().await;
+    let err = p.enqueue(vec![ev("late")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap_err();
+    assert!(matches!(err, IngestError::ShuttingDown), "{err}");
+}
+
+#[tokio::test]
+async fn the_receive_time_fills_a_missing_timestamp() {
+    let store = Arc::new(FlakyStore::default());
+    let p = start(store.clone());
+    p.enqueue(vec![ev("t")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap().wait().await.unwrap();
+    let e = store.events.lock().unwrap()[0].clone();
+    assert!(e.event.timestamp_ms > 0);
+    assert_eq!(e.event.timestamp_ms, e.received_at_ms);
+    p.shutdown().await;
+}
