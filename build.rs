@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .file_descriptor_set_path(out.join("adflow_descriptor.bin"))
+        // Small string maps (event attributes) decode faster into a BTreeMap than into a
+        // SipHash-keyed HashMap, and iterate in a stable order.
+        .btree_map(".")
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
     Ok(())
 }

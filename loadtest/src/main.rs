@@ -1,1 +1,233 @@
-fn main(){}
+//! `adflow-loadtest`: drives an adflow gateway with realistic ad events and reports
+//! throughput, latency percentiles (hdrhistogram) and status codes.
+
+mod events;
+mod report;
+mod scenario;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use events::{Generator, Shape};
+use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
+use report::{Report, Tally};
+use scenario::Plan;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Load generator for the adflow gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// One event per SendEvent call.
+    Unary(Common),
+    /// SendEvents calls of --batch-size events.
+    Batch(Common),
+    /// StreamEvents calls (one per --concurrency) with --inflight batches awaiting acks.
+    Stream(Common),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Ack {
+    /// The gateway default.
+    Default,
+    /// Reply after the store commit.
+    Durable,
+    /// Reply once queued.
+    Accepted,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Gateway address (host:port).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Concurrent tasks (streams in stream mode).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections shared by the tasks.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many events instead (no warm-up).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seconds of unmeasured warm-up.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Events per call (batch, stream).
+    #[arg(long, short = 'b', default_value_t = 1000)]
+    batch_size: usize,
+    /// Batches awaiting their ack per stream (stream mode).
+    #[arg(long, default_value_t = 8)]
+    inflight: usize,
+    /// Target events per second over all tasks (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Distinct ads.
+    #[arg(long, default_value_t = 5000)]
+    ads: u64,
+    /// Zipf exponent of ad popularity.
+    #[arg(long, default_value_t = 1.05)]
+    zipf: f64,
+    /// Distinct campaigns.
+    #[arg(long, default_value_t = 50)]
+    campaigns: u64,
+    /// Share of events resent with a recent event id (0..1), to exercise dedup.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_ratio: f64,
+    /// Ack mode to ask for.
+    #[arg(long, value_enum, default_value = "default")]
+    ack: Ack,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .initial_connection_window_size(8 << 20)
+        .initial_stream_window_size(4 << 20)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+fn progress(c: &Common, total: Option<u64>) -> ProgressBar {
+    if c.quiet || c.json {
+        return ProgressBar::hidden();
+    }
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new(((c.warmup + c.duration) * 10.0) as u64),
+    };
+    let unit = if total.is_some() { "{pos}/{len} events" } else { "{elapsed}" };
+    let style = format!("{{spinner}} [{{bar:40}}] {unit}  {{msg}}");
+    pb.set_style(ProgressStyle::with_template(&style).expect("valid template").progress_chars("=> "));
+    pb
+}
+
+async fn run(name: &str, c: Common) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        c.concurrency > 0 && c.connections > 0 && c.batch_size > 0,
+        "concurrency, connections and batch size must be > 0"
+    );
+    anyhow::ensure!((0.0..1.0).contains(&c.duplicate_ratio), "--duplicate-ratio must be in [0, 1)");
+    let unary = name == "unary";
+    let batch = if unary { 1 } else { c.batch_size };
+    let shape =
+        Shape { ads: c.ads, zipf: c.zipf, campaigns: c.campaigns, duplicate_ratio: c.duplicate_ratio };
+    let sample = Generator::new(shape.clone(), 0).batch(1000, 1_800_000_000_000);
+    let avg_bytes = sample.iter().map(|e| e.encoded_len() as f64).sum::<f64>() / sample.len() as f64;
+    let ack_mode = match c.ack {
+        Ack::Default => 0,
+        Ack::Durable => 1,
+        Ack::Accepted => 2,
+    };
+    let mut channels = Vec::with_capacity(c.connections);
+    for _ in 0..c.connections {
+        channels.push(connect(&c.addr).await?);
+    }
+    let start = Instant::now();
+    let (warm, until) = match c.count {
+        Some(_) => (Duration::ZERO, start + Duration::from_secs(3600)),
+        None => {
+            let w = Duration::from_secs_f64(c.warmup);
+            (w, start + w + Duration::from_secs_f64(c.duration))
+        }
+    };
+    let plan = Arc::new(Plan {
+        measure_from: start + warm,
+        until,
+        budget: c.count.map(|n| AtomicI64::new(n as i64)),
+        batch,
+        ack_mode,
+        inflight: c.inflight.max(1),
+        limiter: Plan::limiter(c.rate, batch),
+        progress: AtomicU64::new(0),
+    });
+    // A new seed per run: ids must not repeat those of an earlier run against the same gateway.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let mut tasks = Vec::with_capacity(c.concurrency);
+    for i in 0..c.concurrency {
+        let client = adflow_proto::v1::event_ingest_client::EventIngestClient::new(
+            channels[i % c.connections].clone(),
+        )
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+        let g = Generator::new(shape.clone(), seed.wrapping_add(i as u64));
+        let plan = plan.clone();
+        tasks.push(match name {
+            "stream" => tokio::spawn(scenario::stream_loop(client, g, plan)),
+            _ => tokio::spawn(scenario::call_loop(client, g, plan, unary)),
+        });
+    }
+    let pb = progress(&c, c.count);
+    let ticker = {
+        let (pb, plan, counted) = (pb.clone(), plan.clone(), c.count.is_some());
+        tokio::spawn(async move {
+            let (mut last, mut at) = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now_n = plan.progress.load(Ordering::Relaxed);
+                let rate = (now_n - last) as f64 / at.elapsed().as_secs_f64();
+                (last, at) = (now_n, Instant::now());
+                if counted {
+                    pb.set_position(now_n)
+                } else {
+                    pb.inc(1)
+                }
+                pb.set_message(format!("{rate:>10.0} events/s  {now_n} answered"));
+            }
+        })
+    };
+    let mut total = Tally::default();
+    for t in tasks {
+        total.merge(t.await.context("load task panicked")?);
+    }
+    ticker.abort();
+    pb.finish_and_clear();
+    let measured = match c.count {
+        Some(_) => start.elapsed(),
+        None => Duration::from_secs_f64(c.duration),
+    };
+    let ack = match c.ack {
+        Ack::Default => "default",
+        Ack::Durable => "durable",
+        Ack::Accepted => "accepted",
+    };
+    let report =
+        Report::new(name, &c.addr, c.concurrency, c.connections, batch, ack, measured, &total, avg_bytes);
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print_table();
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.mode {
+            Mode::Unary(c) => run("unary", c).await,
+            Mode::Batch(c) => run("batch", c).await,
+            Mode::Stream(c) => run("stream", c).await,
+        }
+    })
+}

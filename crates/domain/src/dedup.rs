@@ -1,17 +1,21 @@
 //! The dedup window: remembers which event ids were accepted recently, so a client's
 //! retry is counted as a duplicate instead of being stored twice.
 //!
-//! Ids are kept as 128-bit xxh3 hashes (16 bytes each, whatever the id's length; the
-//! chance of two distinct ids colliding is about n^2 / 2^129, nil at any real volume).
+//! Ids are kept as 64-bit xxh3 hashes (8 bytes each, whatever the id's length). With n
+//! ids remembered, a new id is mistaken for a duplicate with probability n / 2^64: about
+//! 1e-13 at the default 2M ids, i.e. once per 10^13 events. Half-size keys keep the map
+//! small enough that the per-event probe stays cheap (measured: see BENCHMARKS.md).
 //! The set is split into shards, each behind its own `std::sync::Mutex` that is held only
-//! for a hash lookup (no `.await` inside), so contention stays negligible. Each shard
-//! keeps a ring of time generations: an id lives in the generation of the moment it was
-//! accepted and is forgotten when that whole generation is older than the window, so
-//! expiry costs one `VecDeque::pop_front` per generation instead of a scan. The memory
-//! bound (`max_ids`) drops the oldest generation early when exceeded; such early
-//! evictions are counted so operators can size the window.
+//! for one hash-map probe (no `.await` inside), so contention stays negligible. Within a
+//! shard one map answers "seen?" with a single probe; alongside it a ring of time
+//! generations lists which keys arrived when. Expiry pops whole generations once they are
+//! older than the window and removes their keys from the map, so each id costs one
+//! insert and one removal over its life, never a scan. The memory bound (`max_ids`) pops
+//! the oldest generation early when exceeded; a generation also closes when it holds its
+//! share of the bound, so the bound drops a slice of the oldest ids, never all of them.
+//! Early evictions are counted so operators can size the window.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +25,8 @@ const GENERATIONS: i64 = 8;
 const SHARDS: usize = 64;
 
 /// The dedup key of an event id.
-pub fn key(event_id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+pub fn key(event_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())
 }
 
 /// A hasher for keys that already are uniform hashes: it just folds the bits.
@@ -40,22 +44,42 @@ impl Hasher for FoldHasher {
             self.0 ^= u64::from_le_bytes(b);
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 ^= v as u64;
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
     }
 }
 
-type IdSet = HashSet<u128, BuildHasherDefault<FoldHasher>>;
+/// Key -> number of the generation that holds it.
+type IdMap = HashMap<u64, u32, BuildHasherDefault<FoldHasher>>;
 
 struct Generation {
+    seq: u32,
     start_ms: i64,
-    ids: IdSet,
+    keys: Vec<u64>,
 }
 
 #[derive(Default)]
 struct Shard {
+    ids: IdMap,
     gens: VecDeque<Generation>,
-    len: usize,
+    next_seq: u32,
+}
+
+impl Shard {
+    /// Drops the oldest generation; returns how many ids it still held.
+    fn pop_oldest(&mut self) -> usize {
+        let Some(g) = self.gens.pop_front() else {
+            return 0;
+        };
+        let mut n = 0;
+        for k in g.keys {
+            if self.ids.get(&k) == Some(&g.seq) {
+                self.ids.remove(&k);
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// A time-windowed, memory-bounded set of recently accepted event ids.
@@ -80,63 +104,50 @@ impl DedupWindow {
         }
     }
 
-    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, Shard> {
-        let i = (key >> 64) as usize % SHARDS;
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The top bits pick the shard; hashbrown uses the low bits and the top 7 inside it.
+        let i = (key >> 50) as usize % SHARDS;
         // A poisoned lock only means another thread panicked mid-insert; the set is still usable.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records `key` as accepted at `now_ms`; false when it was already inside the window.
-    pub fn insert(&self, key: u128, now_ms: i64) -> bool {
-        let mut s = self.shard(key);
-        self.expire(&mut s, now_ms);
-        if s.gens.iter().any(|g| g.ids.contains(&key)) {
-            return false;
+    pub fn insert(&self, key: u64, now_ms: i64) -> bool {
+        let mut guard = self.shard(key);
+        let s = &mut *guard;
+        while s.gens.front().is_some_and(|g| g.start_ms + self.gen_ms <= now_ms - self.window_ms) {
+            s.pop_oldest();
         }
-        // A new generation starts when the newest is older than a generation span or holds
-        // its share of the memory bound, so the bound always drops a slice, never all ids.
         let gen_cap = (self.max_per_shard / GENERATIONS as usize).max(1);
         let needs_new =
-            s.gens.back().is_none_or(|g| now_ms >= g.start_ms + self.gen_ms || g.ids.len() >= gen_cap);
+            s.gens.back().is_none_or(|g| now_ms >= g.start_ms + self.gen_ms || g.keys.len() >= gen_cap);
         if needs_new {
-            s.gens.push_back(Generation { start_ms: now_ms, ids: IdSet::default() });
+            s.gens.push_back(Generation { seq: s.next_seq, start_ms: now_ms, keys: Vec::new() });
+            s.next_seq = s.next_seq.wrapping_add(1);
         }
-        if let Some(g) = s.gens.back_mut() {
-            g.ids.insert(key);
+        let newest = s.gens.back_mut().expect("a generation exists");
+        match s.ids.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => return false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(newest.seq);
+            }
         }
-        s.len += 1;
-        while s.len > self.max_per_shard && s.gens.len() > 1 {
-            let Some(old) = s.gens.pop_front() else { break };
-            s.len -= old.ids.len();
-            self.evicted_early.fetch_add(old.ids.len() as u64, Ordering::Relaxed);
+        newest.keys.push(key);
+        while s.ids.len() > self.max_per_shard && s.gens.len() > 1 {
+            let n = s.pop_oldest();
+            self.evicted_early.fetch_add(n as u64, Ordering::Relaxed);
         }
         true
     }
 
     /// Forgets `key` (used when the write holding it failed, so a retry is not refused).
-    pub fn remove(&self, key: u128) {
-        let mut s = self.shard(key);
-        let mut removed = 0;
-        for g in s.gens.iter_mut() {
-            removed += usize::from(g.ids.remove(&key));
-        }
-        s.len -= removed;
-    }
-
-    fn expire(&self, s: &mut Shard, now_ms: i64) {
-        while let Some(front) = s.gens.front() {
-            if front.start_ms + self.gen_ms > now_ms - self.window_ms {
-                break;
-            }
-            let n = front.ids.len();
-            s.gens.pop_front();
-            s.len -= n;
-        }
+    pub fn remove(&self, key: u64) {
+        self.shard(key).ids.remove(&key);
     }
 
     /// How many ids are remembered now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|s| s.len).unwrap_or(0)).sum()
+        self.shards.iter().map(|s| s.lock().map(|s| s.ids.len()).unwrap_or(0)).sum()
     }
 
     /// True when no id is remembered.
@@ -184,6 +195,16 @@ mod tests {
         d.remove(key("a"));
         assert!(d.is_empty());
         assert!(d.insert(key("a"), 1));
+    }
+
+    #[test]
+    fn a_removed_then_reinserted_id_survives_expiry_of_its_old_generation() {
+        let d = DedupWindow::new(80_000, 1_000_000);
+        assert!(d.insert(key("a"), 0));
+        d.remove(key("a"));
+        assert!(d.insert(key("a"), 50_000));
+        // The first generation expires at 90 s; "a" now lives in the 50 s one.
+        assert!(!d.insert(key("a"), 95_000));
     }
 
     #[test]

@@ -160,7 +160,11 @@ impl Limits {
             return Err(invalid(
                 "attributes",
                 RejectReason::OutOfRange,
-                format!("attributes has {} entries, the limit is {}", e.attributes.len(), self.max_attributes),
+                format!(
+                    "attributes has {} entries, the limit is {}",
+                    e.attributes.len(),
+                    self.max_attributes
+                ),
             ));
         }
         for (k, v) in &e.attributes {
@@ -168,11 +172,7 @@ impl Limits {
                 return Err(invalid(
                     "attributes",
                     RejectReason::OutOfRange,
-                    format!(
-                        "attribute key {:?} must be 1..={} bytes",
-                        trunc(k),
-                        self.max_attribute_key_len
-                    ),
+                    format!("attribute key {:?} must be 1..={} bytes", trunc(k), self.max_attribute_key_len),
                 ));
             }
             if v.len() > self.max_attribute_value_len {

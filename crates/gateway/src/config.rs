@@ -268,7 +268,8 @@ mod tests {
 
     #[test]
     fn the_shipped_default_file_loads_and_equals_the_built_in_defaults() {
-        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(shipped("default.toml")));
+        let fig =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(shipped("default.toml")));
         assert_eq!(Config::from_figment(fig).unwrap(), Config::default());
     }
 
@@ -282,8 +283,8 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_refused() {
-        let fig =
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string("[ingest]\nbatch_size = 5"));
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[ingest]\nbatch_size = 5"));
         let err = Config::from_figment(fig).unwrap_err().to_string();
         assert!(err.contains("batch_size"), "{err}");
     }

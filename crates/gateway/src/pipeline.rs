@@ -86,7 +86,7 @@ pub enum WhenFull {
 /// One request's events on their way to the batcher.
 pub(crate) struct Submission {
     events: Vec<StoredEvent>,
-    keys: Vec<u128>,
+    keys: Vec<u64>,
     done: Option<oneshot::Sender<Result<(), String>>>,
     _room: Option<OwnedSemaphorePermit>,
 }
@@ -177,44 +177,53 @@ impl Pipeline {
         let now = now_ms();
         let mode = self.ack_mode(mode);
         let mut reply = pb::IngestReply { sequence, ack_mode: mode as i32, ..Default::default() };
-        let received = events.len() as u64;
-        let mut valid = Vec::with_capacity(events.len());
+        let received = events.len();
+        // Room first (for every event that could be new), dedup second: a refused request
+        // then leaves no trace in the window. Validation is cheap and runs in the same pass.
+        let mut room = self.reserve(received, when_full).await?;
+        let mut fresh = Vec::with_capacity(received);
+        let mut keys = Vec::with_capacity(if self.dedup.is_some() { received } else { 0 });
         for (index, mut event) in events.into_iter().enumerate() {
-            match self.limits.check(&event, now) {
-                Ok(()) => {
-                    if event.timestamp_ms == 0 {
-                        event.timestamp_ms = now;
-                    }
-                    valid.push(StoredEvent { received_at_ms: now, event });
-                }
-                Err(bad) => reply.rejections.push(pb::Rejection {
+            if let Err(bad) = self.limits.check(&event, now) {
+                reply.rejections.push(pb::Rejection {
                     index: index as u32,
                     event_id: adflow_domain::validate::trunc(&event.event_id).to_owned(),
                     field: bad.field.to_owned(),
                     reason: bad.reason as i32,
                     message: bad.message,
-                }),
+                });
+                continue;
             }
+            if let Some(window) = &self.dedup {
+                let k = dedup::key(&event.event_id);
+                if !window.insert(k, now) {
+                    reply.duplicates += 1;
+                    continue;
+                }
+                keys.push(k);
+            }
+            if event.timestamp_ms == 0 {
+                event.timestamp_ms = now;
+            }
+            fresh.push(StoredEvent { received_at_ms: now, event });
         }
         reply.rejected = reply.rejections.len() as u32;
-        self.counters.received.fetch_add(received, Ordering::Relaxed);
-        self.counters.rejected.fetch_add(reply.rejected as u64, Ordering::Relaxed);
-
-        // Room first, dedup second: a refused request then leaves no trace in the window.
-        let mut room = self.reserve(valid.len(), when_full).await?;
-        let (events, keys) = self.dedup(valid, now);
-        reply.accepted = events.len() as u32;
-        reply.duplicates = (received as usize - events.len() - reply.rejected as usize) as u32;
-        self.counters.duplicates.fetch_add(reply.duplicates as u64, Ordering::Relaxed);
-        if events.is_empty() {
+        reply.accepted = fresh.len() as u32;
+        let c = &self.counters;
+        c.received.fetch_add(received as u64, Ordering::Relaxed);
+        c.rejected.fetch_add(reply.rejected as u64, Ordering::Relaxed);
+        c.duplicates.fetch_add(reply.duplicates as u64, Ordering::Relaxed);
+        c.accepted.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        if fresh.is_empty() {
             return Ok(Pending { reply, commit: None });
         }
+        // Give back the room of events that turned out invalid or duplicate.
         if let Some(r) = room.as_mut()
-            && let Some(extra) = r.split(reply.duplicates as usize)
+            && let Some(extra) = r.split(received - fresh.len())
         {
             drop(extra);
         }
-        self.counters.accepted.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let events = fresh;
         let (done, commit) = match mode {
             pb::AckMode::Durable => {
                 let (tx, rx) = oneshot::channel();
@@ -232,7 +241,11 @@ impl Pipeline {
         Ok(Pending { reply, commit })
     }
 
-    async fn reserve(&self, n: usize, when_full: WhenFull) -> Result<Option<OwnedSemaphorePermit>, IngestError> {
+    async fn reserve(
+        &self,
+        n: usize,
+        when_full: WhenFull,
+    ) -> Result<Option<OwnedSemaphorePermit>, IngestError> {
         if n == 0 {
             return Ok(None);
         }
@@ -250,24 +263,7 @@ impl Pipeline {
         Ok(Some(permit))
     }
 
-    /// Splits off events whose id is already in the window; returns the new ones and their keys.
-    fn dedup(&self, valid: Vec<StoredEvent>, now: i64) -> (Vec<StoredEvent>, Vec<u128>) {
-        let Some(window) = &self.dedup else {
-            return (valid, Vec::new());
-        };
-        let mut keys = Vec::with_capacity(valid.len());
-        let mut fresh = Vec::with_capacity(valid.len());
-        for e in valid {
-            let k = dedup::key(&e.event.event_id);
-            if window.insert(k, now) {
-                keys.push(k);
-                fresh.push(e);
-            }
-        }
-        (fresh, keys)
-    }
-
-    fn forget(&self, keys: &[u128]) {
+    fn forget(&self, keys: &[u64]) {
         if let Some(w) = &self.dedup {
             keys.iter().for_each(|k| w.remove(*k));
         }

@@ -83,7 +83,11 @@ async fn watch_health(store: Arc<dyn EventStore>, reporter: HealthReporter, mut 
 }
 
 /// Runs the gateway on `listener` until `shutdown` completes, then stops cleanly.
-pub async fn serve(listener: TcpListener, cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let store = adflow_store::open(&cfg.storage).await.context("opening the event store")?;
     let analytics = Arc::new(RwLock::new(Analytics::new(cfg.analytics.clone())));
@@ -110,9 +114,10 @@ pub async fn serve(listener: TcpListener, cfg: Config, shutdown: impl Future<Out
     let health_task = tokio::spawn(watch_health(store.clone(), reporter.clone(), stop_rx.clone()));
 
     let max = cfg.server.max_message_bytes;
-    let ingest = EventIngestServer::new(IngestService::new(pipeline.clone(), cfg.ingest.stream_max_inflight, stop_rx))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let ingest =
+        EventIngestServer::new(IngestService::new(pipeline.clone(), cfg.ingest.stream_max_inflight, stop_rx))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let analytics_svc = AnalyticsServer::new(AnalyticsService::new(analytics.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -9,7 +9,9 @@ impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
         let msg = e.to_string();
         match e {
-            IngestError::Empty | IngestError::TooMany { .. } | IngestError::Invalid(_) => Status::invalid_argument(msg),
+            IngestError::Empty | IngestError::TooMany { .. } | IngestError::Invalid(_) => {
+                Status::invalid_argument(msg)
+            }
             IngestError::Full { .. } => Status::resource_exhausted(msg),
             IngestError::ShuttingDown | IngestError::CommitFailed(_) => Status::unavailable(msg),
         }
@@ -25,7 +27,10 @@ mod tests {
     fn each_error_gets_an_actionable_code() {
         assert_eq!(Status::from(IngestError::Empty).code(), Code::InvalidArgument);
         assert_eq!(Status::from(IngestError::TooMany { got: 2, limit: 1 }).code(), Code::InvalidArgument);
-        assert_eq!(Status::from(IngestError::Full { queued: 1, capacity: 1 }).code(), Code::ResourceExhausted);
+        assert_eq!(
+            Status::from(IngestError::Full { queued: 1, capacity: 1 }).code(),
+            Code::ResourceExhausted
+        );
         assert_eq!(Status::from(IngestError::ShuttingDown).code(), Code::Unavailable);
         assert_eq!(Status::from(IngestError::CommitFailed("disk".into())).code(), Code::Unavailable);
     }

@@ -56,7 +56,10 @@ async fn check(c: &mut AnalyticsClient) {
     let now = now_ms();
     let r = pb::TimeRange { from_ms: now - 4 * HOUR, to_ms: now - 2 * HOUR };
     let s = c
-        .get_ad_stats(pb::GetAdStatsRequest { ad_id: "ad-a".into(), period: Some(Period { period: Some(period::Period::Range(r)) }) })
+        .get_ad_stats(pb::GetAdStatsRequest {
+            ad_id: "ad-a".into(),
+            period: Some(Period { period: Some(period::Period::Range(r)) }),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -65,14 +68,24 @@ async fn check(c: &mut AnalyticsClient) {
     assert_eq!(counts(&s), (3, 0, 0, 3));
 
     let top = c
-        .top_ads(pb::TopAdsRequest { metric: Metric::Clicks as i32, limit: 2, period: window(Window::LastDay), min_denominator: 0 })
+        .top_ads(pb::TopAdsRequest {
+            metric: Metric::Clicks as i32,
+            limit: 2,
+            period: window(Window::LastDay),
+            min_denominator: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     let ids: Vec<_> = top.ads.iter().map(|s| (s.id.as_str(), s.counts.clone().unwrap().clicks)).collect();
     assert_eq!(ids, vec![("ad-b", 3), ("ad-a", 2)]);
     let top_ctr = c
-        .top_ads(pb::TopAdsRequest { metric: Metric::Ctr as i32, limit: 10, period: window(Window::LastDay), min_denominator: 1 })
+        .top_ads(pb::TopAdsRequest {
+            metric: Metric::Ctr as i32,
+            limit: 10,
+            period: window(Window::LastDay),
+            min_denominator: 1,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -80,11 +93,16 @@ async fn check(c: &mut AnalyticsClient) {
     assert_eq!(top_ctr.ads.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["ad-b", "ad-a"]);
 
     let camps = c
-        .events_by_campaign(pb::EventsByCampaignRequest { period: window(Window::LastWeek), campaign_id: String::new(), limit: 0 })
+        .events_by_campaign(pb::EventsByCampaignRequest {
+            period: window(Window::LastWeek),
+            campaign_id: String::new(),
+            limit: 0,
+        })
         .await
         .unwrap()
         .into_inner();
-    let got: Vec<_> = camps.campaigns.iter().map(|s| (s.id.as_str(), s.counts.clone().unwrap().total)).collect();
+    let got: Vec<_> =
+        camps.campaigns.iter().map(|s| (s.id.as_str(), s.counts.clone().unwrap().total)).collect();
     assert_eq!(got, vec![("cmp-1", 12), ("cmp-2", 4)]);
 }
 
@@ -133,7 +151,8 @@ async fn bad_analytics_queries_are_invalid_arguments() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(config(dir.path())).await;
     let mut a = gw.analytics().await;
-    let backwards = Some(Period { period: Some(period::Period::Range(pb::TimeRange { from_ms: 10, to_ms: 5 })) });
+    let backwards =
+        Some(Period { period: Some(period::Period::Range(pb::TimeRange { from_ms: 10, to_ms: 5 })) });
     let e = a.get_ad_stats(pb::GetAdStatsRequest { ad_id: "x".into(), period: backwards }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("from_ms"), "{}", e.message());

@@ -65,7 +65,10 @@ async fn a_single_invalid_event_is_refused_with_the_field_named() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("10001 events, the limit is 10000"), "{}", err.message());
     let ok = c
-        .send_event(pb::SendEventRequest { event: Some(event("e2", "ad-1", EventType::Click)), ..Default::default() })
+        .send_event(pb::SendEventRequest {
+            event: Some(event("e2", "ad-1", EventType::Click)),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -83,8 +86,9 @@ async fn durable_acked_events_are_all_read_back_after_a_restart() {
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for b in 0..10 {
-                let evs: Vec<_> =
-                    (0..50).map(|i| event(&format!("d-{t}-{b}-{i}"), "ad-1", EventType::Impression)).collect();
+                let evs: Vec<_> = (0..50)
+                    .map(|i| event(&format!("d-{t}-{b}-{i}"), "ad-1", EventType::Impression))
+                    .collect();
                 let r = c.send_events(batch(evs.clone())).await.unwrap().into_inner();
                 assert_eq!(r.accepted, 50);
                 acked.extend(evs.into_iter().map(|e| e.event_id));
@@ -101,7 +105,8 @@ async fn durable_acked_events_are_all_read_back_after_a_restart() {
     let gw = TestGateway::start(cfg.clone()).await;
     // The dedup window was rebuilt from the store: resending is harmless.
     let mut c = gw.ingest().await;
-    let again: Vec<_> = (0..50).map(|i| event(&format!("d-3-4-{i}"), "ad-1", EventType::Impression)).collect();
+    let again: Vec<_> =
+        (0..50).map(|i| event(&format!("d-3-4-{i}"), "ad-1", EventType::Impression)).collect();
     let r = c.send_events(batch(again)).await.unwrap().into_inner();
     assert_eq!((r.accepted, r.duplicates), (0, 50));
     gw.stop().await;
@@ -192,7 +197,8 @@ async fn a_stream_gets_one_reply_per_batch_in_order() {
     while let Some(r) = replies.message().await.unwrap() {
         seen.push((r.sequence, r.accepted, r.duplicates, r.rejected));
     }
-    let want: Vec<_> = (0..20u64).map(|s| (1000 + s, if s > 0 { 28 } else { 29 }, (s > 0) as u32, 1)).collect();
+    let want: Vec<_> =
+        (0..20u64).map(|s| (1000 + s, if s > 0 { 28 } else { 29 }, (s > 0) as u32, 1)).collect();
     assert_eq!(seen, want);
     let d = gw.events_dir();
     gw.stop().await;
@@ -210,7 +216,11 @@ async fn shutdown_writes_every_event_accepted_before_it() {
     for b in 0..10 {
         let evs = (0..100).map(|i| event(&format!("g-{b}-{i}"), "ad-1", EventType::Impression)).collect();
         let r = c
-            .send_events(pb::SendEventsRequest { events: evs, ack_mode: AckMode::Accepted as i32, sequence: 0 })
+            .send_events(pb::SendEventsRequest {
+                events: evs,
+                ack_mode: AckMode::Accepted as i32,
+                sequence: 0,
+            })
             .await
             .unwrap()
             .into_inner();

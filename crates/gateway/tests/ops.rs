@@ -3,15 +3,17 @@
 mod common;
 
 use common::*;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
-use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaReq;
-use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResp;
-use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::ServerReflectionRequest as V1Request;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1Client;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as V1Req;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as V1Resp;
-use tonic_reflection::pb::v1::ServerReflectionRequest as V1Request;
+use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaReq;
+use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResp;
 
 #[tokio::test]
 async fn health_follows_the_store_and_reflection_lists_the_services() {
@@ -37,13 +39,16 @@ async fn health_follows_the_store_and_reflection_lists_the_services() {
         assert_eq!(status, ServingStatus::Serving, "service {service:?}");
     }
 
-    let req = AlphaRequest { host: String::new(), message_request: Some(AlphaReq::ListServices(String::new())) };
+    let req =
+        AlphaRequest { host: String::new(), message_request: Some(AlphaReq::ListServices(String::new())) };
     let mut stream = AlphaClient::new(ch.clone())
         .server_reflection_info(tokio_stream::iter(vec![req]))
         .await
         .unwrap()
         .into_inner();
-    let Some(AlphaResp::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response else {
+    let Some(AlphaResp::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
         panic!("v1alpha did not list services");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
@@ -55,8 +60,10 @@ async fn health_follows_the_store_and_reflection_lists_the_services() {
         host: String::new(),
         message_request: Some(V1Req::FileContainingSymbol("adflow.v1.EventIngest".into())),
     };
-    let mut stream = V1Client::new(ch).server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
-    let Some(V1Resp::FileDescriptorResponse(fd)) = stream.message().await.unwrap().unwrap().message_response else {
+    let mut stream =
+        V1Client::new(ch).server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let Some(V1Resp::FileDescriptorResponse(fd)) = stream.message().await.unwrap().unwrap().message_response
+    else {
         panic!("v1 did not return a file descriptor");
     };
     assert!(!fd.file_descriptor_proto.is_empty());

@@ -5,7 +5,7 @@
 use crate::{EventStore, StoredEvent};
 use adflow_proto::v1::{AdEvent, EventType};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// How the suite gets stores of one backend.
@@ -19,7 +19,7 @@ pub trait Harness: Send + Sync {
 
 /// A sample event with every field set.
 pub fn sample(i: u64) -> StoredEvent {
-    let mut attributes = HashMap::new();
+    let mut attributes = BTreeMap::new();
     attributes.insert("placement".to_string(), format!("slot-{}", i % 3));
     StoredEvent {
         received_at_ms: 1_800_000_000_000 + i as i64,

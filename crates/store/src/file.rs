@@ -95,9 +95,9 @@ impl FileStore {
     /// Opens (or creates) the store in `cfg.dir`, recovering a torn tail of the newest segment.
     pub async fn open(cfg: FileConfig) -> Result<Self> {
         let c = cfg.clone();
-        let writer = tokio::task::spawn_blocking(move || Self::recover(&c))
-            .await
-            .map_err(|e| StoreError::Io { op: "recover", path: cfg.dir.clone(), source: std::io::Error::other(e) })??;
+        let writer = tokio::task::spawn_blocking(move || Self::recover(&c)).await.map_err(|e| {
+            StoreError::Io { op: "recover", path: cfg.dir.clone(), source: std::io::Error::other(e) }
+        })??;
         Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)) })
     }
 
@@ -158,7 +158,8 @@ fn write_batch(cfg: &FileConfig, w: &mut Writer, buf: &[u8]) -> Result<()> {
 fn rotate(cfg: &FileConfig, w: &mut Writer) -> Result<()> {
     let next = w.segment + 1;
     let path = segment_path(&cfg.dir, next);
-    let file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io("open", &path))?;
+    let file =
+        OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io("open", &path))?;
     sync_dir(&cfg.dir)?;
     tracing::debug!(segment = %path.display(), "rotated to a new segment");
     w.file = Some(file);
@@ -202,9 +203,15 @@ fn scan_blocking(dir: &Path, active: (u64, u64), from: (u64, u64), limit: usize)
                     pos += n;
                 }
                 Decoded::Incomplete => {
-                    return Err(StoreError::Corrupt { path, offset: off + pos as u64, reason: "incomplete record".into() });
+                    return Err(StoreError::Corrupt {
+                        path,
+                        offset: off + pos as u64,
+                        reason: "incomplete record".into(),
+                    });
                 }
-                Decoded::Bad(reason) => return Err(StoreError::Corrupt { path, offset: off + pos as u64, reason }),
+                Decoded::Bad(reason) => {
+                    return Err(StoreError::Corrupt { path, offset: off + pos as u64, reason });
+                }
             }
         }
     }
@@ -233,7 +240,11 @@ impl EventStore for FileStore {
             res
         })
         .await
-        .map_err(|e| StoreError::Io { op: "append", path: self.cfg.dir.clone(), source: std::io::Error::other(e) })?
+        .map_err(|e| StoreError::Io {
+            op: "append",
+            path: self.cfg.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {
@@ -243,9 +254,9 @@ impl EventStore for FileStore {
             (w.segment, w.committed)
         };
         let dir = self.cfg.dir.clone();
-        tokio::task::spawn_blocking(move || scan_blocking(&dir, active, from, limit.max(1)))
-            .await
-            .map_err(|e| StoreError::Io { op: "scan", path: self.cfg.dir.clone(), source: std::io::Error::other(e) })?
+        tokio::task::spawn_blocking(move || scan_blocking(&dir, active, from, limit.max(1))).await.map_err(
+            |e| StoreError::Io { op: "scan", path: self.cfg.dir.clone(), source: std::io::Error::other(e) },
+        )?
     }
 
     async fn health(&self) -> Health {
@@ -261,9 +272,13 @@ impl EventStore for FileStore {
         let file = self.lock().file.take();
         if let Some(f) = file {
             let dir = self.cfg.dir.clone();
-            tokio::task::spawn_blocking(move || f.sync_all().map_err(io("fsync", &dir)))
-                .await
-                .map_err(|e| StoreError::Io { op: "close", path: self.cfg.dir.clone(), source: std::io::Error::other(e) })??;
+            tokio::task::spawn_blocking(move || f.sync_all().map_err(io("fsync", &dir))).await.map_err(
+                |e| StoreError::Io {
+                    op: "close",
+                    path: self.cfg.dir.clone(),
+                    source: std::io::Error::other(e),
+                },
+            )??;
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! The shared conformance suite, run against the file backend.
 
+use adflow_store::EventStore;
 use adflow_store::conformance::{Harness, run_all};
 use adflow_store::file::{FileConfig, FileStore};
-use adflow_store::EventStore;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
 

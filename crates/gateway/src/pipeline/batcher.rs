@@ -56,7 +56,7 @@ struct Batcher {
 /// A submission's bookkeeping once its events moved into the batch.
 struct Waiter {
     range: std::ops::Range<usize>,
-    keys: Vec<u128>,
+    keys: Vec<u64>,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -133,7 +133,9 @@ impl Batcher {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let Err(e) = self.store.append(&events).await else { break };
+            let Err(e) = self.store.append(&events).await else {
+                break;
+            };
             self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, attempt, events = events.len(), backend = self.store.backend(), "store append failed");
             if attempt == self.cfg.store_retry_attempts {
@@ -143,13 +145,21 @@ impl Batcher {
                 }
             }
             if self.stopping && attempt >= 2 * self.cfg.store_retry_attempts {
-                tracing::error!(events = events.len(), "shutting down with a failing store: accepted-mode events were NOT stored");
+                tracing::error!(
+                    events = events.len(),
+                    "shutting down with a failing store: accepted-mode events were NOT stored"
+                );
                 return;
             }
             tokio::time::sleep(backoff(&self.cfg, attempt)).await;
         }
         let n = events.len() as u64;
-        tracing::trace!(events = n, requests = waiters.len(), elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+        tracing::trace!(
+            events = n,
+            requests = waiters.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
         self.analytics.write().unwrap_or_else(|p| p.into_inner()).record(&events, now_ms());
         self.counters.committed.fetch_add(n, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -162,7 +172,12 @@ impl Batcher {
     }
 
     /// Fails every durable waiter and keeps only the events acked in accepted mode.
-    fn fail_durable(&self, events: Vec<StoredEvent>, waiters: Vec<Waiter>, err: &str) -> (Vec<StoredEvent>, Vec<Waiter>) {
+    fn fail_durable(
+        &self,
+        events: Vec<StoredEvent>,
+        waiters: Vec<Waiter>,
+        err: &str,
+    ) -> (Vec<StoredEvent>, Vec<Waiter>) {
         let mut slots: Vec<Option<StoredEvent>> = events.into_iter().map(Some).collect();
         let (mut kept, mut kept_waiters) = (Vec::new(), Vec::new());
         for w in waiters {
@@ -178,7 +193,10 @@ impl Batcher {
             kept_waiters.push(Waiter { range: start..kept.len(), keys: w.keys, done: None });
         }
         if !kept.is_empty() {
-            tracing::error!(events = kept.len(), "store still failing; keeping accepted-mode events and retrying");
+            tracing::error!(
+                events = kept.len(),
+                "store still failing; keeping accepted-mode events and retrying"
+            );
         }
         (kept, kept_waiters)
     }
@@ -188,7 +206,10 @@ impl Batcher {
 fn backoff(cfg: &IngestConfig, attempt: u32) -> Duration {
     let exp = cfg.store_retry_base_ms.saturating_mul(1 << attempt.saturating_sub(1).min(20));
     let capped = exp.min(cfg.store_retry_max_ms).max(1);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let jitter = 0.5 + (xxhash_rust::xxh3::xxh3_64(&nanos.to_le_bytes()) % 1000) as f64 / 2000.0;
     Duration::from_micros((capped as f64 * 1000.0 * jitter) as u64)
 }

@@ -1,8 +1,8 @@
 //! Pipeline behaviour around a failing store, driven through a store that fails on demand.
 
 use super::*;
-use adflow_store::{Cursor, Health, Page, StoreError};
 use adflow_store::async_trait;
+use adflow_store::{Cursor, Health, Page, StoreError};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
 
@@ -21,7 +21,11 @@ impl EventStore for FlakyStore {
     async fn append(&self, events: &[StoredEvent]) -> adflow_store::Result<()> {
         if self.fail.load(Ordering::SeqCst) > 0 {
             self.fail.fetch_sub(1, Ordering::SeqCst);
-            return Err(StoreError::Io { op: "write", path: "mem".into(), source: std::io::Error::other("disk on fire") });
+            return Err(StoreError::Io {
+                op: "write",
+                path: "mem".into(),
+                source: std::io::Error::other("disk on fire"),
+            });
         }
         self.events.lock().unwrap().extend_from_slice(events);
         Ok(())
@@ -38,11 +42,21 @@ impl EventStore for FlakyStore {
 }
 
 fn cfg() -> IngestConfig {
-    IngestConfig { store_retry_attempts: 3, store_retry_base_ms: 1, store_retry_max_ms: 2, ..Default::default() }
+    IngestConfig {
+        store_retry_attempts: 3,
+        store_retry_base_ms: 1,
+        store_retry_max_ms: 2,
+        ..Default::default()
+    }
 }
 
 fn ev(id: &str) -> pb::AdEvent {
-    pb::AdEvent { event_id: id.into(), ad_id: "ad".into(), r#type: pb::EventType::Click as i32, ..Default::default() }
+    pb::AdEvent {
+        event_id: id.into(),
+        ad_id: "ad".into(),
+        r#type: pb::EventType::Click as i32,
+        ..Default::default()
+    }
 }
 
 fn start(store: Arc<FlakyStore>) -> Pipeline {

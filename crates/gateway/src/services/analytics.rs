@@ -48,7 +48,10 @@ fn resolve(p: Option<pb::Period>, now: i64) -> Result<(i64, i64), Status> {
 
 fn check_id(field: &str, id: &str) -> Result<(), Status> {
     if id.len() > MAX_ID {
-        return Err(Status::invalid_argument(format!("{field} is {} bytes, the limit is {MAX_ID}", id.len())));
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes, the limit is {MAX_ID}",
+            id.len()
+        )));
     }
     Ok(())
 }
@@ -113,7 +116,9 @@ impl AnalyticsRpc for AnalyticsService {
         let limit = match r.limit {
             0 => 10,
             n @ 1..=1000 => n as usize,
-            n => return Err(Status::invalid_argument(format!("limit {n} is above the maximum of 1000"))),
+            n => {
+                return Err(Status::invalid_argument(format!("limit {n} is above the maximum of 1000")));
+            }
         };
         let now = now_ms();
         let (from, to) = resolve(r.period, now)?;
@@ -124,8 +129,7 @@ impl AnalyticsRpc for AnalyticsService {
             .filter(|(_, c)| c.denominator(metric) >= r.min_denominator)
             .collect();
         ads.sort_by(|x, y| y.1.metric(metric).total_cmp(&x.1.metric(metric)).then_with(|| x.0.cmp(y.0)));
-        let ads =
-            ads.iter().take(limit).map(|(id, c)| full_stats(&a, id, Scope::Ad(id), c, now)).collect();
+        let ads = ads.iter().take(limit).map(|(id, c)| full_stats(&a, id, Scope::Ad(id), c, now)).collect();
         Ok(Response::new(pb::TopAdsResponse { ads, range: range(from, to) }))
     }
 
@@ -139,7 +143,9 @@ impl AnalyticsRpc for AnalyticsService {
         let limit = match r.limit {
             0 => 100,
             n @ 1..=10_000 => n as usize,
-            n => return Err(Status::invalid_argument(format!("limit {n} is above the maximum of 10000"))),
+            n => {
+                return Err(Status::invalid_argument(format!("limit {n} is above the maximum of 10000")));
+            }
         };
         let now = now_ms();
         let (from, to) = resolve(r.period, now)?;
@@ -149,11 +155,8 @@ impl AnalyticsRpc for AnalyticsService {
             camps.retain(|(id, _)| *id == r.campaign_id);
         }
         camps.sort_by(|x, y| y.1.total().cmp(&x.1.total()).then_with(|| x.0.cmp(y.0)));
-        let campaigns = camps
-            .iter()
-            .take(limit)
-            .map(|(id, c)| full_stats(&a, id, Scope::Campaign(id), c, now))
-            .collect();
+        let campaigns =
+            camps.iter().take(limit).map(|(id, c)| full_stats(&a, id, Scope::Campaign(id), c, now)).collect();
         Ok(Response::new(pb::EventsByCampaignResponse { campaigns, range: range(from, to) }))
     }
 }

@@ -7,7 +7,12 @@ use adflow_proto::v1::AdEvent;
 fn ev(i: u64) -> StoredEvent {
     StoredEvent {
         received_at_ms: 1_000 + i as i64,
-        event: AdEvent { event_id: format!("event-{i}"), ad_id: format!("ad-{}", i % 7), r#type: 1, ..Default::default() },
+        event: AdEvent {
+            event_id: format!("event-{i}"),
+            ad_id: format!("ad-{}", i % 7),
+            r#type: 1,
+            ..Default::default()
+        },
     }
 }
 
