@@ -117,7 +117,7 @@ impl Generator {
             timestamp_ms: 0,
             revenue_usd,
             video_position_ms,
-            platform: if ad % 2 == 0 { Platform::Android } else { Platform::Ios } as i32,
+            platform: if ad.is_multiple_of(2) { Platform::Android } else { Platform::Ios } as i32,
             country: COUNTRIES[self.rng.random_range(0..COUNTRIES.len())].to_string(),
             device: DEVICES[self.rng.random_range(0..DEVICES.len())].to_string(),
             attributes,

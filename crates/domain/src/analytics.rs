@@ -260,7 +260,7 @@ fn series<'m>(map: &'m mut HashMap<String, Series>, id: &str) -> &'m mut Series 
     map.get_mut(id).expect("inserted above")
 }
 
-fn per_key<'a>(map: &'a HashMap<String, Series>, from: i64, to: i64, floor: i64) -> Vec<(&'a str, Counters)> {
+fn per_key(map: &HashMap<String, Series>, from: i64, to: i64, floor: i64) -> Vec<(&str, Counters)> {
     map.iter().map(|(k, s)| (k.as_str(), s.sum(from, to, floor))).filter(|(_, c)| c.total() > 0).collect()
 }
 

@@ -92,9 +92,8 @@ impl Limits {
         bounded("game_family", &e.game_family, self.max_field_len, false)?;
         bounded("user_id", &e.user_id, self.max_field_len, false)?;
         bounded("device", &e.device, self.max_field_len, false)?;
-        if !e.country.is_empty()
-            && !(e.country.len() == 2 && e.country.bytes().all(|b| b.is_ascii_uppercase()))
-        {
+        let iso_code = e.country.len() == 2 && e.country.bytes().all(|b| b.is_ascii_uppercase());
+        if !e.country.is_empty() && !iso_code {
             return Err(invalid(
                 "country",
                 RejectReason::Malformed,

@@ -298,6 +298,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn environment_overrides_files() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ADFLOW_SERVER__LISTEN", "127.0.0.1:6000");

@@ -30,7 +30,7 @@ async fn stats(c: &mut AnalyticsClient, ad: &str, w: Window) -> pb::Stats {
 }
 
 fn counts(s: &pb::Stats) -> (u64, u64, u64, u64) {
-    let c = s.counts.clone().unwrap();
+    let c = s.counts.unwrap();
     (c.impressions, c.clicks, c.conversions, c.total)
 }
 
@@ -77,7 +77,7 @@ async fn check(c: &mut AnalyticsClient) {
         .await
         .unwrap()
         .into_inner();
-    let ids: Vec<_> = top.ads.iter().map(|s| (s.id.as_str(), s.counts.clone().unwrap().clicks)).collect();
+    let ids: Vec<_> = top.ads.iter().map(|s| (s.id.as_str(), s.counts.unwrap().clicks)).collect();
     assert_eq!(ids, vec![("ad-b", 3), ("ad-a", 2)]);
     let top_ctr = c
         .top_ads(pb::TopAdsRequest {
@@ -101,8 +101,7 @@ async fn check(c: &mut AnalyticsClient) {
         .await
         .unwrap()
         .into_inner();
-    let got: Vec<_> =
-        camps.campaigns.iter().map(|s| (s.id.as_str(), s.counts.clone().unwrap().total)).collect();
+    let got: Vec<_> = camps.campaigns.iter().map(|s| (s.id.as_str(), s.counts.unwrap().total)).collect();
     assert_eq!(got, vec![("cmp-1", 12), ("cmp-2", 4)]);
 }
 

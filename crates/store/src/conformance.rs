@@ -32,7 +32,7 @@ pub fn sample(i: u64) -> StoredEvent {
             game_family: "RPG-Fantasy".into(),
             user_id: format!("u-{i}"),
             timestamp_ms: 1_800_000_000_000 + i as i64,
-            revenue_usd: (i % 4 == 0).then_some(0.25),
+            revenue_usd: i.is_multiple_of(4).then_some(0.25),
             video_position_ms: 0,
             platform: 2,
             country: "DE".into(),
