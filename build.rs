@@ -28,5 +28,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SipHash-keyed HashMap, and iterate in a stable order.
         .btree_map(".")
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
+    compile_raw_ingest_server();
     Ok(())
+}
+
+/// The server side of `adflow.v1.EventIngest` again, this time with `raw::RawCodec`, so
+/// the gateway receives events as zero-copy byte slices (see `src/raw.rs`). The wire
+/// contract is the one in `ingest.proto`; only the Rust types on the server differ.
+fn compile_raw_ingest_server() {
+    use tonic_build::manual::{Builder, Method, Service};
+    let method = |name: &str, route: &str, input: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type("crate::v1::IngestReply")
+            .codec_path("crate::raw::RawCodec")
+    };
+    let service = Service::builder()
+        .name("EventIngest")
+        .package("adflow.v1")
+        .comment("Ingestion of ad events (zero-copy server side; see ingest.proto).")
+        .method(method("send_event", "SendEvent", "crate::raw::RawEvent").build())
+        .method(method("send_events", "SendEvents", "crate::raw::RawEvents").build())
+        .method(
+            method("stream_events", "StreamEvents", "crate::raw::RawEvents")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    Builder::new().build_client(false).compile(&[service]);
 }

@@ -8,5 +8,15 @@ pub mod v1 {
     tonic::include_proto!("adflow.v1");
 }
 
+/// Zero-copy request decoding for the ingest hot path.
+pub mod raw;
+
+/// The `adflow.v1.EventIngest` server trait and service, taking `raw` request types.
+/// The gateway serves this one; `v1::event_ingest_server` is the plain prost variant.
+#[allow(missing_docs, clippy::all)]
+pub mod raw_ingest {
+    include!(concat!(env!("OUT_DIR"), "/adflow.v1.EventIngest.rs"));
+}
+
 /// Encoded `FileDescriptorSet` of every adflow proto file (for server reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("adflow_descriptor");

@@ -105,7 +105,8 @@ pub struct IngestConfig {
     pub queue_capacity_events: usize,
     /// The batcher writes once this many events are gathered (default 8192).
     pub max_batch_events: usize,
-    /// ...or once the first gathered event has waited this long, in ms (default 1).
+    /// ...or once the first gathered event has waited this long, in ms (default 0: write
+    /// as soon as the previous commit ends; whatever arrived during it joins the batch).
     pub max_batch_delay_ms: u64,
     /// Batches a StreamEvents call may have awaiting their ack (default 32).
     pub stream_max_inflight: usize,
@@ -126,7 +127,7 @@ impl Default for IngestConfig {
             max_events_per_request: 10_000,
             queue_capacity_events: 262_144,
             max_batch_events: 8_192,
-            max_batch_delay_ms: 1,
+            max_batch_delay_ms: 0,
             stream_max_inflight: 32,
             store_retry_attempts: 5,
             store_retry_base_ms: 20,
