@@ -41,9 +41,15 @@ fn sample(i: u64) -> AdEvent {
 fn view_equals(v: &EventView<'_>, e: &AdEvent) {
     assert_eq!(v.event_id, e.event_id);
     assert_eq!(v.r#type, e.r#type);
-    assert_eq!((v.ad_id, v.campaign_id, v.game_id), (e.ad_id.as_str(), e.campaign_id.as_str(), e.game_id.as_str()));
+    assert_eq!(
+        (v.ad_id, v.campaign_id, v.game_id),
+        (e.ad_id.as_str(), e.campaign_id.as_str(), e.game_id.as_str())
+    );
     assert_eq!((v.game_family, v.user_id), (e.game_family.as_str(), e.user_id.as_str()));
-    assert_eq!((v.timestamp_ms, v.revenue_usd, v.video_position_ms), (e.timestamp_ms, e.revenue_usd, e.video_position_ms));
+    assert_eq!(
+        (v.timestamp_ms, v.revenue_usd, v.video_position_ms),
+        (e.timestamp_ms, e.revenue_usd, e.video_position_ms)
+    );
     assert_eq!((v.platform, v.country, v.device), (e.platform, e.country.as_str(), e.device.as_str()));
     let attrs: Vec<_> = v.attributes().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let want: Vec<_> = e.attributes.clone().into_iter().collect();
@@ -103,7 +109,8 @@ fn whatever_the_view_accepts_prost_accepts_too() {
         }
         if let Ok(v) = EventView::parse(&bytes) {
             accepted += 1;
-            let e = AdEvent::decode(&bytes[..]).unwrap_or_else(|err| panic!("prost refused what the view took: {err}"));
+            let e = AdEvent::decode(&bytes[..])
+                .unwrap_or_else(|err| panic!("prost refused what the view took: {err}"));
             view_equals(&v, &e);
         }
     }

@@ -7,8 +7,8 @@
 //! or whole hours (older part). The whole structure is rebuilt from the event store at
 //! start, which is why it needs no persistence of its own.
 
-use crate::StoredEvent;
-use crate::pb::{self, EventType, Metric};
+use crate::pb::{EventType, Metric};
+use crate::{EventView, StoredEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::hash::BuildHasherDefault;
@@ -48,7 +48,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add_event(&mut self, e: &pb::AdEvent) {
+    fn add_event(&mut self, e: &EventView<'_>) {
         let t = e.r#type as usize;
         if t < self.by_type.len() {
             self.by_type[t] += 1;
@@ -123,7 +123,7 @@ struct Series {
 }
 
 impl Series {
-    fn add(&mut self, e: &pb::AdEvent) {
+    fn add(&mut self, e: &EventView<'_>) {
         let ts = e.timestamp_ms;
         self.minutes.entry(ts.div_euclid(MINUTE)).or_default().add_event(e);
         self.hours.entry(ts.div_euclid(HOUR)).or_default().add_event(e);
@@ -202,14 +202,15 @@ impl Analytics {
     pub fn record<'a>(&mut self, events: impl IntoIterator<Item = &'a StoredEvent>, now_ms: i64) {
         let hour_floor = self.hour_floor(now_ms);
         for s in events {
-            let e = &s.event;
+            // Stored events passed validation; one that does not parse is skipped, not fatal.
+            let Ok(e) = s.view() else { continue };
             if e.timestamp_ms < hour_floor {
                 continue;
             }
-            self.all.add(e);
-            series(&mut self.ads, &e.ad_id).add(e);
+            self.all.add(&e);
+            series(&mut self.ads, e.ad_id).add(&e);
             if !e.campaign_id.is_empty() {
-                series(&mut self.campaigns, &e.campaign_id).add(e);
+                series(&mut self.campaigns, e.campaign_id).add(&e);
             }
             self.recorded += 1;
             // Amortised pruning: once per ~million events keeps memory flat without a timer.
@@ -271,9 +272,9 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn ev(ad: &str, camp: &str, t: EventType, ts: i64, revenue: Option<f64>) -> StoredEvent {
-        StoredEvent {
-            received_at_ms: ts,
-            event: pb::AdEvent {
+        StoredEvent::encode(
+            ts,
+            &crate::pb::AdEvent {
                 event_id: format!("{ad}-{ts}"),
                 ad_id: ad.into(),
                 campaign_id: camp.into(),
@@ -282,7 +283,7 @@ mod tests {
                 revenue_usd: revenue,
                 ..Default::default()
             },
-        }
+        )
     }
 
     #[test]

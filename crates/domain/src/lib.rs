@@ -16,11 +16,34 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// An accepted event as the store keeps it: the event plus the gateway's receive time.
+pub use adflow_proto::raw::{EventView, Malformed};
+use bytes::Bytes;
+use prost::Message;
+
+/// An accepted event as the store keeps it: the encoded `AdEvent` exactly as the client
+/// sent it (plus `timestamp_ms` when the client left it 0) and the gateway's receive time.
+/// Keeping the bytes means the hot path never decodes into owned strings nor re-encodes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
     /// When the gateway accepted the event, Unix milliseconds.
     pub received_at_ms: i64,
-    /// The event, with `timestamp_ms` filled in (receive time when the client sent 0).
-    pub event: pb::AdEvent,
+    /// The encoded `AdEvent`.
+    pub raw: Bytes,
+}
+
+impl StoredEvent {
+    /// Encodes `event` (for tests, tools and backends that start from a decoded event).
+    pub fn encode(received_at_ms: i64, event: &pb::AdEvent) -> Self {
+        Self { received_at_ms, raw: event.encode_to_vec().into() }
+    }
+
+    /// The event's fields, borrowed.
+    pub fn view(&self) -> Result<EventView<'_>, Malformed> {
+        EventView::parse(&self.raw)
+    }
+
+    /// The event, decoded into owned fields.
+    pub fn event(&self) -> Result<pb::AdEvent, prost::DecodeError> {
+        pb::AdEvent::decode(&self.raw[..])
+    }
 }

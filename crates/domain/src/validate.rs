@@ -2,7 +2,8 @@
 //! touches the dedup window or the pipeline, so a refused event never reaches storage.
 //! Each failure names the field and says what was wrong, for the reply's `Rejection`.
 
-use crate::pb::{AdEvent, EventType, Platform, RejectReason};
+use crate::EventView;
+use crate::pb::{EventType, Platform, RejectReason};
 use serde::{Deserialize, Serialize};
 
 /// Bounds an event must respect (`[validation]` in the config).
@@ -71,8 +72,8 @@ fn bounded(field: &'static str, value: &str, max: usize, required: bool) -> Resu
 
 impl Limits {
     /// Checks `event` as received at `now_ms`; the first problem found is returned.
-    pub fn check(&self, e: &AdEvent, now_ms: i64) -> Result<(), Invalid> {
-        bounded("event_id", &e.event_id, self.max_event_id_len, true)?;
+    pub fn check(&self, e: &EventView<'_>, now_ms: i64) -> Result<(), Invalid> {
+        bounded("event_id", e.event_id, self.max_event_id_len, true)?;
         match EventType::try_from(e.r#type) {
             Ok(EventType::Unspecified) => {
                 return Err(invalid("type", RejectReason::MissingField, "type is required".into()));
@@ -86,18 +87,18 @@ impl Limits {
             }
             Ok(_) => {}
         }
-        bounded("ad_id", &e.ad_id, self.max_field_len, true)?;
-        bounded("campaign_id", &e.campaign_id, self.max_field_len, false)?;
-        bounded("game_id", &e.game_id, self.max_field_len, false)?;
-        bounded("game_family", &e.game_family, self.max_field_len, false)?;
-        bounded("user_id", &e.user_id, self.max_field_len, false)?;
-        bounded("device", &e.device, self.max_field_len, false)?;
+        bounded("ad_id", e.ad_id, self.max_field_len, true)?;
+        bounded("campaign_id", e.campaign_id, self.max_field_len, false)?;
+        bounded("game_id", e.game_id, self.max_field_len, false)?;
+        bounded("game_family", e.game_family, self.max_field_len, false)?;
+        bounded("user_id", e.user_id, self.max_field_len, false)?;
+        bounded("device", e.device, self.max_field_len, false)?;
         let iso_code = e.country.len() == 2 && e.country.bytes().all(|b| b.is_ascii_uppercase());
         if !e.country.is_empty() && !iso_code {
             return Err(invalid(
                 "country",
                 RejectReason::Malformed,
-                format!("country {:?} is not an upper-case ISO 3166-1 alpha-2 code", trunc(&e.country)),
+                format!("country {:?} is not an upper-case ISO 3166-1 alpha-2 code", trunc(e.country)),
             ));
         }
         if Platform::try_from(e.platform).is_err() {
@@ -154,19 +155,15 @@ impl Limits {
         Ok(())
     }
 
-    fn check_attributes(&self, e: &AdEvent) -> Result<(), Invalid> {
-        if e.attributes.len() > self.max_attributes {
+    fn check_attributes(&self, e: &EventView<'_>) -> Result<(), Invalid> {
+        if e.attribute_count > self.max_attributes {
             return Err(invalid(
                 "attributes",
                 RejectReason::OutOfRange,
-                format!(
-                    "attributes has {} entries, the limit is {}",
-                    e.attributes.len(),
-                    self.max_attributes
-                ),
+                format!("attributes has {} entries, the limit is {}", e.attribute_count, self.max_attributes),
             ));
         }
-        for (k, v) in &e.attributes {
+        for (k, v) in e.attributes() {
             if k.is_empty() || k.len() > self.max_attribute_key_len {
                 return Err(invalid(
                     "attributes",
@@ -202,8 +199,15 @@ pub fn trunc(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::AdEvent;
+    use prost::Message;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    fn check(e: &AdEvent) -> Result<(), Invalid> {
+        let bytes = e.encode_to_vec();
+        Limits::default().check(&EventView::parse(&bytes).unwrap(), NOW)
+    }
 
     fn ok_event() -> AdEvent {
         AdEvent {
@@ -216,7 +220,7 @@ mod tests {
     }
 
     fn field_of(e: AdEvent) -> &'static str {
-        Limits::default().check(&e, NOW).unwrap_err().field
+        check(&e).unwrap_err().field
     }
 
     #[test]
@@ -225,7 +229,7 @@ mod tests {
         e.country = "DE".into();
         e.revenue_usd = Some(1.5);
         e.attributes.insert("placement".into(), "feed".into());
-        assert_eq!(Limits::default().check(&e, NOW), Ok(()));
+        assert_eq!(check(&e), Ok(()));
     }
 
     #[test]
@@ -254,12 +258,12 @@ mod tests {
 
     #[test]
     fn messages_state_the_limit() {
-        let err = Limits::default().check(&AdEvent { event_id: "x".repeat(300), ..ok_event() }, NOW);
+        let err = check(&AdEvent { event_id: "x".repeat(300), ..ok_event() });
         assert_eq!(err.unwrap_err().message, "event_id is 300 bytes, the limit is 128");
     }
 
     #[test]
     fn zero_timestamp_means_receive_time() {
-        assert!(Limits::default().check(&AdEvent { timestamp_ms: 0, ..ok_event() }, NOW).is_ok());
+        assert!(check(&AdEvent { timestamp_ms: 0, ..ok_event() }).is_ok());
     }
 }

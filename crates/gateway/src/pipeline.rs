@@ -14,8 +14,9 @@ use crate::config::{AckMode, IngestConfig};
 use adflow_domain::analytics::Analytics;
 use adflow_domain::dedup::{self, DedupWindow};
 use adflow_domain::validate::Limits;
-use adflow_domain::{StoredEvent, now_ms, pb};
+use adflow_domain::{EventView, StoredEvent, now_ms, pb};
 use adflow_store::EventStore;
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -160,10 +161,10 @@ impl Pipeline {
         }
     }
 
-    /// Validates, deduplicates and queues `events`.
+    /// Validates, deduplicates and queues `events` (each an encoded `AdEvent`).
     pub async fn enqueue(
         &self,
-        events: Vec<pb::AdEvent>,
+        events: Vec<Bytes>,
         mode: pb::AckMode,
         sequence: u64,
         when_full: WhenFull,
@@ -183,11 +184,24 @@ impl Pipeline {
         let mut room = self.reserve(received, when_full).await?;
         let mut fresh = Vec::with_capacity(received);
         let mut keys = Vec::with_capacity(if self.dedup.is_some() { received } else { 0 });
-        for (index, mut event) in events.into_iter().enumerate() {
-            if let Err(bad) = self.limits.check(&event, now) {
+        for (index, raw) in events.into_iter().enumerate() {
+            let view = match EventView::parse(&raw) {
+                Ok(v) => v,
+                Err(bad) => {
+                    reply.rejections.push(pb::Rejection {
+                        index: index as u32,
+                        event_id: String::new(),
+                        field: "event".into(),
+                        reason: pb::RejectReason::Malformed as i32,
+                        message: format!("not a valid AdEvent: {bad}"),
+                    });
+                    continue;
+                }
+            };
+            if let Err(bad) = self.limits.check(&view, now) {
                 reply.rejections.push(pb::Rejection {
                     index: index as u32,
-                    event_id: adflow_domain::validate::trunc(&event.event_id).to_owned(),
+                    event_id: adflow_domain::validate::trunc(view.event_id).to_owned(),
                     field: bad.field.to_owned(),
                     reason: bad.reason as i32,
                     message: bad.message,
@@ -195,17 +209,15 @@ impl Pipeline {
                 continue;
             }
             if let Some(window) = &self.dedup {
-                let k = dedup::key(&event.event_id);
+                let k = dedup::key(view.event_id);
                 if !window.insert(k, now) {
                     reply.duplicates += 1;
                     continue;
                 }
                 keys.push(k);
             }
-            if event.timestamp_ms == 0 {
-                event.timestamp_ms = now;
-            }
-            fresh.push(StoredEvent { received_at_ms: now, event });
+            let raw = if view.timestamp_ms == 0 { adflow_proto::raw::with_timestamp(&raw, now) } else { raw };
+            fresh.push(StoredEvent { received_at_ms: now, raw });
         }
         reply.rejected = reply.rejections.len() as u32;
         reply.accepted = fresh.len() as u32;

@@ -10,7 +10,8 @@ use crate::services::{analytics::AnalyticsService, ingest::IngestService};
 use adflow_domain::analytics::Analytics;
 use adflow_domain::dedup::{self, DedupWindow};
 use adflow_domain::now_ms;
-use adflow_domain::pb::{analytics_server::AnalyticsServer, event_ingest_server::EventIngestServer};
+use adflow_domain::pb::analytics_server::AnalyticsServer;
+use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
 use adflow_store::EventStore;
 use anyhow::Context;
 use std::future::Future;
@@ -43,7 +44,9 @@ async fn rebuild(
         if let Some(d) = dedup {
             let since = now - d.window_ms();
             for e in page.events.iter().filter(|e| e.received_at_ms >= since) {
-                d.insert(dedup::key(&e.event.event_id), e.received_at_ms);
+                if let Ok(v) = e.view() {
+                    d.insert(dedup::key(v.event_id), e.received_at_ms);
+                }
             }
         }
         analytics.write().unwrap_or_else(|p| p.into_inner()).record(&page.events, now);

@@ -42,7 +42,7 @@ async fn a_mixed_batch_gets_exact_counts_and_invalid_events_never_reach_the_stor
     assert_eq!(r.ack_mode, AckMode::Durable as i32);
     let dir_events = gw.events_dir();
     gw.stop().await;
-    let ids: Vec<_> = stored(&dir_events).await.into_iter().map(|e| e.event.event_id).collect();
+    let ids: Vec<_> = stored(&dir_events).await.into_iter().map(|e| e.event().unwrap().event_id).collect();
     assert_eq!(ids, vec!["ok-1", "ok-2", "ok-3"]);
 }
 
@@ -110,7 +110,8 @@ async fn durable_acked_events_are_all_read_back_after_a_restart() {
     let r = c.send_events(batch(again)).await.unwrap().into_inner();
     assert_eq!((r.accepted, r.duplicates), (0, 50));
     gw.stop().await;
-    let ids: Vec<_> = stored(&cfg.storage.file.dir).await.into_iter().map(|e| e.event.event_id).collect();
+    let ids: Vec<_> =
+        stored(&cfg.storage.file.dir).await.into_iter().map(|e| e.event().unwrap().event_id).collect();
     assert_eq!(ids.len(), 4000, "no event stored twice, none lost");
     assert_eq!(ids.iter().cloned().collect::<HashSet<_>>(), acked);
 }
@@ -251,7 +252,8 @@ async fn a_torn_segment_tail_is_recovered_by_the_gateway_with_every_earlier_reco
     let r = c.send_events(batch(vec![event("t-last", "ad-1", EventType::Click)])).await.unwrap().into_inner();
     assert_eq!(r.accepted, 1);
     gw.stop().await;
-    let ids: Vec<_> = stored(&cfg.storage.file.dir).await.into_iter().map(|e| e.event.event_id).collect();
+    let ids: Vec<_> =
+        stored(&cfg.storage.file.dir).await.into_iter().map(|e| e.event().unwrap().event_id).collect();
     let want: Vec<_> = (0..10).map(|i| format!("t{i}")).chain(["t-last".to_string()]).collect();
     assert_eq!(ids, want);
 }

@@ -21,9 +21,9 @@ pub trait Harness: Send + Sync {
 pub fn sample(i: u64) -> StoredEvent {
     let mut attributes = BTreeMap::new();
     attributes.insert("placement".to_string(), format!("slot-{}", i % 3));
-    StoredEvent {
-        received_at_ms: 1_800_000_000_000 + i as i64,
-        event: AdEvent {
+    StoredEvent::encode(
+        1_800_000_000_000 + i as i64,
+        &AdEvent {
             event_id: format!("conf-{i:06}"),
             r#type: EventType::Impression as i32 + (i % 3) as i32,
             ad_id: format!("ad-{}", i % 5),
@@ -39,7 +39,7 @@ pub fn sample(i: u64) -> StoredEvent {
             device: "tablet".into(),
             attributes,
         },
-    }
+    )
 }
 
 /// Reads every event of `store` in pages of `page`.

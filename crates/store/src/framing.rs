@@ -4,8 +4,8 @@
 //! mismatch reports where the valid prefix ends, which is what recovery truncates to.
 
 use crate::StoredEvent;
-use adflow_proto::v1::AdEvent;
-use prost::Message;
+use adflow_domain::EventView;
+use bytes::Bytes;
 
 /// Header bytes before each payload.
 pub const HEADER: usize = 8;
@@ -14,13 +14,13 @@ pub const MAX_PAYLOAD: usize = 4 << 20;
 
 /// Appends the framed record of `e` to `buf`.
 pub fn encode(e: &StoredEvent, buf: &mut Vec<u8>) {
-    let len = 8 + e.event.encoded_len();
+    let len = 8 + e.raw.len();
     buf.reserve(HEADER + len);
     let start = buf.len();
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&e.received_at_ms.to_le_bytes());
-    e.event.encode_raw(buf);
+    buf.extend_from_slice(&e.raw);
     let crc = crc32fast::hash(&buf[start + HEADER..]);
     buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
@@ -53,8 +53,11 @@ pub fn decode(b: &[u8]) -> Decoded {
         return Decoded::Bad("CRC mismatch".into());
     }
     let received_at_ms = i64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-    match AdEvent::decode(&payload[8..]) {
-        Ok(event) => Decoded::Record(Box::new(StoredEvent { received_at_ms, event }), HEADER + len),
+    match EventView::parse(&payload[8..]) {
+        Ok(_) => Decoded::Record(
+            Box::new(StoredEvent { received_at_ms, raw: Bytes::copy_from_slice(&payload[8..]) }),
+            HEADER + len,
+        ),
         Err(e) => Decoded::Bad(format!("undecodable event: {e}")),
     }
 }
@@ -62,12 +65,13 @@ pub fn decode(b: &[u8]) -> Decoded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use adflow_proto::v1::AdEvent;
 
     fn sample(i: i64) -> StoredEvent {
-        StoredEvent {
-            received_at_ms: i,
-            event: AdEvent { event_id: format!("e{i}"), ad_id: "a".into(), r#type: 1, ..Default::default() },
-        }
+        StoredEvent::encode(
+            i,
+            &AdEvent { event_id: format!("e{i}"), ad_id: "a".into(), r#type: 1, ..Default::default() },
+        )
     }
 
     #[test]

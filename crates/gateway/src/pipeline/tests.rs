@@ -50,13 +50,15 @@ fn cfg() -> IngestConfig {
     }
 }
 
-fn ev(id: &str) -> pb::AdEvent {
-    pb::AdEvent {
+fn ev(id: &str) -> Bytes {
+    use prost::Message;
+    let e = pb::AdEvent {
         event_id: id.into(),
         ad_id: "ad".into(),
         r#type: pb::EventType::Click as i32,
         ..Default::default()
-    }
+    };
+    e.encode_to_vec().into()
 }
 
 fn start(store: Arc<FlakyStore>) -> Pipeline {
@@ -89,7 +91,7 @@ async fn events_acked_in_accepted_mode_are_retried_until_stored() {
     let r = p.enqueue(vec![ev("x"), ev("y")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
     assert_eq!(r.wait().await.unwrap().accepted, 2);
     p.shutdown().await;
-    let ids: Vec<_> = store.events.lock().unwrap().iter().map(|e| e.event.event_id.clone()).collect();
+    let ids: Vec<_> = store.events.lock().unwrap().iter().map(|e| e.event().unwrap().event_id).collect();
     assert_eq!(ids, vec!["x", "y"]);
     assert_eq!(p.counters().store_errors.load(Ordering::Relaxed), 7);
 }
@@ -108,7 +110,7 @@ async fn the_receive_time_fills_a_missing_timestamp() {
     let p = start(store.clone());
     p.enqueue(vec![ev("t")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap().wait().await.unwrap();
     let e = store.events.lock().unwrap()[0].clone();
-    assert!(e.event.timestamp_ms > 0);
-    assert_eq!(e.event.timestamp_ms, e.received_at_ms);
+    assert!(e.event().unwrap().timestamp_ms > 0);
+    assert_eq!(e.event().unwrap().timestamp_ms, e.received_at_ms);
     p.shutdown().await;
 }

@@ -1,8 +1,11 @@
-//! `adflow.v1.EventIngest`: unary, batch and bidirectional-stream ingestion.
+//! `adflow.v1.EventIngest`: unary, batch and bidirectional-stream ingestion. Requests
+//! arrive through `adflow_proto::raw`: each event is a zero-copy slice of the received
+//! buffer, which the pipeline validates in place and the store writes as is.
 
 use crate::pipeline::{Pipeline, WhenFull};
-use adflow_domain::pb::event_ingest_server::EventIngest;
-use adflow_domain::pb::{self, IngestReply, SendEventRequest, SendEventsRequest};
+use adflow_domain::pb::{self, IngestReply};
+use adflow_proto::raw::{RawEvent, RawEvents};
+use adflow_proto::raw_ingest::event_ingest_server::EventIngest;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -36,7 +39,7 @@ fn check_mode(m: i32) -> Result<(), Status> {
 #[tonic::async_trait]
 impl EventIngest for IngestService {
     #[tracing::instrument(skip_all, name = "SendEvent")]
-    async fn send_event(&self, req: Request<SendEventRequest>) -> Result<Response<IngestReply>, Status> {
+    async fn send_event(&self, req: Request<RawEvent>) -> Result<Response<IngestReply>, Status> {
         let r = req.into_inner();
         check_mode(r.ack_mode)?;
         let event = r.event.ok_or_else(|| Status::invalid_argument("event is required"))?;
@@ -49,7 +52,7 @@ impl EventIngest for IngestService {
     }
 
     #[tracing::instrument(skip_all, name = "SendEvents")]
-    async fn send_events(&self, req: Request<SendEventsRequest>) -> Result<Response<IngestReply>, Status> {
+    async fn send_events(&self, req: Request<RawEvents>) -> Result<Response<IngestReply>, Status> {
         let r = req.into_inner();
         check_mode(r.ack_mode)?;
         let pending = self.pipeline.enqueue(r.events, mode(r.ack_mode), r.sequence, WhenFull::Refuse).await?;
@@ -61,7 +64,7 @@ impl EventIngest for IngestService {
     #[tracing::instrument(skip_all, name = "StreamEvents")]
     async fn stream_events(
         &self,
-        req: Request<Streaming<SendEventsRequest>>,
+        req: Request<Streaming<RawEvents>>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let (tx, rx) = mpsc::channel(self.max_inflight);
         let job = StreamJob {
@@ -85,7 +88,7 @@ struct StreamJob {
 }
 
 impl StreamJob {
-    async fn run(mut self, mut inbound: impl Stream<Item = Result<SendEventsRequest, Status>> + Unpin) {
+    async fn run(mut self, mut inbound: impl Stream<Item = Result<RawEvents, Status>> + Unpin) {
         let mut inflight = FuturesOrdered::new();
         let mut reading = true;
         let mut closing: Option<Status> = None;

@@ -5,15 +5,15 @@ use super::*;
 use adflow_proto::v1::AdEvent;
 
 fn ev(i: u64) -> StoredEvent {
-    StoredEvent {
-        received_at_ms: 1_000 + i as i64,
-        event: AdEvent {
+    StoredEvent::encode(
+        1_000 + i as i64,
+        &AdEvent {
             event_id: format!("event-{i}"),
             ad_id: format!("ad-{}", i % 7),
             r#type: 1,
             ..Default::default()
         },
-    }
+    )
 }
 
 fn cfg(dir: &Path, segment_bytes: u64) -> FileConfig {
