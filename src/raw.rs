@@ -40,10 +40,12 @@ impl<'a> Wire<'a> {
         Self { b, pos: 0 }
     }
 
+    #[inline]
     fn done(&self) -> bool {
         self.pos >= self.b.len()
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, Malformed> {
         let mut v = 0u64;
         for i in 0..10 {
@@ -61,6 +63,7 @@ impl<'a> Wire<'a> {
     }
 
     /// The next field's number and wire type.
+    #[inline]
     fn key(&mut self) -> Result<(u32, u8), Malformed> {
         let k = self.varint()?;
         let (field, wt) = ((k >> 3) as u32, (k & 7) as u8);
@@ -70,6 +73,7 @@ impl<'a> Wire<'a> {
         Ok((field, wt))
     }
 
+    #[inline]
     fn len_delimited(&mut self) -> Result<std::ops::Range<usize>, Malformed> {
         let n = self.varint()? as usize;
         let start = self.pos;
@@ -79,12 +83,14 @@ impl<'a> Wire<'a> {
         Ok(start..end)
     }
 
+    #[inline]
     fn fixed64(&mut self) -> Result<[u8; 8], Malformed> {
         let Some(s) = self.b.get(self.pos..self.pos + 8) else { return bad("truncated fixed64") };
         self.pos += 8;
         Ok(s.try_into().expect("8 bytes"))
     }
 
+    #[inline]
     fn skip(&mut self, wt: u8) -> Result<(), Malformed> {
         match wt {
             VARINT => self.varint().map(drop),
@@ -101,9 +107,16 @@ impl<'a> Wire<'a> {
         }
     }
 
+    #[inline]
     fn string(&mut self, field: &str) -> Result<&'a str, Malformed> {
         let r = self.len_delimited()?;
-        std::str::from_utf8(&self.b[r]).or_else(|_| bad(format!("{field} is not valid UTF-8")))
+        let b = &self.b[r];
+        // Ids and labels are nearly always ASCII; the word-at-a-time check is cheaper than
+        // full UTF-8 validation, which runs only when it fails.
+        if b.is_ascii() {
+            return Ok(std::str::from_utf8(b).unwrap_or_default());
+        }
+        std::str::from_utf8(b).or_else(|_| bad(format!("{field} is not valid UTF-8")))
     }
 }
 
@@ -145,6 +158,12 @@ pub struct EventView<'a> {
     pub device: &'a str,
     /// Number of attribute entries on the wire (a repeated key counts each time).
     pub attribute_count: usize,
+    /// Shortest attribute key, in bytes (0 when there are no attributes).
+    pub attribute_key_min: usize,
+    /// Longest attribute key, in bytes.
+    pub attribute_key_max: usize,
+    /// Longest attribute value, in bytes.
+    pub attribute_value_max: usize,
     raw: &'a [u8],
 }
 
@@ -187,7 +206,11 @@ impl<'a> EventView<'a> {
                 14 => {
                     expect(wt, LEN, "attributes")?;
                     let r = w.len_delimited()?;
-                    map_entry(&raw[r])?;
+                    let (k, val) = map_entry(&raw[r])?;
+                    v.attribute_key_min =
+                        if v.attribute_count == 0 { k.len() } else { v.attribute_key_min.min(k.len()) };
+                    v.attribute_key_max = v.attribute_key_max.max(k.len());
+                    v.attribute_value_max = v.attribute_value_max.max(val.len());
                     v.attribute_count += 1;
                 }
                 _ => w.skip(wt)?,
@@ -244,6 +267,44 @@ fn map_entry(b: &[u8]) -> Result<(&str, &str), Malformed> {
         }
     }
     Ok((k, v))
+}
+
+/// The few fields analytics needs, read from an event that already passed `EventView`
+/// (ids stay bytes: no second UTF-8 check on the commit path).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Facts<'a> {
+    /// Raw `type` value.
+    pub r#type: i32,
+    /// `ad_id` bytes.
+    pub ad_id: &'a [u8],
+    /// `campaign_id` bytes.
+    pub campaign_id: &'a [u8],
+    /// `timestamp_ms`.
+    pub timestamp_ms: i64,
+    /// `revenue_usd`.
+    pub revenue_usd: Option<f64>,
+    /// `video_position_ms`.
+    pub video_position_ms: i64,
+}
+
+impl<'a> Facts<'a> {
+    /// Reads the analytics fields of an encoded `AdEvent`.
+    pub fn parse(raw: &'a [u8]) -> Result<Self, Malformed> {
+        let mut f = Facts::default();
+        let mut w = Wire::new(raw);
+        while !w.done() {
+            match w.key()? {
+                (2, VARINT) => f.r#type = w.varint()? as i32,
+                (3, LEN) => f.ad_id = &raw[w.len_delimited()?],
+                (4, LEN) => f.campaign_id = &raw[w.len_delimited()?],
+                (8, VARINT) => f.timestamp_ms = w.varint()? as i64,
+                (9, I64) => f.revenue_usd = Some(f64::from_le_bytes(w.fixed64()?)),
+                (10, VARINT) => f.video_position_ms = w.varint()? as i64,
+                (_, wt) => w.skip(wt)?,
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// Returns `raw` with `timestamp_ms` set to `ts` (a later occurrence of a scalar field

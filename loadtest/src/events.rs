@@ -62,7 +62,9 @@ impl Generator {
             let i = self.rng.random_range(0..self.recent.len());
             return self.recent[i].clone();
         }
-        let id = uuid::Builder::from_random_bytes(self.rng.random()).into_uuid().to_string();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let uuid = uuid::Builder::from_random_bytes(self.rng.random()).into_uuid();
+        let id = uuid.hyphenated().encode_lower(&mut buf).to_owned();
         if self.shape.duplicate_ratio > 0.0 {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();

@@ -67,6 +67,23 @@ fn the_view_reads_what_prost_writes() {
 }
 
 #[test]
+fn facts_match_the_view() {
+    for i in 0..50 {
+        let e = sample(i);
+        let bytes = e.encode_to_vec();
+        let f = Facts::parse(&bytes).unwrap();
+        assert_eq!(
+            (f.r#type, f.ad_id, f.campaign_id),
+            (e.r#type, e.ad_id.as_bytes(), e.campaign_id.as_bytes())
+        );
+        assert_eq!(
+            (f.timestamp_ms, f.revenue_usd, f.video_position_ms),
+            (e.timestamp_ms, e.revenue_usd, e.video_position_ms)
+        );
+    }
+}
+
+#[test]
 fn a_batch_is_split_into_its_events_without_copying() {
     let req = SendEventsRequest { events: (0..5).map(sample).collect(), ack_mode: 2, sequence: 77 };
     let buf = Bytes::from(req.encode_to_vec());

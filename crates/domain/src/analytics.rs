@@ -7,8 +7,9 @@
 //! or whole hours (older part). The whole structure is rebuilt from the event store at
 //! start, which is why it needs no persistence of its own.
 
+use crate::StoredEvent;
 use crate::pb::{EventType, Metric};
-use crate::{EventView, StoredEvent};
+use adflow_proto::raw::Facts;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::hash::BuildHasherDefault;
@@ -48,7 +49,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add_event(&mut self, e: &EventView<'_>) {
+    fn add_event(&mut self, e: &Facts<'_>) {
         let t = e.r#type as usize;
         if t < self.by_type.len() {
             self.by_type[t] += 1;
@@ -123,10 +124,10 @@ struct Series {
 }
 
 impl Series {
-    fn add(&mut self, e: &EventView<'_>) {
+    fn add(&mut self, e: &Facts<'_>) {
         let ts = e.timestamp_ms;
-        self.minutes.entry(ts.div_euclid(MINUTE)).or_default().add_event(e);
-        self.hours.entry(ts.div_euclid(HOUR)).or_default().add_event(e);
+        bump(&mut self.minutes, ts.div_euclid(MINUTE), e);
+        bump(&mut self.hours, ts.div_euclid(HOUR), e);
     }
 
     fn sum(&self, from: i64, to: i64, minute_floor: i64) -> Counters {
@@ -159,6 +160,17 @@ impl Series {
     }
 }
 
+/// Adds `e` to bucket `k`; the newest bucket, where nearly every event lands, is O(1).
+fn bump(buckets: &mut BTreeMap<i64, Counters>, k: i64, e: &Facts<'_>) {
+    if let Some(mut last) = buckets.last_entry()
+        && *last.key() == k
+    {
+        last.get_mut().add_event(e);
+        return;
+    }
+    buckets.entry(k).or_default().add_event(e);
+}
+
 fn ceil_div(a: i64, b: i64) -> i64 {
     -((-a).div_euclid(b))
 }
@@ -179,8 +191,8 @@ pub enum Scope<'a> {
 pub struct Analytics {
     retention: Retention,
     all: Series,
-    ads: HashMap<String, Series>,
-    campaigns: HashMap<String, Series>,
+    ads: HashMap<Box<[u8]>, Series>,
+    campaigns: HashMap<Box<[u8]>, Series>,
     recorded: u64,
 }
 
@@ -203,14 +215,14 @@ impl Analytics {
         let hour_floor = self.hour_floor(now_ms);
         for s in events {
             // Stored events passed validation; one that does not parse is skipped, not fatal.
-            let Ok(e) = s.view() else { continue };
+            let Ok(e) = Facts::parse(&s.raw) else { continue };
             if e.timestamp_ms < hour_floor {
                 continue;
             }
             self.all.add(&e);
-            series(&mut self.ads, e.ad_id).add(&e);
+            add_to(&mut self.ads, e.ad_id, &e);
             if !e.campaign_id.is_empty() {
-                series(&mut self.campaigns, e.campaign_id).add(&e);
+                add_to(&mut self.campaigns, e.campaign_id, &e);
             }
             self.recorded += 1;
             // Amortised pruning: once per ~million events keeps memory flat without a timer.
@@ -237,8 +249,8 @@ impl Analytics {
         let floor = self.minute_floor(now_ms);
         let s = match scope {
             Scope::All => Some(&self.all),
-            Scope::Ad(id) => self.ads.get(id),
-            Scope::Campaign(id) => self.campaigns.get(id),
+            Scope::Ad(id) => self.ads.get(id.as_bytes()),
+            Scope::Campaign(id) => self.campaigns.get(id.as_bytes()),
         };
         s.map(|s| s.sum(from, to, floor)).unwrap_or_default()
     }
@@ -254,15 +266,24 @@ impl Analytics {
     }
 }
 
-fn series<'m>(map: &'m mut HashMap<String, Series>, id: &str) -> &'m mut Series {
-    if !map.contains_key(id) {
-        map.insert(id.to_owned(), Series::default());
+/// Adds `e` to the series of `id` (one hash lookup when the series exists).
+fn add_to(map: &mut HashMap<Box<[u8]>, Series>, id: &[u8], e: &Facts<'_>) {
+    match map.get_mut(id) {
+        Some(s) => s.add(e),
+        None => {
+            let mut s = Series::default();
+            s.add(e);
+            map.insert(id.into(), s);
+        }
     }
-    map.get_mut(id).expect("inserted above")
 }
 
-fn per_key(map: &HashMap<String, Series>, from: i64, to: i64, floor: i64) -> Vec<(&str, Counters)> {
-    map.iter().map(|(k, s)| (k.as_str(), s.sum(from, to, floor))).filter(|(_, c)| c.total() > 0).collect()
+fn per_key(map: &HashMap<Box<[u8]>, Series>, from: i64, to: i64, floor: i64) -> Vec<(&str, Counters)> {
+    map.iter()
+        // Keys come from validated events, so they are UTF-8.
+        .filter_map(|(k, s)| Some((std::str::from_utf8(k).ok()?, s.sum(from, to, floor))))
+        .filter(|(_, c)| c.total() > 0)
+        .collect()
 }
 
 #[cfg(test)]

@@ -163,6 +163,11 @@ impl Limits {
                 format!("attributes has {} entries, the limit is {}", e.attribute_count, self.max_attributes),
             ));
         }
+        let keys_ok = e.attribute_count == 0
+            || (e.attribute_key_min > 0 && e.attribute_key_max <= self.max_attribute_key_len);
+        if keys_ok && e.attribute_value_max <= self.max_attribute_value_len {
+            return Ok(()); // the common case: no need to walk the entries again
+        }
         for (k, v) in e.attributes() {
             if k.is_empty() || k.len() > self.max_attribute_key_len {
                 return Err(invalid(
