@@ -30,12 +30,14 @@ DATA=$(mktemp -d /tmp/adflow-bench.XXXXXX)
 ADFLOW_STORAGE__FILE__DIR=$DATA ADFLOW_SERVER__LISTEN=127.0.0.1:50561 ADFLOW_LOG__LEVEL=warn $B/adflow-gateway & GP=$!
 wait_port 50561
 L="$B/adflow-loadtest"
-run() { local c0 t0 c1 t1; c0=$(cpu $GP); t0=$(date +%s.%N); "$L" "$@" --addr 127.0.0.1:50561 --duration "$DUR" --warmup 1 --quiet --ack durable;
+run() { local c0 t0 c1 t1; c0=$(cpu $GP); t0=$(date +%s.%N); "$L" "$@" --addr 127.0.0.1:50561 --duration "$DUR" --warmup 1 --quiet;
         c1=$(cpu $GP); t1=$(date +%s.%N); awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "  gateway CPU: %.2f cores\n", (b-a)/hz/(e-s)}'; }
-run unary --concurrency 64 --connections 4
-run batch --concurrency 8 --connections 4 --batch-size 1000
-run stream --concurrency 4 --connections 4 --batch-size 1000 --inflight 8
-echo "  gateway peak RSS: $(grep VmHWM /proc/$GP/status | awk '{print $2/1024 " MB"}')"
+rss() { echo "  gateway peak RSS so far: $(grep VmHWM /proc/$GP/status | awk '{print $2/1024 " MB"}')"; }
+run unary --concurrency 64 --connections 4 --ack durable; rss
+run batch --concurrency 8 --connections 4 --batch-size 1000 --ack durable; rss
+run stream --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable; rss
+echo "== for reference: unary with ACK_MODE_ACCEPTED (no wait for the fsync)"
+run unary --concurrency 64 --connections 4 --ack accepted; rss
 kill -TERM $GP; wait $GP || true
 echo "  stored: $(du -sh "$DATA" | cut -f1) in $(ls "$DATA" | wc -l) segment(s)"
 rm -rf "$DATA"

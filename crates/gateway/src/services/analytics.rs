@@ -92,7 +92,7 @@ fn range(from: i64, to: i64) -> Option<pb::TimeRange> {
 
 #[tonic::async_trait]
 impl AnalyticsRpc for AnalyticsService {
-    #[tracing::instrument(skip_all, name = "GetAdStats")]
+    #[tracing::instrument(level = "debug", skip_all, name = "GetAdStats")]
     async fn get_ad_stats(
         &self,
         req: Request<pb::GetAdStatsRequest>,
@@ -108,7 +108,7 @@ impl AnalyticsRpc for AnalyticsService {
         Ok(Response::new(pb::GetAdStatsResponse { stats: Some(stats), range: range(from, to) }))
     }
 
-    #[tracing::instrument(skip_all, name = "TopAds")]
+    #[tracing::instrument(level = "debug", skip_all, name = "TopAds")]
     async fn top_ads(&self, req: Request<pb::TopAdsRequest>) -> Result<Response<pb::TopAdsResponse>, Status> {
         let r = req.into_inner();
         let metric = Metric::try_from(r.metric)
@@ -133,7 +133,7 @@ impl AnalyticsRpc for AnalyticsService {
         Ok(Response::new(pb::TopAdsResponse { ads, range: range(from, to) }))
     }
 
-    #[tracing::instrument(skip_all, name = "EventsByCampaign")]
+    #[tracing::instrument(level = "debug", skip_all, name = "EventsByCampaign")]
     async fn events_by_campaign(
         &self,
         req: Request<pb::EventsByCampaignRequest>,

@@ -38,7 +38,7 @@ fn check_mode(m: i32) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl EventIngest for IngestService {
-    #[tracing::instrument(skip_all, name = "SendEvent")]
+    #[tracing::instrument(level = "debug", skip_all, name = "SendEvent")]
     async fn send_event(&self, req: Request<RawEvent>) -> Result<Response<IngestReply>, Status> {
         let r = req.into_inner();
         check_mode(r.ack_mode)?;
@@ -51,7 +51,7 @@ impl EventIngest for IngestService {
         Ok(Response::new(reply))
     }
 
-    #[tracing::instrument(skip_all, name = "SendEvents")]
+    #[tracing::instrument(level = "debug", skip_all, name = "SendEvents")]
     async fn send_events(&self, req: Request<RawEvents>) -> Result<Response<IngestReply>, Status> {
         let r = req.into_inner();
         check_mode(r.ack_mode)?;
@@ -61,7 +61,7 @@ impl EventIngest for IngestService {
 
     type StreamEventsStream = ReceiverStream<Result<IngestReply, Status>>;
 
-    #[tracing::instrument(skip_all, name = "StreamEvents")]
+    #[tracing::instrument(level = "debug", skip_all, name = "StreamEvents")]
     async fn stream_events(
         &self,
         req: Request<Streaming<RawEvents>>,
