@@ -2,8 +2,9 @@
 //!
 //! prost decodes an `AdEvent` into a dozen owned `String`s and a map, which the gateway
 //! would then validate, re-encode for storage and free: on this path allocation and
-//! copying cost more than the work itself. Here a request is decoded into `Bytes` slices
-//! of the received buffer (one per event, no copy) and each event is read through an
+//! copying cost more than the work itself. Here a request is copied once into an
+//! exact-size buffer and split into `Bytes` slices of it (one per event, no further copy
+//! or allocation), and each event is read through an
 //! `EventView` that borrows its fields. The store writes the event's original bytes, so
 //! nothing is encoded twice. The parser is at least as strict as prost for every field the
 //! schema declares (wire types, UTF-8, varint and length bounds), so whatever it accepts
@@ -408,7 +409,9 @@ impl<D: RawDecode> Decoder for RawDecoder<D> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        let buf = src.copy_to_bytes(src.remaining());
+        // One exact-size copy per message: the events then pin only their own request's
+        // bytes, not tonic's (much larger) receive buffer, while they wait for the store.
+        let buf = Bytes::copy_from_slice(&src.copy_to_bytes(src.remaining()));
         D::decode_raw(buf).map(Some).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
     }
 }

@@ -101,7 +101,8 @@ pub struct IngestConfig {
     /// Most events in one request or streamed batch (default 10000).
     pub max_events_per_request: usize,
     /// Events that may wait between the RPC handlers and the store; beyond it requests
-    /// get RESOURCE_EXHAUSTED (default 262144).
+    /// get RESOURCE_EXHAUSTED (default 65536; an event holds its encoded size, ~160 B
+    /// typical, at most ~12 KiB under the default validation limits).
     pub queue_capacity_events: usize,
     /// The batcher writes once this many events are gathered (default 8192).
     pub max_batch_events: usize,
@@ -125,7 +126,7 @@ impl Default for IngestConfig {
         Self {
             ack_mode: AckMode::Durable,
             max_events_per_request: 10_000,
-            queue_capacity_events: 262_144,
+            queue_capacity_events: 65_536,
             max_batch_events: 8_192,
             max_batch_delay_ms: 0,
             stream_max_inflight: 32,
