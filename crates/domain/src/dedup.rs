@@ -3,7 +3,7 @@
 //!
 //! Ids are kept as 64-bit xxh3 hashes (8 bytes each, whatever the id's length). With n
 //! ids remembered, a new id is mistaken for a duplicate with probability n / 2^64: about
-//! 5e-14 at the default 1M ids, i.e. once per 2*10^13 events. Half-size keys keep the map
+//! 3e-14 at the default 500k ids, i.e. about once per 4*10^13 events. Half-size keys keep the map
 //! small enough that the per-event probe stays cheap (measured: see BENCHMARKS.md).
 //! The set is split into shards, each behind its own `std::sync::Mutex` that is held only
 //! for one hash-map probe (no `.await` inside), so contention stays negligible. Within a

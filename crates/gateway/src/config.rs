@@ -146,7 +146,7 @@ pub struct DedupConfig {
     pub enabled: bool,
     /// How long an accepted id is remembered, in seconds (default 600).
     pub window_secs: u64,
-    /// Most ids remembered (about 40 bytes each with hash-table slack; default 1000000).
+    /// Most ids remembered (about 40-70 bytes each with hash-table slack; default 500000).
     /// When reached, the
     /// oldest ids are forgotten early and counted as early evictions.
     pub max_ids: usize,
@@ -154,7 +154,7 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self { enabled: true, window_secs: 600, max_ids: 1_000_000 }
+        Self { enabled: true, window_secs: 600, max_ids: 500_000 }
     }
 }
 
