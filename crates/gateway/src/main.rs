@@ -41,7 +41,14 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("adflow-gateway: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
