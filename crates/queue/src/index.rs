@@ -139,12 +139,24 @@ impl Index {
     }
 
     /// The ad that would be served next, skipping keys in `skip`.
-    fn choose(&self, now: i64, rules: Rules, mask: PartitionMask, skip: &dyn Fn(AdKey) -> bool) -> Option<Pick> {
+    fn choose(
+        &self,
+        now: i64,
+        rules: Rules,
+        mask: PartitionMask,
+        skip: &dyn Fn(AdKey) -> bool,
+    ) -> Option<Pick> {
         if rules.anti_starvation {
             for (&(deadline, _), &key) in self.deadlines.range(..(now + 1, 0)) {
                 let e = &self.entries[&key];
                 if deadline <= now && self.eligible(e, mask) && !skip(key) {
-                    return Some(Pick { key, priority: e.priority, effective: MAX_PRIORITY, overdue: true, enqueued_at: e.enqueued_at });
+                    return Some(Pick {
+                        key,
+                        priority: e.priority,
+                        effective: MAX_PRIORITY,
+                        overdue: true,
+                        enqueued_at: e.enqueued_at,
+                    });
                 }
             }
         }
@@ -155,10 +167,19 @@ impl Index {
             }
             let Some((_, &key)) = part.iter().find(|(_, k)| !skip(**k)) else { continue };
             let e = &self.entries[&key];
-            let pick = Pick { key, priority: e.priority, effective: self.effective(e, now, rules), overdue: false, enqueued_at: e.enqueued_at };
+            let pick = Pick {
+                key,
+                priority: e.priority,
+                effective: self.effective(e, now, rules),
+                overdue: false,
+                enqueued_at: e.enqueued_at,
+            };
             let better = match best {
                 None => true,
-                Some(b) => (pick.effective, -pick.enqueued_at, pick.priority) > (b.effective, -b.enqueued_at, b.priority),
+                Some(b) => {
+                    (pick.effective, -pick.enqueued_at, pick.priority)
+                        > (b.effective, -b.enqueued_at, b.priority)
+                }
             };
             if better {
                 best = Some(pick);

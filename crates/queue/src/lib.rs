@@ -5,4 +5,132 @@
 //! leases, watchers and a redb-backed journal of ad states. The gateway talks to the
 //! `AdQueue` trait so that other backends (Redis, issue 4) can replace the embedded one.
 
+pub mod embedded;
 pub mod index;
+pub mod journal;
+pub mod policy;
+
+pub use embedded::EmbeddedQueue;
+pub use policy::QueueConfig;
+
+use adflow_proto::v1 as pb;
+use async_trait::async_trait;
+use index::PartitionMask;
+use tokio::sync::{mpsc, watch};
+
+/// Errors of queue operations.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// No ad has this id.
+    #[error("ad {0} not found")]
+    NotFound(String),
+    /// The id is not a UUID.
+    #[error("id {0:?} is not a valid ad id (a UUID)")]
+    BadId(String),
+    /// The ad is not in a state that allows the operation.
+    #[error("ad {id} is {status}: {what}")]
+    WrongState {
+        /// The ad.
+        id: String,
+        /// Its status name.
+        status: &'static str,
+        /// What was refused.
+        what: &'static str,
+    },
+    /// A field is out of range.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The lease does not exist.
+    #[error("lease {0} does not exist")]
+    UnknownLease(u64),
+    /// The lease is not the ad's newest one (expired, released or settled) or not yours.
+    #[error("lease {0} is not the ad's current lease (it expired, was released, or the ad was settled)")]
+    StaleLease(u64),
+    /// Persistence failed.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+}
+
+/// A leased ad, ready to send to a worker.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    /// The lease id.
+    pub lease_id: u64,
+    /// The ad as it is now.
+    pub ad: pb::Ad,
+    /// 1 for the first lease.
+    pub attempt: u32,
+    /// Deadline, Unix ms.
+    pub deadline_ms: i64,
+}
+
+/// The queue contract shared by every backend: submission and reads, worker leases, and
+/// the operator controls of QueueControl (which the agent also uses).
+#[async_trait]
+pub trait AdQueue: Send + Sync + 'static {
+    /// Stores and enqueues validated ads; returns once they are durable.
+    async fn submit(&self, specs: Vec<pb::AdSpec>, now: i64)
+    -> Result<Vec<pb::SubmitAdResponse>, QueueError>;
+    /// One ad with its computed fields.
+    async fn get(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError>;
+    /// Ads matching a filter, newest first, after `page_token`.
+    async fn list(&self, req: &pb::ListAdsRequest, now: i64) -> Result<pb::ListAdsResponse, QueueError>;
+    /// Cancels an ad that is not final.
+    async fn cancel(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError>;
+    /// The ad now, and a channel of its later states (closed after a final one).
+    async fn watch(&self, id: &str, now: i64) -> Result<(pb::Ad, mpsc::Receiver<pb::Ad>), QueueError>;
+    /// Leases up to `n` ads from the partitions in `mask` to worker session `session`.
+    async fn lease(&self, session: u64, mask: PartitionMask, n: usize, now: i64) -> Vec<Leased>;
+    /// Settles a lease with its analysis.
+    async fn ack(
+        &self,
+        session: u64,
+        lease_id: u64,
+        result: pb::AnalysisResult,
+        now: i64,
+    ) -> Result<(), QueueError>;
+    /// Gives a lease back: requeue (`retry`, while attempts remain) or dead-letter.
+    async fn nack(
+        &self,
+        session: u64,
+        lease_id: u64,
+        retry: bool,
+        error: &str,
+        now: i64,
+    ) -> Result<(), QueueError>;
+    /// Moves a lease's deadline to now + `seconds`.
+    async fn extend(&self, session: u64, lease_id: u64, seconds: u32, now: i64) -> Result<i64, QueueError>;
+    /// Requeues every lease of a session that ended; returns how many.
+    async fn release_session(&self, session: u64, now: i64) -> usize;
+    /// Redelivers or dead-letters leases past their deadline; returns how many expired.
+    async fn expire(&self, now: i64) -> usize;
+    /// Queue statistics.
+    async fn stats(&self, now: i64) -> pb::QueueStats;
+    /// The next `n` ads in serving order.
+    async fn peek(&self, n: usize, now: i64) -> Vec<pb::QueuedAd>;
+    /// Changes one queued ad's priority; returns (old, new).
+    async fn set_priority(&self, id: &str, priority: u8, now: i64) -> Result<(u8, u8), QueueError>;
+    /// Changes the priority of queued ads matching `filter`; returns (changed, matched).
+    async fn reprioritize(&self, filter: &pb::AdFilter, priority: u8, dry_run: bool, now: i64) -> (u64, u64);
+    /// Pauses or resumes a partition.
+    async fn set_paused(&self, priority: u8, paused: bool) -> pb::PartitionState;
+    /// The policy in force.
+    async fn policy(&self) -> pb::Policy;
+    /// Changes the policy.
+    async fn set_policy(&self, update: &pb::SetPolicyRequest, now: i64) -> Result<pb::Policy, QueueError>;
+    /// Dead letters, newest first, and their total.
+    async fn dead_letters(&self, limit: usize) -> (Vec<pb::DeadLetter>, u64);
+    /// Requeues the named dead letters (all when empty).
+    async fn requeue_dead(&self, ids: &[String], now: i64) -> Result<u64, QueueError>;
+    /// Cancels every queued ad of a partition.
+    async fn purge(&self, priority: u8, now: i64) -> u64;
+    /// Changes whenever new work may be available (wakes idle workers).
+    fn work_signal(&self) -> watch::Receiver<u64>;
+    /// Flushes and closes.
+    async fn close(&self);
+}
