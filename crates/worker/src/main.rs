@@ -1,0 +1,55 @@
+//! `adflow-worker`: a standalone streaming worker that connects to a gateway.
+
+use adflow_worker::analysis::AnalysisConfig;
+use adflow_worker::run::{WorkerConfig, WorkerStats, run};
+use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Analyses ads leased from an adflow gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Gateway URL.
+    #[arg(long, env = "ADFLOW_WORKER_GATEWAY", default_value = "http://127.0.0.1:50051")]
+    gateway: String,
+    /// Worker id (default: worker-<pid>).
+    #[arg(long, env = "ADFLOW_WORKER_ID")]
+    id: Option<String>,
+    /// Priorities to serve, comma-separated (default: all).
+    #[arg(long, env = "ADFLOW_WORKER_PARTITIONS", value_delimiter = ',')]
+    partitions: Vec<u32>,
+    /// Leases held at once.
+    #[arg(long, env = "ADFLOW_WORKER_CONCURRENCY", default_value_t = 64)]
+    concurrency: u32,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = WorkerConfig {
+        gateway: args.gateway,
+        worker_id: args.id.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        partitions: args.partitions,
+        concurrency: args.concurrency.max(1),
+        analysis: AnalysisConfig::default(),
+        max_backoff: Duration::from_secs(5),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                s.recv().await;
+            }
+        };
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+        let _ = stop_tx.send(true);
+    });
+    let stats = Arc::new(WorkerStats::default());
+    run(cfg, stop_rx, stats.clone()).await;
+    tracing::info!(acked = stats.acked.load(std::sync::atomic::Ordering::Relaxed), "worker exited");
+}
