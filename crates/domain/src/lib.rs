@@ -2,6 +2,7 @@
 //! window remembers event ids, and how committed events become analytics counters.
 //! Everything here is synchronous and unit-tested in place; the gateway wires it up.
 
+pub mod ads;
 pub mod analytics;
 pub mod dedup;
 pub mod validate;

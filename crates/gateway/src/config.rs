@@ -6,7 +6,9 @@
 
 use adflow_domain::analytics::Retention;
 use adflow_domain::validate::Limits;
+use adflow_queue::QueueConfig;
 use adflow_store::StorageConfig;
+use adflow_worker::analysis::AnalysisConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,12 @@ pub struct Config {
     pub analytics: Retention,
     /// Where events are stored.
     pub storage: StorageConfig,
+    /// The ad queue.
+    pub queue: QueueConfig,
+    /// Workers run inside the gateway.
+    pub workers: WorkersConfig,
+    /// Ad analysis rules (used by the in-process workers).
+    pub analysis: AnalysisConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -158,6 +166,25 @@ impl Default for DedupConfig {
     }
 }
 
+/// `[workers]`: the in-process workers (the same code as the `adflow-worker` binary,
+/// connected to this gateway over loopback).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// How many to run (default 2; 0 turns them off).
+    pub in_process: usize,
+    /// Leases each may hold (default 64).
+    pub concurrency: u32,
+    /// Priorities they serve (default: all).
+    pub partitions: Vec<u32>,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self { in_process: 2, concurrency: 64, partitions: Vec::new() }
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -247,6 +274,22 @@ impl Config {
         }
         if self.storage.file.segment_bytes < 4096 {
             return Err(invalid("storage.file.segment_bytes", "must be at least 4096"));
+        }
+        let policy = self.queue.policy();
+        if let Err((field, problem)) = adflow_queue::policy::check(&policy) {
+            let key = match field {
+                "max_wait_seconds" => "queue.max_wait_seconds",
+                "aging_step_seconds" => "queue.aging_step_seconds",
+                "max_attempts" => "queue.max_attempts",
+                _ => "queue.lease_seconds",
+            };
+            return Err(invalid(key, problem));
+        }
+        if !(1..=10_000).contains(&self.workers.concurrency) {
+            return Err(invalid("workers.concurrency", "must be 1..=10000"));
+        }
+        if self.workers.partitions.iter().any(|p| !(1..=5).contains(p)) {
+            return Err(invalid("workers.partitions", "entries must be 1..=5"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", format!("{:?} is not a valid tracing filter", self.log.level)));

@@ -6,13 +6,21 @@
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::services::ads::AdsService;
+use crate::services::queue_control::QueueControlService;
+use crate::services::workers::{WorkerHub, WorkersService};
 use crate::services::{analytics::AnalyticsService, ingest::IngestService};
 use adflow_domain::analytics::Analytics;
 use adflow_domain::dedup::{self, DedupWindow};
 use adflow_domain::now_ms;
+use adflow_domain::pb::ad_service_server::AdServiceServer;
 use adflow_domain::pb::analytics_server::AnalyticsServer;
+use adflow_domain::pb::queue_control_server::QueueControlServer;
+use adflow_domain::pb::worker_service_server::WorkerServiceServer;
 use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
+use adflow_queue::{AdQueue, EmbeddedQueue};
 use adflow_store::EventStore;
+use adflow_worker::run::{WorkerConfig, WorkerStats};
 use anyhow::Context;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -26,7 +34,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The names health is reported under ("" is the whole server).
-const SERVICES: [&str; 3] = ["", "adflow.v1.EventIngest", "adflow.v1.Analytics"];
+const SERVICES: [&str; 6] = [
+    "",
+    "adflow.v1.EventIngest",
+    "adflow.v1.Analytics",
+    "adflow.v1.AdService",
+    "adflow.v1.QueueControl",
+    "adflow.v1.WorkerService",
+];
 const REBUILD_PAGE: usize = 16_384;
 
 /// Replays the store into analytics and the dedup window; returns the events read.
@@ -85,6 +100,48 @@ async fn watch_health(store: Arc<dyn EventStore>, reporter: HealthReporter, mut 
     }
 }
 
+/// Redelivers or dead-letters expired leases, four times a second.
+async fn expire_leases(queue: Arc<dyn AdQueue>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = queue.expire(now_ms()).await;
+                if n > 0 {
+                    tracing::info!(expired = n, "leases expired; ads redelivered or dead-lettered");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Starts the in-process workers: the `adflow-worker` loop, connected over loopback.
+fn spawn_workers(
+    cfg: &Config,
+    addr: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    (0..cfg.workers.in_process)
+        .map(|i| {
+            let wc = WorkerConfig {
+                gateway: format!("http://{host}"),
+                worker_id: format!("in-process-{i}"),
+                partitions: cfg.workers.partitions.clone(),
+                concurrency: cfg.workers.concurrency,
+                analysis: cfg.analysis.clone(),
+                max_backoff: Duration::from_secs(2),
+            };
+            tokio::spawn(adflow_worker::run::run(wc, stop.clone(), Arc::new(WorkerStats::default())))
+        })
+        .collect()
+}
+
 /// Runs the gateway on `listener` until `shutdown` completes, then stops cleanly.
 pub async fn serve(
     listener: TcpListener,
@@ -112,7 +169,15 @@ pub async fn serve(
         analytics.clone(),
         dedup.clone(),
     ));
+    let qcfg = cfg.queue.clone();
+    let queue: Arc<dyn AdQueue> = Arc::new(
+        tokio::task::spawn_blocking(move || EmbeddedQueue::open(&qcfg))
+            .await?
+            .context("opening the ad queue")?,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
+    let hub = Arc::new(WorkerHub::new(queue.clone(), analytics.clone(), stop_rx.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(watch_health(store.clone(), reporter.clone(), stop_rx.clone()));
 
@@ -124,6 +189,10 @@ pub async fn serve(
     let analytics_svc = AnalyticsServer::new(AnalyticsService::new(analytics.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let ads_svc = AdServiceServer::new(AdsService::new(queue.clone())).max_decoding_message_size(max);
+    let control_svc = QueueControlServer::new(QueueControlService::new(queue.clone(), hub.clone()));
+    let workers_svc =
+        WorkerServiceServer::new(WorkersService::new(hub.clone())).max_decoding_message_size(max);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(adflow_proto::FILE_DESCRIPTOR_SET)
@@ -134,9 +203,13 @@ pub async fn serve(
 
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
     let stop_reporter = reporter.clone();
+    let (workers_stop_tx, workers_stop_rx) = watch::channel(false);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
+        // In-process workers hand their leases back first, then every stream is closed.
+        let _ = workers_stop_tx.send(true);
+        tokio::time::sleep(Duration::from_millis(150)).await;
         let _ = stop_tx.send(true);
         set_health(&stop_reporter, ServingStatus::NotServing).await;
         let _ = signalled_tx.send(true);
@@ -152,9 +225,13 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(analytics_svc)
+        .add_service(ads_svc)
+        .add_service(control_svc)
+        .add_service(workers_svc)
         .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%addr, backend = store.backend(), "adflow gateway listening");
     let mut server = tokio::spawn(server);
+    let workers = spawn_workers(&cfg, addr, workers_stop_rx);
 
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     tokio::select! {
@@ -169,7 +246,12 @@ pub async fn serve(
             }
         }
     }
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = expiry.await;
     pipeline.shutdown().await;
+    queue.close().await;
     let _ = health_task.await;
     store.close().await.context("closing the event store")?;
     let c = pipeline.counters();

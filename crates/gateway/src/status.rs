@@ -3,7 +3,19 @@
 //! (back off and retry), UNAVAILABLE (retry later or elsewhere; nothing was stored).
 
 use crate::pipeline::IngestError;
+use adflow_queue::QueueError;
 use tonic::Status;
+
+/// The status of a queue error (a function: both types are foreign to this crate).
+pub(crate) fn from_queue(e: QueueError) -> Status {
+    let msg = e.to_string();
+    match e {
+        QueueError::NotFound(_) | QueueError::UnknownLease(_) => Status::not_found(msg),
+        QueueError::BadId(_) | QueueError::Invalid { .. } => Status::invalid_argument(msg),
+        QueueError::WrongState { .. } | QueueError::StaleLease(_) => Status::failed_precondition(msg),
+        QueueError::Journal(_) => Status::unavailable(msg),
+    }
+}
 
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {

@@ -359,7 +359,10 @@ impl AdQueue for EmbeddedQueue {
             0 => 100,
             n @ 1..=1000 => n as usize,
             n => {
-                return Err(QueueError::Invalid { field: "page_size", message: format!("{n} is above 1000") });
+                return Err(QueueError::Invalid {
+                    field: "page_size",
+                    message: format!("{n} is above 1000"),
+                });
             }
         };
         let before = if req.page_token.is_empty() { None } else { Some(parse_id(&req.page_token)?) };

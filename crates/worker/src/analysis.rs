@@ -31,9 +31,17 @@ pub struct AnalysisConfig {
 impl Default for AnalysisConfig {
     fn default() -> Self {
         Self {
-            banned_terms: ["guaranteed win", "free money", "100% win", "get rich", "risk free", "miracle", "cure"]
-                .map(String::from)
-                .to_vec(),
+            banned_terms: [
+                "guaranteed win",
+                "free money",
+                "100% win",
+                "get rich",
+                "risk free",
+                "miracle",
+                "cure",
+            ]
+            .map(String::from)
+            .to_vec(),
             duplicate_threshold: 0.8,
             recent_ads: 10_000,
         }
@@ -41,26 +49,53 @@ impl Default for AnalysisConfig {
 }
 
 const ACTION_VERBS: &[&str] = &[
-    "play", "download", "install", "join", "start", "get", "try", "claim", "unlock", "build", "battle", "explore",
-    "discover", "compete", "collect", "win", "create", "fight", "train",
+    "play", "download", "install", "join", "start", "get", "try", "claim", "unlock", "build", "battle",
+    "explore", "discover", "compete", "collect", "win", "create", "fight", "train",
 ];
 const URGENCY: &[&str] = &["now", "today", "free", "limited", "tonight", "instantly"];
 
 /// Typical audiences and visual motifs per genre keyword.
 type Genre = (&'static str, &'static [&'static str], &'static [&'static str]);
 const GENRES: &[Genre] = &[
-    ("rpg", &["core", "midcore", "fantasy-fans", "adults", "roleplayers"], &["dragon", "sword", "castle", "magic", "hero", "armor", "gameplay-footage"]),
-    ("fantasy", &["core", "midcore", "fantasy-fans", "adults"], &["dragon", "castle", "magic", "elf", "wizard"]),
-    ("puzzle", &["casual", "all-ages", "families", "women-35+", "commuters"], &["gems", "candy", "tiles", "board", "bright-colors"]),
+    (
+        "rpg",
+        &["core", "midcore", "fantasy-fans", "adults", "roleplayers"],
+        &["dragon", "sword", "castle", "magic", "hero", "armor", "gameplay-footage"],
+    ),
+    (
+        "fantasy",
+        &["core", "midcore", "fantasy-fans", "adults"],
+        &["dragon", "castle", "magic", "elf", "wizard"],
+    ),
+    (
+        "puzzle",
+        &["casual", "all-ages", "families", "women-35+", "commuters"],
+        &["gems", "candy", "tiles", "board", "bright-colors"],
+    ),
     ("casual", &["casual", "all-ages", "families", "commuters"], &["bright-colors", "characters", "cartoon"]),
-    ("shooter", &["core", "teens", "young-adults", "competitive"], &["gun", "soldier", "explosion", "gameplay-footage", "arena"]),
-    ("strategy", &["midcore", "adults", "history-fans", "competitive"], &["map", "army", "castle", "kingdom", "gameplay-footage"]),
+    (
+        "shooter",
+        &["core", "teens", "young-adults", "competitive"],
+        &["gun", "soldier", "explosion", "gameplay-footage", "arena"],
+    ),
+    (
+        "strategy",
+        &["midcore", "adults", "history-fans", "competitive"],
+        &["map", "army", "castle", "kingdom", "gameplay-footage"],
+    ),
     ("racing", &["core", "teens", "car-fans"], &["car", "track", "speed", "gameplay-footage"]),
-    ("sports", &["sports-fans", "teens", "young-adults", "competitive"], &["ball", "stadium", "player", "gameplay-footage"]),
+    (
+        "sports",
+        &["sports-fans", "teens", "young-adults", "competitive"],
+        &["ball", "stadium", "player", "gameplay-footage"],
+    ),
 ];
 
 fn words(s: &str) -> Vec<String> {
-    s.split(|c: char| !c.is_alphanumeric() && c != '%' && c != '\'').filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect()
+    s.split(|c: char| !c.is_alphanumeric() && c != '%' && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
 }
 
 fn syllables(word: &str) -> usize {
@@ -128,12 +163,21 @@ fn readability(spec: &pb::AdSpec) -> pb::ComponentScore {
     let sentences = text.split(['.', '!', '?']).filter(|s| !s.trim().is_empty()).count().max(1);
     let syl: usize = w.iter().map(|x| syllables(x)).sum();
     let flesch = 206.835 - 1.015 * (w.len() as f64 / sentences as f64) - 84.6 * (syl as f64 / w.len() as f64);
-    let grade = if flesch >= 70.0 { "easy" } else if flesch >= 50.0 { "fairly difficult" } else { "difficult" };
+    let grade = if flesch >= 70.0 {
+        "easy"
+    } else if flesch >= 50.0 {
+        "fairly difficult"
+    } else {
+        "difficult"
+    };
     component(
         "readability",
         flesch,
         0.15,
-        vec![format!("Flesch reading ease {flesch:.0} ({grade}): {} words, {sentences} sentences, {syl} syllables", w.len())],
+        vec![format!(
+            "Flesch reading ease {flesch:.0} ({grade}): {} words, {sentences} sentences, {syl} syllables",
+            w.len()
+        )],
     )
 }
 
@@ -168,7 +212,12 @@ fn audience_fit(spec: &pb::AdSpec) -> pb::ComponentScore {
     let key = format!("{} {}", spec.genre, spec.game_family).to_lowercase();
     let matched: Vec<_> = GENRES.iter().filter(|(g, _, _)| key.contains(g)).collect();
     if matched.is_empty() {
-        return component("audience_fit", 50.0, 0.15, vec![format!("genre \"{}\" has no audience profile (50)", key.trim())]);
+        return component(
+            "audience_fit",
+            50.0,
+            0.15,
+            vec![format!("genre \"{}\" has no audience profile (50)", key.trim())],
+        );
     }
     let norm = |v: &[String]| v.iter().map(|x| x.trim().to_lowercase()).collect::<Vec<_>>();
     let (aud, vis) = (norm(&spec.target_audience), norm(&spec.visual_elements));
@@ -204,13 +253,21 @@ fn performance(p: &pb::AdPerformance) -> Option<pb::ComponentScore> {
         0.15,
         vec![
             format!("CTR {:.2}% over {} impressions (2% scores 70)", p.ctr * 100.0, p.impressions),
-            format!("conversion rate {:.2}% over {} clicks (10% scores 30)", p.conversion_rate * 100.0, p.clicks),
+            format!(
+                "conversion rate {:.2}% over {} clicks (10% scores 30)",
+                p.conversion_rate * 100.0,
+                p.clicks
+            ),
         ],
     ))
 }
 
 fn flags(spec: &pb::AdSpec, banned: &[String]) -> Vec<pb::PolicyFlag> {
-    let fields = [("title", &spec.title), ("description", &spec.description), ("call_to_action", &spec.call_to_action)];
+    let fields = [
+        ("title", &spec.title),
+        ("description", &spec.description),
+        ("call_to_action", &spec.call_to_action),
+    ];
     let mut out = Vec::new();
     for term in banned {
         let t = words(term).join(" ");
@@ -241,9 +298,21 @@ impl Analyzer {
     }
 
     /// Analyses `ad` with its performance; `worker_id` and `now_ms` are recorded.
-    pub fn analyze(&mut self, ad: &pb::Ad, perf: Option<&pb::AdPerformance>, worker_id: &str, now_ms: i64) -> pb::AnalysisResult {
+    pub fn analyze(
+        &mut self,
+        ad: &pb::Ad,
+        perf: Option<&pb::AdPerformance>,
+        worker_id: &str,
+        now_ms: i64,
+    ) -> pb::AnalysisResult {
         let spec = ad.spec.clone().unwrap_or_default();
-        let mut components = vec![title(&spec), description(&spec), readability(&spec), call_to_action(&spec), audience_fit(&spec)];
+        let mut components = vec![
+            title(&spec),
+            description(&spec),
+            readability(&spec),
+            call_to_action(&spec),
+            audience_fit(&spec),
+        ];
         if let Some(c) = perf.and_then(performance) {
             components.push(c);
         }

@@ -50,7 +50,10 @@ enum End {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn msg(kind: worker_message::Kind) -> pb::WorkerMessage {
@@ -65,8 +68,12 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>, stats: Arc<
         let started = std::time::Instant::now();
         match session(&cfg, &mut analyzer, &mut stop, &stats).await {
             Ok(End::Stopped) => break,
-            Ok(End::Closed) => tracing::info!(worker = %cfg.worker_id, "gateway closed the session; reconnecting"),
-            Err(e) => tracing::warn!(worker = %cfg.worker_id, error = %e, "worker session failed; reconnecting"),
+            Ok(End::Closed) => {
+                tracing::info!(worker = %cfg.worker_id, "gateway closed the session; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(worker = %cfg.worker_id, error = %e, "worker session failed; reconnecting")
+            }
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
@@ -90,7 +97,11 @@ async fn session(
     let channel = Endpoint::from_shared(cfg.gateway.clone())?.tcp_nodelay(true).connect().await?;
     let mut client = WorkerServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(256);
-    let hello = pb::Hello { worker_id: cfg.worker_id.clone(), partitions: cfg.partitions.clone(), credits: cfg.concurrency };
+    let hello = pb::Hello {
+        worker_id: cfg.worker_id.clone(),
+        partitions: cfg.partitions.clone(),
+        credits: cfg.concurrency,
+    };
     tx.send(msg(worker_message::Kind::Hello(hello))).await?;
     let mut inbound = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
     stats.sessions.fetch_add(1, Ordering::Relaxed);

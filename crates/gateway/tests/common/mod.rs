@@ -26,6 +26,7 @@ pub struct TestGateway {
 pub fn config(dir: &Path) -> Config {
     let mut cfg = Config::default();
     cfg.storage.file = FileConfig { dir: dir.join("events"), ..FileConfig::default() };
+    cfg.queue.path = dir.join("queue.redb");
     cfg
 }
 

@@ -63,7 +63,12 @@ fn band_key(sig: &Signature, band: usize) -> u64 {
 impl Recent {
     /// An index remembering `capacity` ads.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), order: VecDeque::new(), sigs: HashMap::new(), bands: HashMap::new() }
+        Self {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            sigs: HashMap::new(),
+            bands: HashMap::new(),
+        }
     }
 
     /// The most similar remembered ad (other than `id`) and its similarity.
@@ -114,8 +119,11 @@ mod tests {
 
     #[test]
     fn near_copies_are_similar_and_different_texts_are_not() {
-        let a = signature("Slay the ancient dragon and claim the crystal throne in this epic fantasy adventure");
-        let b = signature("Slay the ancient dragon and claim the crystal throne in this epic fantasy adventure now");
+        let a =
+            signature("Slay the ancient dragon and claim the crystal throne in this epic fantasy adventure");
+        let b = signature(
+            "Slay the ancient dragon and claim the crystal throne in this epic fantasy adventure now",
+        );
         let c = signature("Match three candies to clear the board in a relaxing puzzle for the whole family");
         assert!(similarity(&a, &b) > 0.7, "{}", similarity(&a, &b));
         assert!(similarity(&a, &c) < 0.2, "{}", similarity(&a, &c));

@@ -5,7 +5,9 @@ fn good() -> pb::Ad {
         id: "ad-good".into(),
         spec: Some(pb::AdSpec {
             title: "Slay dragons in Eldoria".into(),
-            description: "Build your guild. Fight epic bosses with friends. Collect rare armor and rule the realm.".into(),
+            description:
+                "Build your guild. Fight epic bosses with friends. Collect rare armor and rule the realm."
+                    .into(),
             game_family: "RPG-Fantasy".into(),
             genre: "rpg".into(),
             target_audience: vec!["core".into(), "fantasy-fans".into()],
@@ -48,7 +50,10 @@ fn banned_claims_reject_the_ad_and_name_the_field() {
     ad.spec.as_mut().unwrap().call_to_action = "Guaranteed win, play now".into();
     let r = Analyzer::new(AnalysisConfig::default()).analyze(&ad, None, "w", 1);
     assert_eq!(r.verdict, pb::Verdict::Rejected as i32);
-    assert_eq!(r.flags, vec![pb::PolicyFlag { term: "guaranteed win".into(), field: "call_to_action".into() }]);
+    assert_eq!(
+        r.flags,
+        vec![pb::PolicyFlag { term: "guaranteed win".into(), field: "call_to_action".into() }]
+    );
 }
 
 #[test]
@@ -68,11 +73,13 @@ fn performance_counts_only_when_there_are_events() {
     let mut an = Analyzer::new(AnalysisConfig::default());
     let none = an.analyze(&good(), Some(&pb::AdPerformance::default()), "w", 1);
     assert!(none.components.iter().all(|c| c.name != "performance"));
-    let perf = pb::AdPerformance { impressions: 1000, clicks: 20, conversions: 2, ctr: 0.02, conversion_rate: 0.1 };
+    let perf =
+        pb::AdPerformance { impressions: 1000, clicks: 20, conversions: 2, ctr: 0.02, conversion_rate: 0.1 };
     let mut other = good();
     other.id = "ad-2".into();
     other.spec.as_mut().unwrap().title = "Another title entirely different".into();
-    other.spec.as_mut().unwrap().description = "Completely other words are here to avoid duplicates of anything".into();
+    other.spec.as_mut().unwrap().description =
+        "Completely other words are here to avoid duplicates of anything".into();
     let r = an.analyze(&other, Some(&perf), "w", 1);
     let p = r.components.iter().find(|c| c.name == "performance").unwrap();
     assert_eq!(p.score, 100);
@@ -84,7 +91,12 @@ fn performance_counts_only_when_there_are_events() {
 fn a_weak_ad_scores_low_with_the_reasons_why() {
     let ad = pb::Ad {
         id: "weak".into(),
-        spec: Some(pb::AdSpec { title: "BUY!!".into(), game_family: "Misc".into(), priority: 1, ..Default::default() }),
+        spec: Some(pb::AdSpec {
+            title: "BUY!!".into(),
+            game_family: "Misc".into(),
+            priority: 1,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let r = Analyzer::new(AnalysisConfig::default()).analyze(&ad, None, "w", 1);

@@ -1,0 +1,121 @@
+//! `adflow.v1.AdService`: submission, lookup, listing, cancel and WatchAd.
+
+use crate::status::from_queue;
+use adflow_domain::{ads, now_ms, pb};
+use adflow_queue::AdQueue;
+use pb::ad_service_server::AdService;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+const MAX_BATCH: usize = 1000;
+
+/// The AdService.
+pub struct AdsService {
+    queue: Arc<dyn AdQueue>,
+}
+
+impl AdsService {
+    /// A service over `queue`.
+    pub fn new(queue: Arc<dyn AdQueue>) -> Self {
+        Self { queue }
+    }
+}
+
+#[tonic::async_trait]
+impl AdService for AdsService {
+    #[tracing::instrument(level = "debug", skip_all, name = "SubmitAd")]
+    async fn submit_ad(
+        &self,
+        req: Request<pb::SubmitAdRequest>,
+    ) -> Result<Response<pb::SubmitAdResponse>, Status> {
+        let spec = req.into_inner().ad.ok_or_else(|| Status::invalid_argument("ad is required"))?;
+        ads::check(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut out = self.queue.submit(vec![spec], now_ms()).await.map_err(from_queue)?;
+        Ok(Response::new(out.remove(0)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, name = "SubmitAds")]
+    async fn submit_ads(
+        &self,
+        req: Request<pb::SubmitAdsRequest>,
+    ) -> Result<Response<pb::SubmitAdsResponse>, Status> {
+        let specs = req.into_inner().ads;
+        if specs.is_empty() || specs.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "ads has {} entries; send 1..={MAX_BATCH}",
+                specs.len()
+            )));
+        }
+        let mut results: Vec<pb::SubmitAdResult> = Vec::with_capacity(specs.len());
+        let mut valid = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let mut r = pb::SubmitAdResult { index: i as u32, ..Default::default() };
+            match ads::check(&spec) {
+                Ok(()) => valid.push((i, spec)),
+                Err(e) => (r.field, r.error) = (e.field.to_owned(), e.message),
+            }
+            results.push(r);
+        }
+        let (idx, specs): (Vec<usize>, Vec<pb::AdSpec>) = valid.into_iter().unzip();
+        let accepted = if specs.is_empty() {
+            Vec::new()
+        } else {
+            self.queue.submit(specs, now_ms()).await.map_err(from_queue)?
+        };
+        let n = accepted.len() as u32;
+        for (i, a) in idx.into_iter().zip(accepted) {
+            results[i].accepted = Some(a);
+        }
+        Ok(Response::new(pb::SubmitAdsResponse { results, accepted: n }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, name = "GetAd")]
+    async fn get_ad(&self, req: Request<pb::GetAdRequest>) -> Result<Response<pb::Ad>, Status> {
+        Ok(Response::new(self.queue.get(&req.into_inner().id, now_ms()).await.map_err(from_queue)?))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, name = "ListAds")]
+    async fn list_ads(
+        &self,
+        req: Request<pb::ListAdsRequest>,
+    ) -> Result<Response<pb::ListAdsResponse>, Status> {
+        let r = req.into_inner();
+        if pb::AdStatus::try_from(r.status).is_err() {
+            return Err(Status::invalid_argument(format!("status {} is not a known AdStatus", r.status)));
+        }
+        if r.priority > 5 {
+            return Err(Status::invalid_argument(format!("priority {} is outside 0..=5", r.priority)));
+        }
+        Ok(Response::new(self.queue.list(&r, now_ms()).await.map_err(from_queue)?))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, name = "CancelAd")]
+    async fn cancel_ad(&self, req: Request<pb::CancelAdRequest>) -> Result<Response<pb::Ad>, Status> {
+        Ok(Response::new(self.queue.cancel(&req.into_inner().id, now_ms()).await.map_err(from_queue)?))
+    }
+
+    type WatchAdStream = ReceiverStream<Result<pb::Ad, Status>>;
+
+    #[tracing::instrument(level = "debug", skip_all, name = "WatchAd")]
+    async fn watch_ad(
+        &self,
+        req: Request<pb::WatchAdRequest>,
+    ) -> Result<Response<Self::WatchAdStream>, Status> {
+        let (first, mut updates) =
+            self.queue.watch(&req.into_inner().id, now_ms()).await.map_err(from_queue)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while let Some(ad) = updates.recv().await {
+                if tx.send(Ok(ad)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,304 @@
+//! `adflow.v1.WorkerService`: one session per Subscribe stream. The session leases ads
+//! only while the worker has credits (so it never holds more leases than it granted),
+//! wakes when the queue signals new work, settles acks, nacks and extensions in batches,
+//! reports refused ones (FAILED_PRECONDITION for a lease that is no longer the ad's
+//! newest), and hands every lease it still holds back to the queue when the stream ends.
+
+use adflow_domain::analytics::{Analytics, Scope};
+use adflow_domain::{now_ms, pb};
+use adflow_queue::index::{ALL_PARTITIONS, PartitionMask};
+use adflow_queue::{AdQueue, Leased, QueueError};
+use futures::StreamExt;
+use pb::{gateway_message, worker_message};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+const MAX_CREDITS: u32 = 10_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// The connected workers and what they hold.
+pub struct WorkerHub {
+    queue: Arc<dyn AdQueue>,
+    analytics: Arc<RwLock<Analytics>>,
+    sessions: Mutex<HashMap<u64, pb::WorkerInfo>>,
+    next: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl WorkerHub {
+    /// A hub leasing from `queue`; sessions end when `shutdown` turns true.
+    pub fn new(
+        queue: Arc<dyn AdQueue>,
+        analytics: Arc<RwLock<Analytics>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self { queue, analytics, sessions: Mutex::new(HashMap::new()), next: AtomicU64::new(1), shutdown }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, pb::WorkerInfo>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connected workers.
+    pub fn count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// A snapshot of every session.
+    pub fn list(&self) -> Vec<pb::WorkerInfo> {
+        let mut v: Vec<_> = self.sessions().values().cloned().collect();
+        v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        v
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut pb::WorkerInfo)) {
+        if let Some(w) = self.sessions().get_mut(&id) {
+            f(w);
+            w.last_seen_ms = now_ms();
+        }
+    }
+
+    fn performance(&self, ad_id: &str, now: i64) -> pb::AdPerformance {
+        let a = self.analytics.read().unwrap_or_else(|p| p.into_inner());
+        let c = a.sum(Scope::Ad(ad_id), now - DAY_MS, now + 1, now);
+        use pb::EventType as T;
+        pb::AdPerformance {
+            impressions: c.count(T::Impression),
+            clicks: c.count(T::Click),
+            conversions: c.count(T::Conversion),
+            ctr: c.ctr(),
+            conversion_rate: c.conversion_rate(),
+        }
+    }
+
+    fn to_lease(&self, l: Leased, now: i64) -> pb::Lease {
+        let performance = Some(self.performance(&l.ad.id, now));
+        pb::Lease {
+            lease_id: l.lease_id,
+            attempt: l.attempt,
+            deadline_ms: l.deadline_ms,
+            ad: Some(l.ad),
+            performance,
+            traceparent: String::new(),
+        }
+    }
+}
+
+fn gw(kind: gateway_message::Kind) -> pb::GatewayMessage {
+    pb::GatewayMessage { kind: Some(kind) }
+}
+
+fn refusal(lease_id: u64, e: &QueueError) -> pb::LeaseRefusal {
+    let code = match e {
+        QueueError::StaleLease(_) => Code::FailedPrecondition,
+        QueueError::UnknownLease(_) => Code::NotFound,
+        QueueError::Invalid { .. } => Code::InvalidArgument,
+        _ => Code::Internal,
+    };
+    pb::LeaseRefusal { lease_id, code: code as i32, message: e.to_string() }
+}
+
+fn mask_of(partitions: &[u32]) -> Result<PartitionMask, Status> {
+    if partitions.is_empty() {
+        return Ok(ALL_PARTITIONS);
+    }
+    let mut m = 0;
+    for &p in partitions {
+        if !(1..=5).contains(&p) {
+            return Err(Status::invalid_argument(format!("hello.partitions: {p} is outside 1..=5")));
+        }
+        m |= 1 << (p - 1);
+    }
+    Ok(m)
+}
+
+/// The WorkerService.
+pub struct WorkersService {
+    hub: Arc<WorkerHub>,
+}
+
+impl WorkersService {
+    /// A service over `hub`.
+    pub fn new(hub: Arc<WorkerHub>) -> Self {
+        Self { hub }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkersService {
+    type SubscribeStream = ReceiverStream<Result<pb::GatewayMessage, Status>>;
+
+    #[tracing::instrument(level = "debug", skip_all, name = "Subscribe")]
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))?;
+        let hello = match first {
+            Some(Ok(pb::WorkerMessage { kind: Some(worker_message::Kind::Hello(h)) })) => h,
+            Some(Err(s)) => return Err(s),
+            _ => return Err(Status::invalid_argument("the first message of Subscribe must be a Hello")),
+        };
+        if hello.worker_id.trim().is_empty() || hello.worker_id.len() > 128 {
+            return Err(Status::invalid_argument("hello.worker_id must be 1..=128 bytes"));
+        }
+        if !(1..=MAX_CREDITS).contains(&hello.credits) {
+            return Err(Status::invalid_argument(format!(
+                "hello.credits {} is outside 1..={MAX_CREDITS}",
+                hello.credits
+            )));
+        }
+        let mask = mask_of(&hello.partitions)?;
+        let id = self.hub.next.fetch_add(1, Ordering::Relaxed);
+        self.hub.sessions().insert(
+            id,
+            pb::WorkerInfo {
+                worker_id: hello.worker_id.clone(),
+                partitions: hello.partitions.clone(),
+                credits: hello.credits,
+                in_flight: 0,
+                processed: 0,
+                last_seen_ms: now_ms(),
+                peer,
+            },
+        );
+        let (tx, rx) = mpsc::channel(64);
+        let lease_seconds = self.hub.queue.policy().await.lease_seconds;
+        let _ = tx.send(Ok(gw(gateway_message::Kind::Welcome(pb::Welcome { lease_seconds })))).await;
+        let session = Session { hub: self.hub.clone(), id, mask, credits: hello.credits, in_flight: 0, tx };
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Session {
+    hub: Arc<WorkerHub>,
+    id: u64,
+    mask: PartitionMask,
+    credits: u32,
+    in_flight: u32,
+    tx: mpsc::Sender<Result<pb::GatewayMessage, Status>>,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>) {
+        let mut work = self.hub.queue.work_signal();
+        let mut shutdown = self.hub.shutdown.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            if self.credits > 0 && !self.dispatch().await {
+                break;
+            }
+            tokio::select! {
+                m = inbound.next() => match m {
+                    Some(Ok(msg)) => {
+                        if !self.handle(msg).await {
+                            break;
+                        }
+                    }
+                    Some(Err(s)) => {
+                        tracing::debug!(session = self.id, status = %s, "worker stream ended with an error");
+                        break;
+                    }
+                    None => break,
+                },
+                r = work.changed(), if self.credits > 0 => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {
+                    let _ = self.tx.send(Err(Status::unavailable("the gateway is shutting down; leases go back to the queue"))).await;
+                    break;
+                }
+            }
+        }
+        let released = self.hub.queue.release_session(self.id, now_ms()).await;
+        self.hub.sessions().remove(&self.id);
+        tracing::debug!(session = self.id, released, "worker session closed");
+    }
+
+    /// Leases what the credits allow; false when the worker is gone.
+    async fn dispatch(&mut self) -> bool {
+        let now = now_ms();
+        let leased = self.hub.queue.lease(self.id, self.mask, self.credits as usize, now).await;
+        if leased.is_empty() {
+            return true;
+        }
+        let n = leased.len() as u32;
+        self.credits -= n;
+        self.in_flight += n;
+        let (credits, in_flight) = (self.credits, self.in_flight);
+        self.hub.update(self.id, |w| (w.credits, w.in_flight) = (credits, in_flight));
+        let leases = leased.into_iter().map(|l| self.hub.to_lease(l, now)).collect();
+        self.tx.send(Ok(gw(gateway_message::Kind::Leases(pb::LeaseBatch { leases })))).await.is_ok()
+    }
+
+    /// Applies one worker message; false when the session must end.
+    async fn handle(&mut self, msg: pb::WorkerMessage) -> bool {
+        let now = now_ms();
+        let q = &self.hub.queue;
+        let mut refusals = Vec::new();
+        let mut settled = 0u32;
+        let mut acked = 0u64;
+        match msg.kind {
+            Some(worker_message::Kind::Acks(b)) => {
+                for a in b.acks {
+                    match q.ack(self.id, a.lease_id, a.result.unwrap_or_default(), now).await {
+                        Ok(()) => {
+                            settled += 1;
+                            acked += 1;
+                        }
+                        Err(e) => refusals.push(refusal(a.lease_id, &e)),
+                    }
+                }
+            }
+            Some(worker_message::Kind::Nacks(b)) => {
+                for n in b.nacks {
+                    match q.nack(self.id, n.lease_id, n.retry, &n.error, now).await {
+                        Ok(()) => settled += 1,
+                        Err(e) => refusals.push(refusal(n.lease_id, &e)),
+                    }
+                }
+            }
+            Some(worker_message::Kind::Extends(b)) => {
+                for x in b.extends {
+                    if let Err(e) = q.extend(self.id, x.lease_id, x.seconds, now).await {
+                        refusals.push(refusal(x.lease_id, &e));
+                    }
+                }
+            }
+            Some(worker_message::Kind::Credits(c)) => {
+                self.credits = self.credits.saturating_add(c.credits).min(MAX_CREDITS);
+            }
+            Some(worker_message::Kind::Hello(_)) => {
+                let _ =
+                    self.tx.send(Err(Status::invalid_argument("Hello may only be the first message"))).await;
+                return false;
+            }
+            None => {}
+        }
+        self.in_flight = self.in_flight.saturating_sub(settled);
+        let (credits, in_flight) = (self.credits, self.in_flight);
+        self.hub.update(self.id, |w| {
+            w.credits = credits;
+            w.in_flight = in_flight;
+            w.processed += acked;
+        });
+        if !refusals.is_empty() {
+            let m = gw(gateway_message::Kind::Refusals(pb::LeaseRefusals { refusals }));
+            return self.tx.send(Ok(m)).await.is_ok();
+        }
+        true
+    }
+}
