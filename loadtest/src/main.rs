@@ -1,6 +1,7 @@
 //! `adflow-loadtest`: drives an adflow gateway with realistic ad events and reports
 //! throughput, latency percentiles (hdrhistogram) and status codes.
 
+mod ads;
 mod events;
 mod report;
 mod scenario;
@@ -33,6 +34,22 @@ enum Mode {
     Batch(Common),
     /// StreamEvents calls (one per --concurrency) with --inflight batches awaiting acks.
     Stream(Common),
+    /// SubmitAd calls (or SubmitAds of --batch-size ads when it is above 1).
+    Submit(Common),
+    /// Submit ads and process them with --workers remote streaming workers run here.
+    E2e(E2eArgs),
+}
+
+#[derive(Args, Clone)]
+struct E2eArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Remote streaming workers.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Credits (concurrency) of each worker.
+    #[arg(long, default_value_t = 256)]
+    worker_credits: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,18 +138,23 @@ fn progress(c: &Common, total: Option<u64>) -> ProgressBar {
     pb
 }
 
-async fn run(name: &str, c: Common) -> anyhow::Result<()> {
+async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result<()> {
     anyhow::ensure!(
         c.concurrency > 0 && c.connections > 0 && c.batch_size > 0,
         "concurrency, connections and batch size must be > 0"
     );
     anyhow::ensure!((0.0..1.0).contains(&c.duplicate_ratio), "--duplicate-ratio must be in [0, 1)");
     let unary = name == "unary";
+    let ads_mode = name == "submit" || name == "e2e";
     let batch = if unary { 1 } else { c.batch_size };
     let shape =
         Shape { ads: c.ads, zipf: c.zipf, campaigns: c.campaigns, duplicate_ratio: c.duplicate_ratio };
     let sample = Generator::new(shape.clone(), 0).batch(1000, 1_800_000_000_000);
-    let avg_bytes = sample.iter().map(|e| e.encoded_len() as f64).sum::<f64>() / sample.len() as f64;
+    let avg_bytes = if ads_mode {
+        0.0
+    } else {
+        sample.iter().map(|e| e.encoded_len() as f64).sum::<f64>() / sample.len() as f64
+    };
     let ack_mode = match c.ack {
         Ack::Default => 0,
         Ack::Durable => 1,
@@ -163,7 +185,33 @@ async fn run(name: &str, c: Common) -> anyhow::Result<()> {
     // A new seed per run: ids must not repeat those of an earlier run against the same gateway.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     let mut tasks = Vec::with_capacity(c.concurrency);
+    let (stop_workers, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    if let Some((n, credits)) = e2e {
+        anyhow::ensure!(c.count.is_none(), "e2e runs for --duration; --count is not supported");
+        for w in 0..n {
+            let ch = connect(&c.addr).await?;
+            workers.push(tokio::spawn(ads::worker_loop(
+                ch,
+                format!("loadtest-{w}"),
+                credits,
+                plan.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
     for i in 0..c.concurrency {
+        if ads_mode {
+            let client = adflow_proto::v1::ad_service_client::AdServiceClient::new(
+                channels[i % c.connections].clone(),
+            );
+            tasks.push(tokio::spawn(ads::submit_loop(
+                client,
+                plan.clone(),
+                seed.wrapping_add((i as u64) << 40),
+            )));
+            continue;
+        }
         let client = adflow_proto::v1::event_ingest_client::EventIngestClient::new(
             channels[i % c.connections].clone(),
         )
@@ -199,6 +247,31 @@ async fn run(name: &str, c: Common) -> anyhow::Result<()> {
     for t in tasks {
         total.merge(t.await.context("load task panicked")?);
     }
+    // Workers keep draining what was submitted until the measured window closes.
+    if !workers.is_empty() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(plan.until)).await;
+    }
+    let _ = stop_workers.send(true);
+    let mut e2e_report = None;
+    if !workers.is_empty() {
+        let mut done = 0;
+        let mut lease = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+        let mut fin = lease.clone();
+        for w in workers {
+            let t = w.await.context("worker task panicked")??;
+            done += t.done;
+            lease.add(t.to_lease)?;
+            fin.add(t.to_done)?;
+        }
+        let secs = c.duration.max(1e-9);
+        e2e_report = Some(report::E2e {
+            workers: e2e.map(|x| x.0).unwrap_or(0),
+            ads_done: done,
+            ads_per_s: done as f64 / secs,
+            submit_to_lease_us: report::percentiles(&lease),
+            submit_to_done_us: report::percentiles(&fin),
+        });
+    }
     ticker.abort();
     pb.finish_and_clear();
     let measured = match c.count {
@@ -210,8 +283,9 @@ async fn run(name: &str, c: Common) -> anyhow::Result<()> {
         Ack::Durable => "durable",
         Ack::Accepted => "accepted",
     };
-    let report =
+    let mut report =
         Report::new(name, &c.addr, c.concurrency, c.connections, batch, ack, measured, &total, avg_bytes);
+    report.e2e = e2e_report;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -225,9 +299,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.mode {
-            Mode::Unary(c) => run("unary", c).await,
-            Mode::Batch(c) => run("batch", c).await,
-            Mode::Stream(c) => run("stream", c).await,
+            Mode::Unary(c) => run("unary", c, None).await,
+            Mode::Batch(c) => run("batch", c, None).await,
+            Mode::Stream(c) => run("stream", c, None).await,
+            Mode::Submit(c) => run("submit", c, None).await,
+            Mode::E2e(a) => run("e2e", a.common, Some((a.workers, a.worker_credits))).await,
         }
     })
 }

@@ -89,6 +89,34 @@ pub struct Report {
     pub status_codes: BTreeMap<String, u64>,
     /// Average encoded event size in bytes.
     pub avg_event_bytes: f64,
+    /// End-to-end results (e2e mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<E2e>,
+}
+
+/// End-to-end results: ads processed by the workers and their latencies.
+#[derive(Serialize)]
+pub struct E2e {
+    /// Remote workers.
+    pub workers: usize,
+    /// Ads acked inside the measured window.
+    pub ads_done: u64,
+    /// ads_done per second.
+    pub ads_per_s: f64,
+    /// Submit to lease, us.
+    pub submit_to_lease_us: BTreeMap<String, u64>,
+    /// Submit to ack, us.
+    pub submit_to_done_us: BTreeMap<String, u64>,
+}
+
+/// Percentiles of a histogram (p50, p90, p99, p99.9, max).
+pub fn percentiles(h: &Histogram<u64>) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        m.insert(name.to_string(), h.value_at_quantile(q));
+    }
+    m.insert("max".into(), h.max());
+    m
 }
 
 impl Report {
@@ -107,11 +135,7 @@ impl Report {
     ) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let h = &t.latency_us;
-        let mut latency_us = BTreeMap::new();
-        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
-            latency_us.insert(name.to_string(), h.value_at_quantile(q));
-        }
-        latency_us.insert("max".into(), h.max());
+        let mut latency_us = percentiles(h);
         latency_us.insert("mean".into(), h.mean() as u64);
         Self {
             mode: mode.into(),
@@ -130,6 +154,7 @@ impl Report {
             latency_us,
             status_codes: t.codes.clone(),
             avg_event_bytes,
+            e2e: None,
         }
     }
 
@@ -162,6 +187,28 @@ impl Report {
         );
         let codes: Vec<_> = self.status_codes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("  {:<20} {}", "status codes", codes.join("  "));
-        println!("  {:<20} {:.1} bytes", "avg event size", self.avg_event_bytes);
+        if self.avg_event_bytes > 0.0 {
+            println!("  {:<20} {:.1} bytes", "avg event size", self.avg_event_bytes);
+        }
+        if let Some(e) = &self.e2e {
+            let ms = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "  {:<20} {} ads acked by {} workers: {:.0} ads/s",
+                "end to end", e.ads_done, e.workers, e.ads_per_s
+            );
+            for (name, m) in
+                [("submit->lease", &e.submit_to_lease_us), ("submit->done", &e.submit_to_done_us)]
+            {
+                println!(
+                    "  {:<20} p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+                    name,
+                    ms(m, "p50"),
+                    ms(m, "p90"),
+                    ms(m, "p99"),
+                    ms(m, "p99.9"),
+                    ms(m, "max")
+                );
+            }
+        }
     }
 }

@@ -45,7 +45,7 @@ impl Plan {
     }
 
     /// Claims `n` events from the budget; false when the run is over.
-    async fn claim(&self, n: usize) -> bool {
+    pub async fn claim(&self, n: usize) -> bool {
         if Instant::now() >= self.until {
             return false;
         }
@@ -63,7 +63,8 @@ impl Plan {
         true
     }
 
-    fn measured(&self, start: Instant, end: Instant) -> bool {
+    /// Whether a call that ran from `start` to `end` counts.
+    pub fn measured(&self, start: Instant, end: Instant) -> bool {
         start >= self.measure_from && end <= self.until
     }
 }

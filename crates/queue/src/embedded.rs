@@ -337,13 +337,15 @@ impl AdQueue for EmbeddedQueue {
                 });
             }
         }
+        // Workers may take the ads before the commit: if the gateway died before it, the
+        // client got no answer and resubmits, so nothing promised is lost.
+        self.wake();
         let barrier = self.journal.barrier()?;
         match barrier.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(crate::journal::JournalError::Db(e).into()),
             Err(_) => return Err(crate::journal::JournalError::Stopped.into()),
         }
-        self.wake();
         Ok(out)
     }
 

@@ -262,22 +262,22 @@ fn performance(p: &pb::AdPerformance) -> Option<pb::ComponentScore> {
     ))
 }
 
-fn flags(spec: &pb::AdSpec, banned: &[String]) -> Vec<pb::PolicyFlag> {
+/// `text` as " word word " (lower case, punctuation dropped) for whole-phrase matching.
+fn normalise(text: &str) -> String {
+    format!(" {} ", words(text).join(" "))
+}
+
+fn flags(spec: &pb::AdSpec, banned: &[(String, String)]) -> Vec<pb::PolicyFlag> {
     let fields = [
-        ("title", &spec.title),
-        ("description", &spec.description),
-        ("call_to_action", &spec.call_to_action),
+        ("title", normalise(&spec.title)),
+        ("description", normalise(&spec.description)),
+        ("call_to_action", normalise(&spec.call_to_action)),
     ];
     let mut out = Vec::new();
-    for term in banned {
-        let t = words(term).join(" ");
-        if t.is_empty() {
-            continue;
-        }
-        for (name, text) in fields {
-            let hay = format!(" {} ", words(text).join(" "));
-            if hay.contains(&format!(" {t} ")) {
-                out.push(pb::PolicyFlag { term: term.clone(), field: name.into() });
+    for (term, needle) in banned {
+        for (name, hay) in &fields {
+            if hay.contains(needle.as_str()) {
+                out.push(pb::PolicyFlag { term: term.clone(), field: (*name).into() });
             }
         }
     }
@@ -287,6 +287,7 @@ fn flags(spec: &pb::AdSpec, banned: &[String]) -> Vec<pb::PolicyFlag> {
 /// A worker's analyser: the rules plus its memory of recently analysed ads.
 pub struct Analyzer {
     cfg: AnalysisConfig,
+    banned: Vec<(String, String)>,
     recent: minhash::Recent,
 }
 
@@ -294,7 +295,13 @@ impl Analyzer {
     /// An analyser with `cfg`.
     pub fn new(cfg: AnalysisConfig) -> Self {
         let recent = minhash::Recent::new(cfg.recent_ads);
-        Self { cfg, recent }
+        let banned = cfg
+            .banned_terms
+            .iter()
+            .map(|t| (t.clone(), normalise(t)))
+            .filter(|(_, n)| n.trim() != "")
+            .collect();
+        Self { cfg, banned, recent }
     }
 
     /// Analyses `ad` with its performance; `worker_id` and `now_ms` are recorded.
@@ -323,12 +330,14 @@ impl Analyzer {
         let mut score: f64 = components.iter().map(|c| c.score as f64 * c.weight).sum();
 
         let sig = minhash::signature(&format!("{} {}", spec.title, spec.description));
-        let dup = self.recent.most_similar(&ad.id, &sig).filter(|(_, s)| *s >= self.cfg.duplicate_threshold);
-        self.recent.insert(ad.id.clone(), sig);
+        let dup = self
+            .recent
+            .check_and_insert(ad.id.clone(), sig)
+            .filter(|(_, s)| *s >= self.cfg.duplicate_threshold);
         if dup.is_some() {
             score -= 20.0;
         }
-        let flags = flags(&spec, &self.cfg.banned_terms);
+        let flags = flags(&spec, &self.banned);
         let score = score.clamp(0.0, 100.0).round() as u32;
         let verdict = if !flags.is_empty() || score < 40 {
             pb::Verdict::Rejected
