@@ -15,6 +15,9 @@ use tokio::sync::oneshot;
 /// ad id (16 bytes, UUIDv7 so keys sort by creation time) -> encoded `Ad`.
 const ADS: TableDefinition<u128, &[u8]> = TableDefinition::new("ads");
 
+/// Page cache of the database.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -48,7 +51,9 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(db)?;
         }
-        let database = std::sync::Arc::new(Database::create(path).map_err(db)?);
+        // redb caches up to 1 GiB by default; the queue reads little (start-up, old ads).
+        let database =
+            std::sync::Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(db)?);
         {
             let w = database.begin_write().map_err(db)?;
             w.open_table(ADS).map_err(db)?;
