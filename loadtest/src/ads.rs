@@ -5,8 +5,8 @@
 
 use crate::report::Tally;
 use crate::scenario::Plan;
+use adflow_client::AuthChannel as Channel;
 use adflow_proto::v1::ad_service_client::AdServiceClient;
-use adflow_proto::v1::worker_service_client::WorkerServiceClient;
 use adflow_proto::v1::{self as pb, gateway_message, worker_message};
 use adflow_worker::analysis::{AnalysisConfig, Analyzer};
 use hdrhistogram::Histogram;
@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 const FAMILIES: [&str; 5] = ["RPG-Fantasy", "Puzzle", "Shooter", "Strategy", "Casual"];
 const TITLES: [&str; 6] = [
@@ -112,7 +111,7 @@ fn now_us() -> i64 {
 
 /// One remote streaming worker: leases, analyses, acks, re-grants credits.
 pub async fn worker_loop(
-    ch: Channel,
+    client: adflow_client::Client,
     id: String,
     credits: u32,
     plan: Arc<Plan>,
@@ -132,7 +131,7 @@ pub async fn worker_loop(
         credits,
     })))
     .await?;
-    let mut inbound = WorkerServiceClient::new(ch).subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client.workers().subscribe(ReceiverStream::new(rx)).await?.into_inner();
     loop {
         let m = tokio::select! {
             _ = stop.changed() => break,

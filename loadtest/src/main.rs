@@ -16,7 +16,6 @@ use scenario::Plan;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
 
 /// Load generator for the adflow gateway.
 #[derive(Parser)]
@@ -109,19 +108,29 @@ struct Common {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// API key sent as a bearer token.
+    #[arg(long, env = "ADFLOW_API_KEY")]
+    api_key: Option<String>,
+    /// PEM of the CA that signed the gateway's certificate (switches to TLS).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .initial_connection_window_size(8 << 20)
-        .initial_stream_window_size(4 << 20)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))
+/// One connection through the client library (what game backends use), without a
+/// per-request deadline so latency outliers are measured rather than cut.
+async fn connect(c: &Common) -> anyhow::Result<adflow_client::Client> {
+    let scheme = if c.tls_ca.is_some() { "https" } else { "http" };
+    let mut cfg = adflow_client::ClientConfig::new(format!("{scheme}://{}", c.addr));
+    cfg.request_timeout = None;
+    cfg.api_key = c.api_key.clone();
+    if let Some(path) = &c.tls_ca {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        cfg.tls = Some(adflow_client::TlsOptions { ca_pem: Some(pem), domain: None });
+    }
+    adflow_client::Client::connect(cfg).await.with_context(|| format!("connecting to {}", c.addr))
 }
 
 fn progress(c: &Common, total: Option<u64>) -> ProgressBar {
@@ -162,7 +171,7 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
     };
     let mut channels = Vec::with_capacity(c.connections);
     for _ in 0..c.connections {
-        channels.push(connect(&c.addr).await?);
+        channels.push(connect(&c).await?);
     }
     let start = Instant::now();
     let (warm, until) = match c.count {
@@ -190,7 +199,7 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
     if let Some((n, credits)) = e2e {
         anyhow::ensure!(c.count.is_none(), "e2e runs for --duration; --count is not supported");
         for w in 0..n {
-            let ch = connect(&c.addr).await?;
+            let ch = connect(&c).await?;
             workers.push(tokio::spawn(ads::worker_loop(
                 ch,
                 format!("loadtest-{w}"),
@@ -202,9 +211,7 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
     }
     for i in 0..c.concurrency {
         if ads_mode {
-            let client = adflow_proto::v1::ad_service_client::AdServiceClient::new(
-                channels[i % c.connections].clone(),
-            );
+            let client = channels[i % c.connections].ads();
             tasks.push(tokio::spawn(ads::submit_loop(
                 client,
                 plan.clone(),
@@ -212,11 +219,10 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
             )));
             continue;
         }
-        let client = adflow_proto::v1::event_ingest_client::EventIngestClient::new(
-            channels[i % c.connections].clone(),
-        )
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        let client = channels[i % c.connections]
+            .ingest()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
         let g = Generator::new(shape.clone(), seed.wrapping_add(i as u64));
         let plan = plan.clone();
         tasks.push(match name {

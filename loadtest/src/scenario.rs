@@ -5,6 +5,7 @@
 
 use crate::events::Generator;
 use crate::report::Tally;
+use adflow_client::AuthChannel as Channel;
 use adflow_proto::v1::event_ingest_client::EventIngestClient;
 use adflow_proto::v1::{IngestReply, SendEventRequest, SendEventsRequest};
 use futures::StreamExt;
@@ -14,7 +15,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
-use tonic::transport::Channel;
 
 /// Settings shared by every task of a run.
 pub struct Plan {

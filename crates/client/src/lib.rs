@@ -34,8 +34,9 @@ pub struct ClientConfig {
     pub api_key: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Deadline of each unary call (and of each batch send).
-    pub request_timeout: Duration,
+    /// Deadline of each call until its response starts (None: no deadline, e.g. for
+    /// long-lived streams such as a worker's Subscribe).
+    pub request_timeout: Option<Duration>,
 }
 
 /// TLS settings.
@@ -55,7 +56,7 @@ impl ClientConfig {
             tls: None,
             api_key: None,
             connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -102,11 +103,13 @@ fn endpoint(cfg: &ClientConfig) -> Result<Endpoint, ClientError> {
     let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
         .map_err(err)?
         .connect_timeout(cfg.connect_timeout)
-        .timeout(cfg.request_timeout)
         .tcp_nodelay(true)
         .initial_connection_window_size(8 << 20)
         .initial_stream_window_size(4 << 20)
         .http2_keep_alive_interval(Duration::from_secs(30));
+    if let Some(t) = cfg.request_timeout {
+        ep = ep.timeout(t);
+    }
     if cfg.tls.is_some() || cfg.endpoint.starts_with("https://") {
         let t = cfg.tls.clone().unwrap_or_default();
         let mut tls = ClientTlsConfig::new();

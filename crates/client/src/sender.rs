@@ -106,6 +106,8 @@ pub struct Counters {
     pub batches: AtomicU64,
 }
 
+// Events are the hot path: boxing them to shrink the rare Flush variant would allocate per event.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     Event(pb::AdEvent),
     Flush(oneshot::Sender<()>),

@@ -130,7 +130,7 @@ fn spawn_workers(
     (0..cfg.workers.in_process)
         .map(|i| {
             let wc = WorkerConfig {
-                gateway: format!("http://{host}"),
+                gateway: adflow_client::ClientConfig::new(format!("http://{host}")),
                 worker_id: format!("in-process-{i}"),
                 partitions: cfg.workers.partitions.clone(),
                 concurrency: cfg.workers.concurrency,

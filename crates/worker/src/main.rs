@@ -22,6 +22,12 @@ struct Args {
     /// Leases held at once.
     #[arg(long, env = "ADFLOW_WORKER_CONCURRENCY", default_value_t = 64)]
     concurrency: u32,
+    /// API key sent as a bearer token.
+    #[arg(long, env = "ADFLOW_WORKER_API_KEY")]
+    api_key: Option<String>,
+    /// PEM file of the CA that signed the gateway's TLS certificate (implies TLS).
+    #[arg(long, env = "ADFLOW_WORKER_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -33,8 +39,19 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    let mut gateway = adflow_client::ClientConfig::new(args.gateway);
+    gateway.api_key = args.api_key;
+    if let Some(path) = args.tls_ca {
+        match std::fs::read(&path) {
+            Ok(pem) => gateway.tls = Some(adflow_client::TlsOptions { ca_pem: Some(pem), domain: None }),
+            Err(e) => {
+                eprintln!("adflow-worker: reading {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        }
+    }
     let cfg = WorkerConfig {
-        gateway: args.gateway,
+        gateway,
         worker_id: args.id.unwrap_or_else(|| format!("worker-{}", std::process::id())),
         partitions: args.partitions,
         concurrency: args.concurrency.max(1),

@@ -5,20 +5,20 @@
 //! the gateway also requeues whatever a vanished worker held.
 
 use crate::analysis::{AnalysisConfig, Analyzer};
-use adflow_proto::v1::worker_service_client::WorkerServiceClient;
+use adflow_client::{Client, ClientConfig};
 use adflow_proto::v1::{self as pb, gateway_message, worker_message};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 /// Worker settings.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Gateway URL, e.g. "http://127.0.0.1:50051".
-    pub gateway: String,
+    /// How to reach the gateway (address, TLS, API key); its request timeout is ignored
+    /// because Subscribe is a long-lived stream.
+    pub gateway: ClientConfig,
     /// Name shown in ListWorkers.
     pub worker_id: String,
     /// Priorities served (empty: all).
@@ -94,8 +94,9 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     stats: &WorkerStats,
 ) -> anyhow::Result<End> {
-    let channel = Endpoint::from_shared(cfg.gateway.clone())?.tcp_nodelay(true).connect().await?;
-    let mut client = WorkerServiceClient::new(channel);
+    let mut conn = cfg.gateway.clone();
+    conn.request_timeout = None;
+    let mut client = Client::connect(conn).await?.workers();
     let (tx, rx) = mpsc::channel(256);
     let hello = pb::Hello {
         worker_id: cfg.worker_id.clone(),
