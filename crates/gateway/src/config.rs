@@ -8,6 +8,7 @@ use adflow_domain::analytics::Retention;
 use adflow_domain::validate::Limits;
 use adflow_queue::QueueConfig;
 use adflow_store::StorageConfig;
+use adflow_telemetry::TracingConfig;
 use adflow_worker::analysis::AnalysisConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -59,6 +60,24 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     /// Logging.
     pub log: LogConfig,
+    /// OpenTelemetry traces over OTLP.
+    pub tracing: TracingConfig,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP `/metrics` endpoint (default "127.0.0.1:9464"; empty: off).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
 }
 
 /// `[server]`
@@ -290,6 +309,15 @@ impl Config {
         }
         if self.workers.partitions.iter().any(|p| !(1..=5).contains(p)) {
             return Err(invalid("workers.partitions", "entries must be 1..=5"));
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{:?} is not an address like 127.0.0.1:9464", self.metrics.listen),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sampling_ratio) {
+            return Err(invalid("tracing.sampling_ratio", "must be within 0..=1"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", format!("{:?} is not a valid tracing filter", self.log.level)));

@@ -3,11 +3,12 @@
 //! integration tests both run.
 
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
+mod rpc_layer;
 pub mod server;
 pub mod services;
 mod status;
-pub mod telemetry;
 
 pub use config::Config;
 pub use server::serve;

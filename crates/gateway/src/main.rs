@@ -1,7 +1,8 @@
 //! `adflow-gateway`: loads the configuration, sizes the runtime to the machine, and runs
 //! the gateway until SIGINT or SIGTERM.
 
-use adflow_gateway::{Config, serve, telemetry};
+use adflow_gateway::config::LogFormat;
+use adflow_gateway::{Config, serve};
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
@@ -61,7 +62,6 @@ fn run() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    telemetry::init(&cfg.log);
     let threads = match cfg.server.worker_threads {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         n => n,
@@ -72,10 +72,22 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("building the tokio runtime")?;
     rt.block_on(async move {
+        let guard = adflow_telemetry::init(cfg.log.format == LogFormat::Json, &cfg.log.level, &cfg.tracing)?;
+        if !cfg.tracing.otlp_endpoint.is_empty() {
+            tracing::info!(endpoint = %cfg.tracing.otlp_endpoint, ratio = cfg.tracing.sampling_ratio, "exporting traces over OTLP");
+        }
+        let res = run_server(cfg, threads).await;
+        guard.shutdown();
+        res
+    })
+}
+
+async fn run_server(cfg: Config, threads: usize) -> anyhow::Result<()> {
+    {
         let listener = tokio::net::TcpListener::bind(cfg.server.listen)
             .await
             .with_context(|| format!("binding {} (server.listen)", cfg.server.listen))?;
         tracing::info!(worker_threads = threads, "runtime ready");
         serve(listener, cfg, shutdown_signal()).await
-    })
+    }
 }

@@ -183,11 +183,13 @@ impl Pipeline {
         // then leaves no trace in the window. Validation is cheap and runs in the same pass.
         let mut room = self.reserve(received, when_full).await?;
         let mut fresh = Vec::with_capacity(received);
+        let mut by_type = [0u64; 9]; // EventType values 0..=7, 8 = not parseable
         let mut keys = Vec::with_capacity(if self.dedup.is_some() { received } else { 0 });
         for (index, raw) in events.into_iter().enumerate() {
             let view = match EventView::parse(&raw) {
                 Ok(v) => v,
                 Err(bad) => {
+                    by_type[8] += 1;
                     reply.rejections.push(pb::Rejection {
                         index: index as u32,
                         event_id: String::new(),
@@ -198,6 +200,7 @@ impl Pipeline {
                     continue;
                 }
             };
+            by_type[(view.r#type.clamp(0, 7)) as usize] += 1;
             if let Err(bad) = self.limits.check(&view, now) {
                 reply.rejections.push(pb::Rejection {
                     index: index as u32,
@@ -226,6 +229,7 @@ impl Pipeline {
         c.rejected.fetch_add(reply.rejected as u64, Ordering::Relaxed);
         c.duplicates.fetch_add(reply.duplicates as u64, Ordering::Relaxed);
         c.accepted.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        record_metrics(&by_type, &reply);
         if fresh.is_empty() {
             return Ok(Pending { reply, commit: None });
         }
@@ -285,6 +289,40 @@ impl Pipeline {
     pub async fn shutdown(&self) {
         self.room.close();
         self.batcher.stop().await;
+    }
+}
+
+const TYPE_NAMES: [&str; 9] = [
+    "unspecified",
+    "impression",
+    "click",
+    "conversion",
+    "install",
+    "video_start",
+    "video_progress",
+    "video_complete",
+    "malformed",
+];
+
+/// Per-request metrics: one counter update per event type present, not per event.
+fn record_metrics(by_type: &[u64; 9], reply: &pb::IngestReply) {
+    for (i, &n) in by_type.iter().enumerate() {
+        if n > 0 {
+            metrics::counter!("events_received_total", "type" => TYPE_NAMES[i]).increment(n);
+        }
+    }
+    if reply.duplicates > 0 {
+        metrics::counter!("events_duplicate_total").increment(reply.duplicates as u64);
+    }
+    for r in &reply.rejections {
+        let reason = match pb::RejectReason::try_from(r.reason) {
+            Ok(pb::RejectReason::MissingField) => "missing_field",
+            Ok(pb::RejectReason::OutOfRange) => "out_of_range",
+            Ok(pb::RejectReason::Malformed) => "malformed",
+            Ok(pb::RejectReason::BadTimestamp) => "bad_timestamp",
+            _ => "other",
+        };
+        metrics::counter!("events_rejected_total", "reason" => reason).increment(1);
     }
 }
 

@@ -106,9 +106,18 @@ async fn expire_leases(queue: Arc<dyn AdQueue>, mut stop: watch::Receiver<bool>)
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let n = queue.expire(now_ms()).await;
-                if n > 0 {
-                    tracing::info!(expired = n, "leases expired; ads redelivered or dead-lettered");
+                let expired = queue.expire(now_ms()).await;
+                if expired.is_empty() {
+                    continue;
+                }
+                metrics::counter!("leases_expired_total").increment(expired.len() as u64);
+                let dead = expired.iter().filter(|e| e.dead_lettered).count();
+                tracing::info!(expired = expired.len(), dead_lettered = dead, "leases expired; ads redelivered or dead-lettered");
+                if adflow_telemetry::trace::enabled() {
+                    for e in &expired {
+                        let span = tracing::info_span!("lease_expired", ad.id = %e.ad_id, lease.id = e.lease_id, dead_lettered = e.dead_lettered);
+                        adflow_telemetry::set_parent(&span, &e.traceparent);
+                    }
                 }
             }
             _ = stop.changed() => return,
@@ -178,6 +187,22 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
     let hub = Arc::new(WorkerHub::new(queue.clone(), analytics.clone(), stop_rx.clone()));
+    crate::metrics::describe();
+    let sampler =
+        tokio::spawn(crate::metrics::sample(queue.clone(), hub.clone(), store.clone(), stop_rx.clone()));
+    let metrics_task = if cfg.metrics.listen.is_empty() {
+        None
+    } else {
+        let l = TcpListener::bind(&cfg.metrics.listen)
+            .await
+            .with_context(|| format!("binding {} (metrics.listen)", cfg.metrics.listen))?;
+        tracing::info!(addr = %l.local_addr()?, "Prometheus metrics on /metrics");
+        Some(tokio::spawn(adflow_telemetry::serve_metrics(
+            l,
+            adflow_telemetry::prometheus(),
+            stop_rx.clone(),
+        )))
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(watch_health(store.clone(), reporter.clone(), stop_rx.clone()));
 
@@ -216,6 +241,7 @@ pub async fn serve(
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
+        .layer(crate::rpc_layer::RpcLayer { spans: adflow_telemetry::trace::enabled() })
         .initial_connection_window_size(Some(8 << 20))
         .initial_stream_window_size(Some(4 << 20))
         .max_concurrent_streams(Some(cfg.server.max_concurrent_streams))
@@ -250,6 +276,10 @@ pub async fn serve(
         let _ = w.await;
     }
     let _ = expiry.await;
+    let _ = sampler.await;
+    if let Some(m) = metrics_task {
+        let _ = m.await;
+    }
     pipeline.shutdown().await;
     queue.close().await;
     let _ = health_task.await;

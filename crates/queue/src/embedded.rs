@@ -9,7 +9,7 @@
 use crate::index::{AdKey, Index, MAX_PRIORITY, PartitionMask, Rules};
 use crate::journal::Journal;
 use crate::policy::{self, QueueConfig};
-use crate::{AdQueue, Leased, QueueError};
+use crate::{AdQueue, Expired, Leased, QueueError};
 use adflow_proto::v1::{self as pb, AdStatus};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,6 +20,8 @@ struct Record {
     ad: pb::Ad,
     seq: u64,
     lease: Option<u64>,
+    /// W3C trace context of the submission (memory only: a restart starts new traces).
+    trace: String,
 }
 
 struct LeaseInfo {
@@ -223,7 +225,7 @@ impl EmbeddedQueue {
             }
             Ok(AdStatus::DeadLetter) => {
                 st.dead.insert((ad.finished_at_ms, key), ());
-                st.ads.insert(key, Record { ad, seq: 0, lease: None });
+                st.ads.insert(key, Record { ad, seq: 0, lease: None, trace: String::new() });
             }
             _ => {}
         })?;
@@ -233,7 +235,7 @@ impl EmbeddedQueue {
         for (_, key, ad) in restored {
             let seq = st.next_seq;
             st.next_seq += 1;
-            st.ads.insert(key, Record { ad, seq, lease: None });
+            st.ads.insert(key, Record { ad, seq, lease: None, trace: String::new() });
             st.enqueue(key, seq);
         }
         tracing::info!(queued = n, dead_letters = st.dead.len(), path = %cfg.path.display(), "ad queue restored");
@@ -305,6 +307,7 @@ impl AdQueue for EmbeddedQueue {
     async fn submit(
         &self,
         specs: Vec<pb::AdSpec>,
+        traceparent: &str,
         now: i64,
     ) -> Result<Vec<pb::SubmitAdResponse>, QueueError> {
         let mut out = Vec::with_capacity(specs.len());
@@ -326,7 +329,7 @@ impl AdQueue for EmbeddedQueue {
                 self.journal.put(key, &ad);
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                st.ads.insert(key, Record { ad, seq, lease: None });
+                st.ads.insert(key, Record { ad, seq, lease: None, trace: traceparent.to_owned() });
                 st.enqueue(key, seq);
                 let snap = st.snapshot(&st.ads[&key].ad, now);
                 out.push(pb::SubmitAdResponse {
@@ -459,11 +462,17 @@ impl AdQueue for EmbeddedQueue {
             r.ad.status = AdStatus::Processing as i32;
             r.ad.attempts += 1;
             r.ad.started_at_ms = now;
-            let (ad, attempt) = (r.ad.clone(), r.ad.attempts);
+            let (ad, attempt, traceparent) = (r.ad.clone(), r.ad.attempts, r.trace.clone());
             st.leases.insert(lease_id, LeaseInfo { key, session, deadline });
             st.lease_deadlines.insert((deadline, lease_id), ());
             st.notify(key, now);
-            out.push(Leased { lease_id, ad: st.snapshot(&ad, now), attempt, deadline_ms: deadline });
+            out.push(Leased {
+                lease_id,
+                ad: st.snapshot(&ad, now),
+                attempt,
+                deadline_ms: deadline,
+                traceparent,
+            });
         }
         out
     }
@@ -474,7 +483,7 @@ impl AdQueue for EmbeddedQueue {
         lease_id: u64,
         result: pb::AnalysisResult,
         now: i64,
-    ) -> Result<(), QueueError> {
+    ) -> Result<String, QueueError> {
         let mut st = self.lock();
         let key = Self::current_lease(&st, session, lease_id)?;
         st.drop_lease(lease_id);
@@ -484,11 +493,12 @@ impl AdQueue for EmbeddedQueue {
         r.ad.finished_at_ms = now;
         r.ad.analysis = Some(result);
         self.journal.put(key, &r.ad);
+        let trace = std::mem::take(&mut r.trace);
         st.rate.add(now);
         st.completed_total += 1;
         st.notify(key, now);
         st.finish(key, self.recent_cap);
-        Ok(())
+        Ok(trace)
     }
 
     async fn nack(
@@ -547,20 +557,29 @@ impl AdQueue for EmbeddedQueue {
         mine.len()
     }
 
-    async fn expire(&self, now: i64) -> usize {
+    async fn expire(&self, now: i64) -> Vec<Expired> {
         let mut st = self.lock();
         let due: Vec<u64> = st.lease_deadlines.range(..(now + 1, 0)).map(|(&(_, id), _)| id).collect();
+        let mut out = Vec::with_capacity(due.len());
         for id in &due {
             if let Some(l) = st.drop_lease(*id) {
                 let secs = st.policy.lease_seconds;
                 self.settle_retry(&mut st, l.key, true, format!("lease {id} expired after {secs} s"), now);
+                if let Some(r) = st.ads.get(&l.key) {
+                    out.push(Expired {
+                        ad_id: r.ad.id.clone(),
+                        lease_id: *id,
+                        dead_lettered: r.ad.status == AdStatus::DeadLetter as i32,
+                        traceparent: r.trace.clone(),
+                    });
+                }
             }
         }
         drop(st);
-        if !due.is_empty() {
+        if !out.is_empty() {
             self.wake();
         }
-        due.len()
+        out
     }
 
     async fn stats(&self, now: i64) -> pb::QueueStats {

@@ -67,6 +67,21 @@ pub struct Leased {
     pub attempt: u32,
     /// Deadline, Unix ms.
     pub deadline_ms: i64,
+    /// W3C trace context of the submission ("" when none).
+    pub traceparent: String,
+}
+
+/// A lease that expired.
+#[derive(Clone, Debug)]
+pub struct Expired {
+    /// The ad.
+    pub ad_id: String,
+    /// The expired lease.
+    pub lease_id: u64,
+    /// True when the ad went to the dead letters instead of back to the queue.
+    pub dead_lettered: bool,
+    /// W3C trace context of the submission.
+    pub traceparent: String,
 }
 
 /// The queue contract shared by every backend: submission and reads, worker leases, and
@@ -74,8 +89,13 @@ pub struct Leased {
 #[async_trait]
 pub trait AdQueue: Send + Sync + 'static {
     /// Stores and enqueues validated ads; returns once they are durable.
-    async fn submit(&self, specs: Vec<pb::AdSpec>, now: i64)
-    -> Result<Vec<pb::SubmitAdResponse>, QueueError>;
+    /// `traceparent` (W3C, may be empty) travels with the ads to the workers.
+    async fn submit(
+        &self,
+        specs: Vec<pb::AdSpec>,
+        traceparent: &str,
+        now: i64,
+    ) -> Result<Vec<pb::SubmitAdResponse>, QueueError>;
     /// One ad with its computed fields.
     async fn get(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError>;
     /// Ads matching a filter, newest first, after `page_token`.
@@ -86,14 +106,14 @@ pub trait AdQueue: Send + Sync + 'static {
     async fn watch(&self, id: &str, now: i64) -> Result<(pb::Ad, mpsc::Receiver<pb::Ad>), QueueError>;
     /// Leases up to `n` ads from the partitions in `mask` to worker session `session`.
     async fn lease(&self, session: u64, mask: PartitionMask, n: usize, now: i64) -> Vec<Leased>;
-    /// Settles a lease with its analysis.
+    /// Settles a lease with its analysis; returns the ad's trace context.
     async fn ack(
         &self,
         session: u64,
         lease_id: u64,
         result: pb::AnalysisResult,
         now: i64,
-    ) -> Result<(), QueueError>;
+    ) -> Result<String, QueueError>;
     /// Gives a lease back: requeue (`retry`, while attempts remain) or dead-letter.
     async fn nack(
         &self,
@@ -107,8 +127,8 @@ pub trait AdQueue: Send + Sync + 'static {
     async fn extend(&self, session: u64, lease_id: u64, seconds: u32, now: i64) -> Result<i64, QueueError>;
     /// Requeues every lease of a session that ended; returns how many.
     async fn release_session(&self, session: u64, now: i64) -> usize;
-    /// Redelivers or dead-letters leases past their deadline; returns how many expired.
-    async fn expire(&self, now: i64) -> usize;
+    /// Redelivers or dead-letters leases past their deadline; returns what expired.
+    async fn expire(&self, now: i64) -> Vec<Expired>;
     /// Queue statistics.
     async fn stats(&self, now: i64) -> pb::QueueStats;
     /// The next `n` ads in serving order.

@@ -32,6 +32,7 @@ async fn priority_order_then_fifo() {
             spec("high-2", "a", 5),
             spec("low-2", "a", 1),
         ],
+        "",
         1_000,
     )
     .await
@@ -43,14 +44,14 @@ async fn priority_order_then_fifo() {
 async fn expiry_redelivers_then_dead_letters_and_requeue_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let q = EmbeddedQueue::open(&cfg(dir.path())).unwrap();
-    let id = q.submit(vec![spec("flaky", "a", 3)], 0).await.unwrap()[0].id.clone();
+    let id = q.submit(vec![spec("flaky", "a", 3)], "", 0).await.unwrap()[0].id.clone();
     let mut now = 0;
     for attempt in 1..=3 {
         let l = q.lease(1, ALL_PARTITIONS, 1, now).await;
         assert_eq!(l.len(), 1, "attempt {attempt} leased");
         assert_eq!(l[0].attempt, attempt);
         now = l[0].deadline_ms;
-        assert_eq!(q.expire(now).await, 1);
+        assert_eq!(q.expire(now).await.len(), 1);
         // A late ack on the expired lease changes nothing.
         assert!(matches!(q.ack(1, l[0].lease_id, result(), now).await, Err(QueueError::StaleLease(_))));
     }
@@ -71,7 +72,7 @@ async fn expiry_redelivers_then_dead_letters_and_requeue_brings_it_back() {
 async fn a_released_session_hands_its_leases_to_others() {
     let dir = tempfile::tempdir().unwrap();
     let q = EmbeddedQueue::open(&cfg(dir.path())).unwrap();
-    q.submit(vec![spec("x", "a", 2)], 0).await.unwrap();
+    q.submit(vec![spec("x", "a", 2)], "", 0).await.unwrap();
     let l = q.lease(7, ALL_PARTITIONS, 5, 1).await;
     assert_eq!(l.len(), 1);
     assert!(q.lease(8, ALL_PARTITIONS, 5, 2).await.is_empty());
@@ -90,7 +91,7 @@ async fn nack_retries_until_the_limit_and_give_up_dead_letters_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let q = EmbeddedQueue::open(&cfg(dir.path())).unwrap();
     let ids: Vec<_> = q
-        .submit(vec![spec("r", "a", 2), spec("g", "a", 1)], 0)
+        .submit(vec![spec("r", "a", 2), spec("g", "a", 1)], "", 0)
         .await
         .unwrap()
         .into_iter()
@@ -121,6 +122,7 @@ async fn state_survives_a_restart_and_leased_ads_come_back_queued() {
                     spec("q1", "a", 2),
                     spec("q2", "a", 2),
                 ],
+                "",
                 0,
             )
             .await
@@ -150,6 +152,7 @@ async fn reprioritize_cancel_pause_and_watch() {
     let ids: Vec<_> = q
         .submit(
             vec![spec("rpg-1", "RPG-Fantasy", 1), spec("puz", "Puzzle", 2), spec("rpg-2", "rpg-fantasy", 3)],
+            "",
             0,
         )
         .await

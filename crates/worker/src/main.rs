@@ -28,17 +28,49 @@ struct Args {
     /// PEM file of the CA that signed the gateway's TLS certificate (implies TLS).
     #[arg(long, env = "ADFLOW_WORKER_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
+    /// Address of this worker's Prometheus `/metrics` endpoint (e.g. 0.0.0.0:9465).
+    #[arg(long, env = "ADFLOW_WORKER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// OTLP/gRPC collector for traces (e.g. http://jaeger:4317); off when unset.
+    #[arg(long, env = "ADFLOW_WORKER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "ADFLOW_WORKER_LOG_JSON")]
+    log_json: bool,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let tracing_cfg = adflow_telemetry::TracingConfig {
+        otlp_endpoint: args.otlp_endpoint.clone().unwrap_or_default(),
+        service_name: "adflow-worker".into(),
+        sampling_ratio: 1.0,
+    };
+    let guard = match adflow_telemetry::init(args.log_json, "info", &tracing_cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("adflow-worker: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = &args.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "worker metrics on /metrics");
+                tokio::spawn(adflow_telemetry::serve_metrics(
+                    l,
+                    adflow_telemetry::prometheus(),
+                    metrics_stop_rx,
+                ));
+            }
+            Err(e) => {
+                eprintln!("adflow-worker: binding {addr} (--metrics-listen): {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let mut gateway = adflow_client::ClientConfig::new(args.gateway);
     gateway.api_key = args.api_key;
     if let Some(path) = args.tls_ca {
@@ -71,4 +103,6 @@ async fn main() {
     let stats = Arc::new(WorkerStats::default());
     run(cfg, stop_rx, stats.clone()).await;
     tracing::info!(acked = stats.acked.load(std::sync::atomic::Ordering::Relaxed), "worker exited");
+    let _ = metrics_stop_tx.send(true);
+    guard.shutdown();
 }

@@ -121,16 +121,28 @@ async fn session(
                     .into_iter()
                     .map(|l| {
                         let ad = l.ad.unwrap_or_default();
-                        let result = analyzer.analyze(&ad, l.performance.as_ref(), &cfg.worker_id, now_ms());
+                        let started = std::time::Instant::now();
+                        let span = if adflow_telemetry::trace::enabled() {
+                            let s = tracing::info_span!("analyze", ad.id = %ad.id, lease.id = l.lease_id, worker = %cfg.worker_id);
+                            adflow_telemetry::set_parent(&s, &l.traceparent);
+                            s
+                        } else {
+                            tracing::Span::none()
+                        };
+                        let result = span.in_scope(|| analyzer.analyze(&ad, l.performance.as_ref(), &cfg.worker_id, now_ms()));
+                        metrics::histogram!("worker_analysis_seconds").record(started.elapsed().as_secs_f64());
                         pb::Ack { lease_id: l.lease_id, result: Some(result) }
                     })
                     .collect();
                 tx.send(msg(worker_message::Kind::Acks(pb::AckBatch { acks }))).await?;
                 tx.send(msg(worker_message::Kind::Credits(pb::CreditGrant { credits: n as u32 }))).await?;
                 stats.acked.fetch_add(n as u64, Ordering::Relaxed);
+                metrics::counter!("worker_leases_total").increment(n as u64);
+                metrics::counter!("worker_acks_total").increment(n as u64);
             }
             Some(gateway_message::Kind::Refusals(r)) => {
                 stats.refused.fetch_add(r.refusals.len() as u64, Ordering::Relaxed);
+                metrics::counter!("worker_refusals_total").increment(r.refusals.len() as u64);
                 for x in r.refusals {
                     tracing::warn!(lease = x.lease_id, code = x.code, message = %x.message, "gateway refused an answer");
                 }

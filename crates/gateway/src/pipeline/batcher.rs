@@ -22,6 +22,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Stops and joins the batcher.
 pub(super) struct Handle {
@@ -130,13 +131,27 @@ impl Batcher {
             rooms.push(s._room);
         }
         let started = Instant::now();
+        let backend = self.store.backend();
+        let span = if adflow_telemetry::trace::enabled() {
+            tracing::info_span!(
+                "batch_flush",
+                size = events.len(),
+                backend,
+                duration_ms = tracing::field::Empty,
+                result = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let Err(e) = self.store.append(&events).await else {
+            let Err(e) = self.store.append(&events).instrument(span.clone()).await else {
                 break;
             };
             self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("processing_errors_total").increment(1);
+            span.record("result", "error");
             tracing::warn!(error = %e, attempt, events = events.len(), backend = self.store.backend(), "store append failed");
             if attempt == self.cfg.store_retry_attempts {
                 (events, waiters) = self.fail_durable(events, waiters, &e.to_string());
@@ -154,6 +169,12 @@ impl Batcher {
             tokio::time::sleep(backoff(&self.cfg, attempt)).await;
         }
         let n = events.len() as u64;
+        let took = started.elapsed();
+        span.record("duration_ms", took.as_secs_f64() * 1000.0);
+        span.record("result", "ok");
+        metrics::histogram!("batch_flush_seconds").record(took.as_secs_f64());
+        metrics::counter!("batches_processed_total", "backend" => backend).increment(1);
+        metrics::counter!("events_processed_total").increment(n);
         tracing::trace!(
             events = n,
             requests = waiters.len(),

@@ -32,7 +32,11 @@ impl AdService for AdsService {
     ) -> Result<Response<pb::SubmitAdResponse>, Status> {
         let spec = req.into_inner().ad.ok_or_else(|| Status::invalid_argument("ad is required"))?;
         ads::check(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut out = self.queue.submit(vec![spec], now_ms()).await.map_err(from_queue)?;
+        let mut out = self
+            .queue
+            .submit(vec![spec], &adflow_telemetry::current_traceparent(), now_ms())
+            .await
+            .map_err(from_queue)?;
         Ok(Response::new(out.remove(0)))
     }
 
@@ -62,7 +66,10 @@ impl AdService for AdsService {
         let accepted = if specs.is_empty() {
             Vec::new()
         } else {
-            self.queue.submit(specs, now_ms()).await.map_err(from_queue)?
+            self.queue
+                .submit(specs, &adflow_telemetry::current_traceparent(), now_ms())
+                .await
+                .map_err(from_queue)?
         };
         let n = accepted.len() as u32;
         for (i, a) in idx.into_iter().zip(accepted) {

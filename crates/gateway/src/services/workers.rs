@@ -76,15 +76,20 @@ impl WorkerHub {
         }
     }
 
-    fn to_lease(&self, l: Leased, now: i64) -> pb::Lease {
+    fn to_lease(&self, l: Leased, worker: &str, now: i64) -> pb::Lease {
+        metrics::histogram!("queue_wait_seconds").record((now - l.ad.enqueued_at_ms).max(0) as f64 / 1000.0);
         let performance = Some(self.performance(&l.ad.id, now));
+        if adflow_telemetry::trace::enabled() {
+            let span = tracing::info_span!("lease", ad.id = %l.ad.id, lease.id = l.lease_id, attempt = l.attempt, worker = %worker);
+            adflow_telemetry::set_parent(&span, &l.traceparent);
+        }
         pb::Lease {
             lease_id: l.lease_id,
             attempt: l.attempt,
             deadline_ms: l.deadline_ms,
             ad: Some(l.ad),
             performance,
-            traceparent: String::new(),
+            traceparent: l.traceparent,
         }
     }
 }
@@ -240,7 +245,8 @@ impl Session {
         self.in_flight += n;
         let (credits, in_flight) = (self.credits, self.in_flight);
         self.hub.update(self.id, |w| (w.credits, w.in_flight) = (credits, in_flight));
-        let leases = leased.into_iter().map(|l| self.hub.to_lease(l, now)).collect();
+        let worker = self.hub.sessions().get(&self.id).map(|w| w.worker_id.clone()).unwrap_or_default();
+        let leases = leased.into_iter().map(|l| self.hub.to_lease(l, &worker, now)).collect();
         self.tx.send(Ok(gw(gateway_message::Kind::Leases(pb::LeaseBatch { leases })))).await.is_ok()
     }
 
@@ -254,10 +260,22 @@ impl Session {
         match msg.kind {
             Some(worker_message::Kind::Acks(b)) => {
                 for a in b.acks {
-                    match q.ack(self.id, a.lease_id, a.result.unwrap_or_default(), now).await {
-                        Ok(()) => {
+                    let result = a.result.unwrap_or_default();
+                    let outcome = match pb::Verdict::try_from(result.verdict) {
+                        Ok(pb::Verdict::Approved) => "approved",
+                        Ok(pb::Verdict::NeedsReview) => "needs_review",
+                        Ok(pb::Verdict::Rejected) => "rejected",
+                        _ => "unspecified",
+                    };
+                    match q.ack(self.id, a.lease_id, result, now).await {
+                        Ok(trace) => {
                             settled += 1;
                             acked += 1;
+                            metrics::counter!("ads_processed_total", "outcome" => outcome).increment(1);
+                            if adflow_telemetry::trace::enabled() {
+                                let span = tracing::info_span!("ack", lease.id = a.lease_id, outcome);
+                                adflow_telemetry::set_parent(&span, &trace);
+                            }
                         }
                         Err(e) => refusals.push(refusal(a.lease_id, &e)),
                     }
@@ -266,7 +284,11 @@ impl Session {
             Some(worker_message::Kind::Nacks(b)) => {
                 for n in b.nacks {
                     match q.nack(self.id, n.lease_id, n.retry, &n.error, now).await {
-                        Ok(()) => settled += 1,
+                        Ok(()) => {
+                            settled += 1;
+                            let outcome = if n.retry { "nacked_retry" } else { "nacked_dead_letter" };
+                            metrics::counter!("ads_processed_total", "outcome" => outcome).increment(1);
+                        }
                         Err(e) => refusals.push(refusal(n.lease_id, &e)),
                     }
                 }

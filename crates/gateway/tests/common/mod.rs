@@ -27,6 +27,7 @@ pub fn config(dir: &Path) -> Config {
     let mut cfg = Config::default();
     cfg.storage.file = FileConfig { dir: dir.join("events"), ..FileConfig::default() };
     cfg.queue.path = dir.join("queue.redb");
+    cfg.metrics.listen = String::new(); // tests run many gateways at once; the metrics test sets its own
     cfg
 }
 

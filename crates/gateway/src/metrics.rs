@@ -1,0 +1,64 @@
+//! The gateway's Prometheus metrics: their descriptions, and a sampler that refreshes
+//! the gauges (queue sizes, dead letters, workers, backend health) once a second.
+//! Counters and histograms are recorded where things happen (pipeline, batcher, worker
+//! sessions, RPC layer); the names are the ones operators know from the seed systems.
+
+use crate::services::workers::WorkerHub;
+use adflow_domain::now_ms;
+use adflow_queue::AdQueue;
+use adflow_store::EventStore;
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Registers help texts for every metric.
+pub fn describe() {
+    describe_counter!("events_received_total", "Ad events received in requests, by event type.");
+    describe_counter!("events_processed_total", "Ad events committed by the event store.");
+    describe_counter!("events_duplicate_total", "Ad events refused as duplicates of an accepted event id.");
+    describe_counter!("events_rejected_total", "Ad events refused by validation, by reason.");
+    describe_counter!("batches_processed_total", "Batches committed by the event store, by backend.");
+    describe_counter!("processing_errors_total", "Failed event store writes (each attempt).");
+    describe_histogram!("batch_flush_seconds", "Time to commit one batch of events.");
+    describe_histogram!(
+        "rpc_duration_seconds",
+        "RPC latency until the response starts, by method and status code."
+    );
+    describe_gauge!("queue_size", "Queued ads, by priority.");
+    describe_histogram!("queue_wait_seconds", "Time ads waited in the queue before their lease.");
+    describe_counter!("ads_processed_total", "Ads settled by workers, by outcome.");
+    describe_counter!("leases_expired_total", "Leases that expired (redelivered or dead-lettered).");
+    describe_gauge!("dead_letters", "Ads in the dead-letter list.");
+    describe_gauge!("workers_connected", "Workers with an open Subscribe stream.");
+    describe_gauge!(
+        "spill_buffer_events",
+        "Events held in the local spill buffer (the file backend writes directly and never spills)."
+    );
+    describe_gauge!("backend_up", "1 when the event store backend is healthy, by backend.");
+    gauge!("spill_buffer_events").set(0.0);
+}
+
+/// Refreshes the gauges every second until `stop` turns true.
+pub async fn sample(
+    queue: Arc<dyn AdQueue>,
+    hub: Arc<WorkerHub>,
+    store: Arc<dyn EventStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let s = queue.stats(now_ms()).await;
+        for p in &s.partitions {
+            gauge!("queue_size", "priority" => p.priority.to_string()).set(p.queued as f64);
+        }
+        gauge!("dead_letters").set(s.dead_letters as f64);
+        gauge!("workers_connected").set(hub.count() as f64);
+        let up = if store.health().await.ok { 1.0 } else { 0.0 };
+        gauge!("backend_up", "backend" => store.backend()).set(up);
+    }
+}
