@@ -114,6 +114,9 @@ struct Common {
     /// PEM of the CA that signed the gateway's certificate (switches to TLS).
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// Send a new W3C traceparent with every call (so each shows up as a trace in Jaeger).
+    #[arg(long)]
+    trace: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -126,6 +129,7 @@ async fn connect(c: &Common) -> anyhow::Result<adflow_client::Client> {
     let mut cfg = adflow_client::ClientConfig::new(format!("{scheme}://{}", c.addr));
     cfg.request_timeout = None;
     cfg.api_key = c.api_key.clone();
+    cfg.trace_calls = c.trace;
     if let Some(path) = &c.tls_ca {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         cfg.tls = Some(adflow_client::TlsOptions { ca_pem: Some(pem), domain: None });

@@ -37,6 +37,9 @@ pub struct ClientConfig {
     /// Deadline of each call until its response starts (None: no deadline, e.g. for
     /// long-lived streams such as a worker's Subscribe).
     pub request_timeout: Option<Duration>,
+    /// Start a new sampled W3C trace on every call (a random `traceparent` header), so the
+    /// gateway's spans for it are exported and findable in Jaeger (default false).
+    pub trace_calls: bool,
 }
 
 /// TLS settings.
@@ -57,6 +60,7 @@ impl ClientConfig {
             api_key: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(10)),
+            trace_calls: false,
         }
     }
 }
@@ -81,14 +85,30 @@ pub enum ClientError {
     Status(#[from] Status),
 }
 
-/// Adds the API key to every request.
+/// Adds the API key (and, when asked, a new trace's `traceparent`) to every request.
 #[derive(Clone, Default)]
-pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub struct Auth {
+    key: Option<MetadataValue<tonic::metadata::Ascii>>,
+    trace_calls: bool,
+}
+
+/// A random, sampled W3C `traceparent`: a new trace with a new root span id.
+pub fn new_traceparent() -> String {
+    let t = uuid::Uuid::new_v4().simple().to_string();
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{t}-{}-01", &s[..16])
+}
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.key {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if self.trace_calls
+            && !req.metadata().contains_key("traceparent")
+            && let Ok(v) = new_traceparent().parse()
+        {
+            req.metadata_mut().insert("traceparent", v);
         }
         Ok(req)
     }
@@ -136,10 +156,11 @@ pub struct Client {
 impl Client {
     /// Connects to the gateway of `cfg`.
     pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
-        let auth = match &cfg.api_key {
-            Some(k) => Auth(Some(format!("Bearer {k}").parse().map_err(|_| ClientError::BadApiKey)?)),
-            None => Auth(None),
+        let key = match &cfg.api_key {
+            Some(k) => Some(format!("Bearer {k}").parse().map_err(|_| ClientError::BadApiKey)?),
+            None => None,
         };
+        let auth = Auth { key, trace_calls: cfg.trace_calls };
         let channel = endpoint(&cfg)?
             .connect()
             .await

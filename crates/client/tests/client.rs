@@ -254,7 +254,7 @@ async fn typed_helpers_submit_watch_and_read_analytics() {
 }
 
 #[tokio::test]
-async fn tls_with_a_private_ca_and_an_api_key_header() {
+async fn tls_with_a_private_ca_an_api_key_and_a_traceparent() {
     // A TLS gRPC server (health only) with a certificate made for this test.
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
@@ -262,11 +262,11 @@ async fn tls_with_a_private_ca_and_an_api_key_header() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((None::<String>, None::<String>)));
     let seen2 = seen.clone();
     let check = move |req: tonic::Request<()>| {
-        *seen2.lock().unwrap() =
-            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+        let get = |k: &str| req.metadata().get(k).and_then(|v| v.to_str().ok()).map(String::from);
+        *seen2.lock().unwrap() = (get("authorization"), get("traceparent"));
         Ok(req)
     };
     tokio::spawn(
@@ -280,10 +280,14 @@ async fn tls_with_a_private_ca_and_an_api_key_header() {
     let mut cfg = ClientConfig::new(format!("https://localhost:{}", addr.port()));
     cfg.tls = Some(TlsOptions { ca_pem: Some(cert_pem.into_bytes()), domain: Some("localhost".into()) });
     cfg.api_key = Some("k-123".into());
+    cfg.trace_calls = true;
     let client = Client::connect(cfg).await.unwrap();
     let mut h = tonic_health::pb::health_client::HealthClient::new(client.channel());
     let r =
         h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
-    assert_eq!(seen.lock().unwrap().as_deref(), Some("Bearer k-123"));
+    let (auth, trace) = seen.lock().unwrap().clone();
+    assert_eq!(auth.as_deref(), Some("Bearer k-123"));
+    let trace = trace.expect("a traceparent was sent");
+    assert!(trace.starts_with("00-") && trace.ends_with("-01") && trace.len() == 55, "{trace}");
 }

@@ -348,6 +348,17 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_config_loads() {
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(shipped("default.toml")))
+            .merge(Toml::file(shipped("docker.toml")));
+        let cfg = Config::from_figment(fig).unwrap();
+        assert_eq!(cfg.server.listen.port(), 50051);
+        assert_eq!(cfg.tracing.otlp_endpoint, "http://jaeger:4317");
+        assert_eq!(cfg.workers.in_process, 0);
+    }
+
+    #[test]
     fn a_wrong_type_names_the_key() {
         let fig = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string("[ingest]\nmax_batch_events = \"many\""));

@@ -57,7 +57,7 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, mut 
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let handle = handle.clone();
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(handle.render())))
@@ -65,8 +65,7 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, mut 
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                    };
-                    resp
+                    }
                 }
             });
             let _ =

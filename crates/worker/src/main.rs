@@ -37,6 +37,9 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "ADFLOW_WORKER_LOG_JSON")]
     log_json: bool,
+    /// Send a W3C traceparent on its Subscribe call (its session shows up as a trace).
+    #[arg(long, env = "ADFLOW_WORKER_TRACE_CALLS")]
+    trace_calls: bool,
 }
 
 #[tokio::main]
@@ -73,6 +76,7 @@ async fn main() {
     }
     let mut gateway = adflow_client::ClientConfig::new(args.gateway);
     gateway.api_key = args.api_key;
+    gateway.trace_calls = args.trace_calls;
     if let Some(path) = args.tls_ca {
         match std::fs::read(&path) {
             Ok(pem) => gateway.tls = Some(adflow_client::TlsOptions { ca_pem: Some(pem), domain: None }),
