@@ -27,6 +27,7 @@ pub fn describe() {
     );
     describe_gauge!("queue_size", "Queued ads, by priority.");
     describe_histogram!("queue_wait_seconds", "Time ads waited in the queue before their lease.");
+    describe_gauge!("queue_oldest_wait_seconds", "How long the oldest queued ad has waited.");
     describe_counter!("ads_processed_total", "Ads settled by workers, by outcome.");
     describe_counter!("leases_expired_total", "Leases that expired (redelivered or dead-lettered).");
     describe_gauge!("dead_letters", "Ads in the dead-letter list.");
@@ -57,6 +58,7 @@ pub async fn sample(
             gauge!("queue_size", "priority" => p.priority.to_string()).set(p.queued as f64);
         }
         gauge!("dead_letters").set(s.dead_letters as f64);
+        gauge!("queue_oldest_wait_seconds").set(s.oldest_wait_ms as f64 / 1000.0);
         gauge!("workers_connected").set(hub.count() as f64);
         let up = if store.health().await.ok { 1.0 } else { 0.0 };
         gauge!("backend_up", "backend" => store.backend()).set(up);
