@@ -187,6 +187,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
     let hub = Arc::new(WorkerHub::new(queue.clone(), analytics.clone(), stop_rx.clone()));
+    // Install the recorder before anything records (metrics recorded earlier would be lost).
+    let prometheus = adflow_telemetry::prometheus();
     crate::metrics::describe();
     let sampler =
         tokio::spawn(crate::metrics::sample(queue.clone(), hub.clone(), store.clone(), stop_rx.clone()));

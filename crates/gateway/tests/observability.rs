@@ -131,7 +131,12 @@ async fn traces_link_client_gateway_queue_worker_and_metrics_are_scraped() {
     );
     assert!(m.contains_key("batch_flush_seconds_bucket{le=\"0.1\"}"));
     assert_eq!(m.get("queue_wait_seconds_count"), Some(&1.0));
-    assert_eq!(m.get("queue_oldest_wait_seconds"), Some(&0.0));
+    assert_eq!(
+        m.get("queue_oldest_wait_seconds"),
+        Some(&0.0),
+        "{:?}",
+        m.keys().filter(|k| k.contains("wait")).collect::<Vec<_>>()
+    );
     assert_eq!(m.get("spill_buffer_events"), Some(&0.0));
 
     gw.stop().await;
