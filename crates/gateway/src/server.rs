@@ -199,11 +199,7 @@ pub async fn serve(
             .await
             .with_context(|| format!("binding {} (metrics.listen)", cfg.metrics.listen))?;
         tracing::info!(addr = %l.local_addr()?, "Prometheus metrics on /metrics");
-        Some(tokio::spawn(adflow_telemetry::serve_metrics(
-            l,
-            adflow_telemetry::prometheus(),
-            stop_rx.clone(),
-        )))
+        Some(tokio::spawn(adflow_telemetry::serve_metrics(l, prometheus, stop_rx.clone())))
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(watch_health(store.clone(), reporter.clone(), stop_rx.clone()));
