@@ -64,6 +64,35 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// Access control.
+    pub auth: crate::auth::AuthConfig,
+    /// The plain-language operator agent.
+    pub agent: AgentConfig,
+}
+
+/// `[agent]`: optional LLM translation of operator commands (the parser always works).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// OpenAI-compatible chat-completions URL (empty: parser only).
+    pub llm_url: String,
+    /// Model name sent to it.
+    pub llm_model: String,
+    /// Environment variable holding its API key (default "ADFLOW_AGENT_LLM_API_KEY").
+    pub llm_api_key_env: String,
+    /// Timeout of one LLM call, ms (default 3000); on timeout the parser decides.
+    pub llm_timeout_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            llm_url: String::new(),
+            llm_model: "gpt-4o-mini".into(),
+            llm_api_key_env: "ADFLOW_AGENT_LLM_API_KEY".into(),
+            llm_timeout_ms: 3000,
+        }
+    }
 }
 
 /// `[metrics]`
@@ -94,6 +123,14 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Most concurrent HTTP/2 streams per connection (default 1024).
     pub max_concurrent_streams: u32,
+    /// Most requests served at once per connection (default 1024).
+    pub concurrency_limit_per_connection: usize,
+    /// PEM certificate chain for TLS (empty: plain text).
+    pub tls_cert_path: String,
+    /// PEM private key for TLS.
+    pub tls_key_path: String,
+    /// Name the in-process workers verify in the certificate (default "localhost").
+    pub tls_domain: String,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +141,10 @@ impl Default for ServerConfig {
             worker_threads: 0,
             shutdown_grace_ms: 10_000,
             max_concurrent_streams: 1024,
+            concurrency_limit_per_connection: 1024,
+            tls_cert_path: String::new(),
+            tls_key_path: String::new(),
+            tls_domain: "localhost".into(),
         }
     }
 }
@@ -309,6 +350,15 @@ impl Config {
         }
         if self.workers.partitions.iter().any(|p| !(1..=5).contains(p)) {
             return Err(invalid("workers.partitions", "entries must be 1..=5"));
+        }
+        if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
+            return Err(invalid("server.tls_cert_path", "tls_cert_path and tls_key_path must be set together"));
+        }
+        if self.auth.enabled && self.auth.keys.is_empty() {
+            return Err(invalid("auth.keys", "auth is enabled but no key is configured"));
+        }
+        if let Some(k) = self.auth.keys.iter().find(|k| k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err(invalid("auth.keys", format!("key {:?}: sha256 must be 64 hex digits (adflow-gateway --hash-key)", k.name)));
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(

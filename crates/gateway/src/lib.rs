@@ -2,9 +2,11 @@
 //! server that wires them together. `server::serve` is what the binary and the
 //! integration tests both run.
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod pipeline;
+pub mod worker_pool;
 mod rpc_layer;
 pub mod server;
 pub mod services;

@@ -22,6 +22,9 @@ struct Args {
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print the SHA-256 of an API key (for `[[auth.keys]] sha256`) and exit.
+    #[arg(long, value_name = "KEY")]
+    hash_key: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -51,6 +54,10 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(k) = &args.hash_key {
+        println!("{}", adflow_gateway::auth::hash_key(k));
+        return Ok(());
+    }
     let cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

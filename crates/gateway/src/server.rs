@@ -20,7 +20,8 @@ use adflow_domain::pb::worker_service_server::WorkerServiceServer;
 use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
 use adflow_queue::{AdQueue, EmbeddedQueue};
 use adflow_store::EventStore;
-use adflow_worker::run::{WorkerConfig, WorkerStats};
+use crate::worker_pool::WorkerPool;
+use adflow_worker::run::WorkerConfig;
 use anyhow::Context;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -125,30 +126,31 @@ async fn expire_leases(queue: Arc<dyn AdQueue>, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Starts the in-process workers: the `adflow-worker` loop, connected over loopback.
-fn spawn_workers(
-    cfg: &Config,
-    addr: std::net::SocketAddr,
-    stop: watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let host = if addr.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
-    (0..cfg.workers.in_process)
-        .map(|i| {
-            let wc = WorkerConfig {
-                gateway: adflow_client::ClientConfig::new(format!("http://{host}")),
-                worker_id: format!("in-process-{i}"),
-                partitions: cfg.workers.partitions.clone(),
-                concurrency: cfg.workers.concurrency,
-                analysis: cfg.analysis.clone(),
-                max_backoff: Duration::from_secs(2),
-            };
-            tokio::spawn(adflow_worker::run::run(wc, stop.clone(), Arc::new(WorkerStats::default())))
-        })
-        .collect()
+/// The TLS identity when `server.tls_cert_path` is set.
+fn load_tls(cfg: &Config) -> anyhow::Result<Option<tonic::transport::Identity>> {
+    if cfg.server.tls_cert_path.is_empty() {
+        return Ok(None);
+    }
+    let cert = std::fs::read(&cfg.server.tls_cert_path)
+        .with_context(|| format!("reading {} (server.tls_cert_path)", cfg.server.tls_cert_path))?;
+    let key = std::fs::read(&cfg.server.tls_key_path)
+        .with_context(|| format!("reading {} (server.tls_key_path)", cfg.server.tls_key_path))?;
+    Ok(Some(tonic::transport::Identity::from_pem(cert, key)))
+}
+
+/// How the in-process workers reach this gateway (loopback, its TLS, their own key).
+fn worker_connection(cfg: &Config, addr: std::net::SocketAddr, key: &str) -> adflow_client::ClientConfig {
+    let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let tls = !cfg.server.tls_cert_path.is_empty();
+    let mut c = adflow_client::ClientConfig::new(format!("{}://{host}", if tls { "https" } else { "http" }));
+    if tls {
+        c.tls = Some(adflow_client::TlsOptions {
+            ca_pem: std::fs::read(&cfg.server.tls_cert_path).ok(),
+            domain: Some(cfg.server.tls_domain.clone()),
+        });
+    }
+    c.api_key = Some(key.to_owned());
+    c
 }
 
 /// Runs the gateway on `listener` until `shutdown` completes, then stops cleanly.
@@ -224,22 +226,49 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
+    // In-process workers authenticate with a key made for this run only.
+    let worker_key = uuid::Uuid::new_v4().simple().to_string();
+    let template = WorkerConfig {
+        gateway: worker_connection(&cfg, addr, &worker_key),
+        worker_id: String::new(),
+        partitions: cfg.workers.partitions.clone(),
+        concurrency: cfg.workers.concurrency,
+        analysis: cfg.analysis.clone(),
+        max_backoff: Duration::from_secs(2),
+    };
+    let pool = WorkerPool::new(template);
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
     let stop_reporter = reporter.clone();
-    let (workers_stop_tx, workers_stop_rx) = watch::channel(false);
+    let signal_pool = pool.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
         // In-process workers hand their leases back first, then every stream is closed.
-        let _ = workers_stop_tx.send(true);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        signal_pool.scale(0).await;
         let _ = stop_tx.send(true);
         set_health(&stop_reporter, ServingStatus::NotServing).await;
         let _ = signalled_tx.send(true);
     };
+    let authz = Arc::new(crate::auth::Authz::new(
+        &cfg.auth,
+        &[("in-process-workers".into(), worker_key.clone(), crate::auth::Role::Worker)],
+    ));
+    if cfg.auth.enabled {
+        tracing::info!(keys = cfg.auth.keys.len(), rate_limit_per_second = cfg.auth.rate_limit_per_second, "access control on");
+    } else {
+        tracing::warn!("ACCESS CONTROL IS OFF: every caller may use every RPC. Set [auth] enabled = true with keys before exposing this gateway.");
+    }
+    let tls = load_tls(&cfg)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(identity) = tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).context("TLS settings")?;
+        tracing::info!(cert = %cfg.server.tls_cert_path, "TLS on");
+    }
+    let server = builder
         .layer(crate::rpc_layer::RpcLayer { spans: adflow_telemetry::trace::enabled() })
+        .layer(crate::auth::AuthLayer(authz))
+        .concurrency_limit_per_connection(cfg.server.concurrency_limit_per_connection)
         .initial_connection_window_size(Some(8 << 20))
         .initial_stream_window_size(Some(4 << 20))
         .max_concurrent_streams(Some(cfg.server.max_concurrent_streams))
@@ -255,7 +284,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%addr, backend = store.backend(), "adflow gateway listening");
     let mut server = tokio::spawn(server);
-    let workers = spawn_workers(&cfg, addr, workers_stop_rx);
+    pool.scale(cfg.workers.in_process).await;
 
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     tokio::select! {
@@ -270,9 +299,7 @@ pub async fn serve(
             }
         }
     }
-    for w in workers {
-        let _ = w.await;
-    }
+    pool.scale(0).await;
     let _ = expiry.await;
     let _ = sampler.await;
     if let Some(m) = metrics_task {
