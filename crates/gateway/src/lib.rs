@@ -2,6 +2,7 @@
 //! server that wires them together. `server::serve` is what the binary and the
 //! integration tests both run.
 
+pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod metrics;
