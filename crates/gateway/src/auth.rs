@@ -44,7 +44,7 @@ pub struct ApiKey {
 }
 
 /// `[auth]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Require keys (default false for local runs; the gateway warns loudly at start).
@@ -57,11 +57,6 @@ pub struct AuthConfig {
     pub rate_limit_burst: u32,
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self { enabled: false, keys: Vec::new(), rate_limit_per_second: 0, rate_limit_burst: 0 }
-    }
-}
 
 /// The hex SHA-256 of `key`.
 pub fn hash_key(key: &str) -> String {
@@ -103,7 +98,8 @@ pub struct Authz {
 impl Authz {
     /// Builds the checker; `extra` adds keys made at run time (the in-process workers').
     pub fn new(cfg: &AuthConfig, extra: &[(String, String, Role)]) -> Self {
-        let mut keys: HashMap<_, _> = cfg.keys.iter().map(|k| (k.sha256.to_lowercase(), (k.name.clone(), k.role))).collect();
+        let mut keys: HashMap<_, _> =
+            cfg.keys.iter().map(|k| (k.sha256.to_lowercase(), (k.name.clone(), k.role))).collect();
         for (name, key, role) in extra {
             keys.insert(hash_key(key), (name.clone(), *role));
         }
@@ -128,7 +124,9 @@ impl Authz {
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(key) = presented.filter(|k| !k.is_empty()) else {
-            return Err(Status::unauthenticated("missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`"));
+            return Err(Status::unauthenticated(
+                "missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
+            ));
         };
         let Some((name, role)) = self.keys.get(&hash_key(key)) else {
             return Err(Status::unauthenticated("unknown API key"));
@@ -141,7 +139,9 @@ impl Authz {
         if let Some(l) = &self.limiter
             && l.check_key(name).is_err()
         {
-            return Err(Status::resource_exhausted(format!("rate limit for key {name:?} exceeded; slow down and retry")));
+            return Err(Status::resource_exhausted(format!(
+                "rate limit for key {name:?} exceeded; slow down and retry"
+            )));
         }
         Ok(Caller { name: name.clone(), role: *role })
     }
@@ -203,7 +203,11 @@ mod tests {
         let key = |name: &str, role, k: &str| ApiKey { name: name.into(), role, sha256: hash_key(k) };
         let cfg = AuthConfig {
             enabled: true,
-            keys: vec![key("game", Role::Client, "c-key"), key("w", Role::Worker, "w-key"), key("ops", Role::Operator, "o-key")],
+            keys: vec![
+                key("game", Role::Client, "c-key"),
+                key("w", Role::Worker, "w-key"),
+                key("ops", Role::Operator, "o-key"),
+            ],
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
         };
@@ -227,7 +231,11 @@ mod tests {
             "/adflow.v1.QueueControl/SetPolicy",
             "/adflow.v1.AgentService/Execute",
         ];
-        let expect = [("c-key", [true, true, true, false, false, false]), ("w-key", [false, false, false, true, false, false]), ("o-key", [true; 6])];
+        let expect = [
+            ("c-key", [true, true, true, false, false, false]),
+            ("w-key", [false, false, false, true, false, false]),
+            ("o-key", [true; 6]),
+        ];
         for (key, allowed) in expect {
             for (p, ok) in paths.iter().zip(allowed) {
                 let r = a.check(p, &headers(key));
@@ -237,10 +245,19 @@ mod tests {
                 }
             }
         }
-        assert_eq!(a.check(paths[0], &http::HeaderMap::new()).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            a.check(paths[0], &http::HeaderMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         assert_eq!(a.check(paths[0], &headers("nope")).unwrap_err().code(), tonic::Code::Unauthenticated);
         assert!(a.check("/grpc.health.v1.Health/Check", &http::HeaderMap::new()).is_ok());
-        assert!(a.check("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &http::HeaderMap::new()).is_ok());
+        assert!(
+            a.check(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                &http::HeaderMap::new()
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -352,13 +352,24 @@ impl Config {
             return Err(invalid("workers.partitions", "entries must be 1..=5"));
         }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
-            return Err(invalid("server.tls_cert_path", "tls_cert_path and tls_key_path must be set together"));
+            return Err(invalid(
+                "server.tls_cert_path",
+                "tls_cert_path and tls_key_path must be set together",
+            ));
         }
         if self.auth.enabled && self.auth.keys.is_empty() {
             return Err(invalid("auth.keys", "auth is enabled but no key is configured"));
         }
-        if let Some(k) = self.auth.keys.iter().find(|k| k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit())) {
-            return Err(invalid("auth.keys", format!("key {:?}: sha256 must be 64 hex digits (adflow-gateway --hash-key)", k.name)));
+        if let Some(k) = self
+            .auth
+            .keys
+            .iter()
+            .find(|k| k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(invalid(
+                "auth.keys",
+                format!("key {:?}: sha256 must be 64 hex digits (adflow-gateway --hash-key)", k.name),
+            ));
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(

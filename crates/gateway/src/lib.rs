@@ -7,11 +7,11 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod pipeline;
-pub mod worker_pool;
 mod rpc_layer;
 pub mod server;
 pub mod services;
 mod status;
+pub mod worker_pool;
 
 pub use config::Config;
 pub use server::serve;

@@ -122,6 +122,7 @@ pub struct Pipeline {
     dedup: Option<Arc<DedupWindow>>,
     counters: Arc<Counters>,
     batcher: batcher::Handle,
+    max_batch: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Pipeline {
@@ -136,13 +137,32 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity_events);
         let counters = Arc::new(Counters::default());
         let room = Arc::new(Semaphore::new(cfg.queue_capacity_events));
-        let batcher = batcher::spawn(cfg.clone(), rx, store, analytics, dedup.clone(), counters.clone());
-        Self { cfg, limits, tx, room, dedup, counters, batcher }
+        let max_batch = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.max_batch_events));
+        let batcher = batcher::spawn(
+            cfg.clone(),
+            rx,
+            store,
+            analytics,
+            dedup.clone(),
+            counters.clone(),
+            max_batch.clone(),
+        );
+        Self { cfg, limits, tx, room, dedup, counters, batcher, max_batch }
     }
 
     /// The pipeline's counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Events per commit the batcher aims for now.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch.load(Ordering::Relaxed)
+    }
+
+    /// Changes the batcher's events per commit at run time; returns the previous value.
+    pub fn set_max_batch(&self, n: usize) -> usize {
+        self.max_batch.swap(n.max(1), Ordering::Relaxed)
     }
 
     /// Events waiting for the store right now.

@@ -7,20 +7,22 @@
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::services::ads::AdsService;
+use crate::services::agent::AgentSvc;
 use crate::services::queue_control::QueueControlService;
 use crate::services::workers::{WorkerHub, WorkersService};
 use crate::services::{analytics::AnalyticsService, ingest::IngestService};
+use crate::worker_pool::WorkerPool;
 use adflow_domain::analytics::Analytics;
 use adflow_domain::dedup::{self, DedupWindow};
 use adflow_domain::now_ms;
 use adflow_domain::pb::ad_service_server::AdServiceServer;
+use adflow_domain::pb::agent_service_server::AgentServiceServer;
 use adflow_domain::pb::analytics_server::AnalyticsServer;
 use adflow_domain::pb::queue_control_server::QueueControlServer;
 use adflow_domain::pb::worker_service_server::WorkerServiceServer;
 use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
 use adflow_queue::{AdQueue, EmbeddedQueue};
 use adflow_store::EventStore;
-use crate::worker_pool::WorkerPool;
 use adflow_worker::run::WorkerConfig;
 use anyhow::Context;
 use std::future::Future;
@@ -35,13 +37,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The names health is reported under ("" is the whole server).
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     "",
     "adflow.v1.EventIngest",
     "adflow.v1.Analytics",
     "adflow.v1.AdService",
     "adflow.v1.QueueControl",
     "adflow.v1.WorkerService",
+    "adflow.v1.AgentService",
 ];
 const REBUILD_PAGE: usize = 16_384;
 
@@ -140,7 +143,11 @@ fn load_tls(cfg: &Config) -> anyhow::Result<Option<tonic::transport::Identity>> 
 
 /// How the in-process workers reach this gateway (loopback, its TLS, their own key).
 fn worker_connection(cfg: &Config, addr: std::net::SocketAddr, key: &str) -> adflow_client::ClientConfig {
-    let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
     let tls = !cfg.server.tls_cert_path.is_empty();
     let mut c = adflow_client::ClientConfig::new(format!("{}://{host}", if tls { "https" } else { "http" }));
     if tls {
@@ -215,7 +222,8 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let ads_svc = AdServiceServer::new(AdsService::new(queue.clone())).max_decoding_message_size(max);
-    let control_svc = QueueControlServer::new(QueueControlService::new(queue.clone(), hub.clone()));
+    let control = Arc::new(QueueControlService::new(queue.clone(), hub.clone()));
+    let control_svc = QueueControlServer::from_arc(control.clone());
     let workers_svc =
         WorkerServiceServer::new(WorkersService::new(hub.clone())).max_decoding_message_size(max);
     let reflection = || {
@@ -240,6 +248,18 @@ pub async fn serve(
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
     let stop_reporter = reporter.clone();
     let signal_pool = pool.clone();
+    let agent_ctx = crate::agent::executor::Ctx {
+        control,
+        queue: queue.clone(),
+        pool: pool.clone(),
+        pipeline: pipeline.clone(),
+        analytics: analytics.clone(),
+    };
+    let llm = crate::agent::llm::Llm::from_config(&cfg.agent);
+    if llm.is_some() {
+        tracing::info!(url = %cfg.agent.llm_url, model = %cfg.agent.llm_model, "agent translates with an LLM first, the parser as fallback");
+    }
+    let agent_svc = AgentServiceServer::new(AgentSvc::new(agent_ctx, llm));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
@@ -254,15 +274,23 @@ pub async fn serve(
         &[("in-process-workers".into(), worker_key.clone(), crate::auth::Role::Worker)],
     ));
     if cfg.auth.enabled {
-        tracing::info!(keys = cfg.auth.keys.len(), rate_limit_per_second = cfg.auth.rate_limit_per_second, "access control on");
+        tracing::info!(
+            keys = cfg.auth.keys.len(),
+            rate_limit_per_second = cfg.auth.rate_limit_per_second,
+            "access control on"
+        );
     } else {
-        tracing::warn!("ACCESS CONTROL IS OFF: every caller may use every RPC. Set [auth] enabled = true with keys before exposing this gateway.");
+        tracing::warn!(
+            "ACCESS CONTROL IS OFF: every caller may use every RPC. Set [auth] enabled = true with keys before exposing this gateway."
+        );
     }
     let tls = load_tls(&cfg)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = Server::builder();
     if let Some(identity) = tls {
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).context("TLS settings")?;
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("TLS settings")?;
         tracing::info!(cert = %cfg.server.tls_cert_path, "TLS on");
     }
     let server = builder
@@ -280,6 +308,7 @@ pub async fn serve(
         .add_service(analytics_svc)
         .add_service(ads_svc)
         .add_service(control_svc)
+        .add_service(agent_svc)
         .add_service(workers_svc)
         .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%addr, backend = store.backend(), "adflow gateway listening");

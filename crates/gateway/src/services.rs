@@ -2,6 +2,7 @@
 //! pipeline or the analytics state, and lets `status.rs` turn errors into gRPC codes.
 
 pub mod ads;
+pub mod agent;
 pub mod analytics;
 pub mod ingest;
 pub mod queue_control;

@@ -9,9 +9,10 @@
 use crate::index::{AdKey, Index, MAX_PRIORITY, PartitionMask, Rules};
 use crate::journal::Journal;
 use crate::policy::{self, QueueConfig};
-use crate::{AdQueue, Expired, Leased, QueueError};
+use crate::{AdQueue, Expired, FamilyStats, Leased, QueueError};
 use adflow_proto::v1::{self as pb, AdStatus};
 use async_trait::async_trait;
+use prost::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -788,6 +789,60 @@ impl AdQueue for EmbeddedQueue {
             st.finish(key, self.recent_cap);
         }
         keys.len() as u64
+    }
+
+    async fn family_stats(&self, now: i64) -> Vec<FamilyStats> {
+        let st = self.lock();
+        let mut by: std::collections::HashMap<String, (FamilyStats, i128)> = std::collections::HashMap::new();
+        for r in st.ads.values() {
+            let fam = r.ad.spec.as_ref().map(|s| s.game_family.clone()).unwrap_or_default();
+            let e = by
+                .entry(fam.to_lowercase())
+                .or_insert_with(|| (FamilyStats { family: fam, ..Default::default() }, 0));
+            match AdStatus::try_from(r.ad.status) {
+                Ok(AdStatus::Queued) => {
+                    e.0.queued += 1;
+                    e.1 += (now - r.ad.enqueued_at_ms) as i128;
+                }
+                Ok(AdStatus::Processing) => e.0.processing += 1,
+                Ok(AdStatus::DeadLetter) => e.0.dead_letters += 1,
+                _ => {}
+            }
+        }
+        let mut out: Vec<FamilyStats> = by
+            .into_values()
+            .map(|(mut f, sum)| {
+                f.average_wait_ms = if f.queued > 0 { (sum / f.queued as i128) as i64 } else { 0 };
+                f
+            })
+            .collect();
+        out.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.family.cmp(&b.family)));
+        out
+    }
+
+    async fn audit_append(&self, entry: &pb::AuditEntry) -> Result<(), QueueError> {
+        let key = parse_id(&entry.command_id)?;
+        self.journal.audit(key, entry.encode_to_vec())?;
+        match self.journal.barrier()?.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(crate::journal::JournalError::Db(e).into()),
+            Err(_) => Err(crate::journal::JournalError::Stopped.into()),
+        }
+    }
+
+    async fn audit_list(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<pb::AuditEntry>, QueueError> {
+        let before = before.map(parse_id).transpose()?;
+        let rows = self.journal.audit_newest(before, limit)?;
+        rows.into_iter()
+            .map(|(_, v)| {
+                pb::AuditEntry::decode(v.as_slice())
+                    .map_err(|e| crate::journal::JournalError::Db(e.to_string()).into())
+            })
+            .collect()
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {

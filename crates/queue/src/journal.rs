@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 
 /// ad id (16 bytes, UUIDv7 so keys sort by creation time) -> encoded `Ad`.
 const ADS: TableDefinition<u128, &[u8]> = TableDefinition::new("ads");
+/// audit entry id (UUIDv7) -> encoded `AuditEntry` of the operator agent.
+const AUDIT: TableDefinition<u128, &[u8]> = TableDefinition::new("audit");
 
 /// Page cache of the database.
 const CACHE_BYTES: usize = 32 << 20;
@@ -35,6 +37,7 @@ fn db<E: std::fmt::Display>(e: E) -> JournalError {
 
 enum Op {
     Put(u128, Vec<u8>),
+    Audit(u128, Vec<u8>),
     Barrier(oneshot::Sender<Result<(), String>>),
 }
 
@@ -57,6 +60,7 @@ impl Journal {
         {
             let w = database.begin_write().map_err(db)?;
             w.open_table(ADS).map_err(db)?;
+            w.open_table(AUDIT).map_err(db)?;
             w.commit().map_err(db)?;
         }
         let (tx, rx) = mpsc::channel();
@@ -82,6 +86,31 @@ impl Journal {
         if self.send(Op::Put(key, ad.encode_to_vec())).is_err() {
             tracing::error!("queue journal is stopped; an ad state change was not persisted");
         }
+    }
+
+    /// Queues an audit entry (make it durable with `barrier`).
+    pub fn audit(&self, key: u128, entry: Vec<u8>) -> Result<(), JournalError> {
+        self.send(Op::Audit(key, entry))
+    }
+
+    /// Audit entries with keys below `before` (all when None), newest first, at most `limit`.
+    pub fn audit_newest(
+        &self,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Vec<(u128, Vec<u8>)>, JournalError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(AUDIT).map_err(db)?;
+        let range = match before {
+            Some(b) => t.range(..b).map_err(db)?,
+            None => t.range::<u128>(..).map_err(db)?,
+        };
+        let mut out = Vec::new();
+        for item in range.rev().take(limit) {
+            let (k, v) = item.map_err(db)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Resolves once every write queued before it is committed.
@@ -160,9 +189,16 @@ fn commit(db: &Database, ops: &mut [Op]) -> Result<(), String> {
     let w = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut t = w.open_table(ADS).map_err(|e| e.to_string())?;
+        let mut a = w.open_table(AUDIT).map_err(|e| e.to_string())?;
         for op in ops.iter() {
-            if let Op::Put(k, v) = op {
-                t.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
+            match op {
+                Op::Put(k, v) => {
+                    t.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
+                }
+                Op::Audit(k, v) => {
+                    a.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
+                }
+                Op::Barrier(_) => {}
             }
         }
     }

@@ -71,6 +71,21 @@ pub struct Leased {
     pub traceparent: String,
 }
 
+/// Active ads of one game family.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FamilyStats {
+    /// The family.
+    pub family: String,
+    /// Queued ads.
+    pub queued: u64,
+    /// Leased ads.
+    pub processing: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Average wait of its queued ads, ms.
+    pub average_wait_ms: i64,
+}
+
 /// A lease that expired.
 #[derive(Clone, Debug)]
 pub struct Expired {
@@ -149,6 +164,13 @@ pub trait AdQueue: Send + Sync + 'static {
     async fn requeue_dead(&self, ids: &[String], now: i64) -> Result<u64, QueueError>;
     /// Cancels every queued ad of a partition.
     async fn purge(&self, priority: u8, now: i64) -> u64;
+    /// Per-family counts of the active ads, largest queue first.
+    async fn family_stats(&self, now: i64) -> Vec<FamilyStats>;
+    /// Appends an operator-agent audit entry; durable on return.
+    async fn audit_append(&self, entry: &pb::AuditEntry) -> Result<(), QueueError>;
+    /// Audit entries older than `before` (a command id; newest when None), newest first.
+    async fn audit_list(&self, before: Option<&str>, limit: usize)
+    -> Result<Vec<pb::AuditEntry>, QueueError>;
     /// Changes whenever new work may be available (wakes idle workers).
     fn work_signal(&self) -> watch::Receiver<u64>;
     /// Flushes and closes.

@@ -44,10 +44,29 @@ pub const EXAMPLES: &[&str] = &[
 ];
 
 const UNITS: [&str; 20] = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
 ];
-const TENS: [&str; 10] = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
+const TENS: [&str; 10] =
+    ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
 
 /// Replaces number words with digits ("twenty five" -> "25", "a hundred" stays words).
 fn numbers_to_digits(text: &str) -> String {
@@ -71,7 +90,8 @@ fn numbers_to_digits(text: &str) -> String {
                 }
             }
             if let Some((a, b)) = core.split_once('-')
-                && let (Some(t), Some(u)) = (TENS.iter().position(|x| *x == a), UNITS.iter().position(|x| *x == b))
+                && let (Some(t), Some(u)) =
+                    (TENS.iter().position(|x| *x == a), UNITS.iter().position(|x| *x == b))
             {
                 v = t * 10 + u;
             }
@@ -80,7 +100,8 @@ fn numbers_to_digits(text: &str) -> String {
             continue;
         }
         if let Some((a, b)) = core.split_once('-')
-            && let (Some(t), Some(u)) = (TENS.iter().position(|x| !x.is_empty() && *x == a), UNITS.iter().position(|x| *x == b))
+            && let (Some(t), Some(u)) =
+                (TENS.iter().position(|x| !x.is_empty() && *x == a), UNITS.iter().position(|x| *x == b))
         {
             out.push(format!("{}{tail}", t * 10 + u));
             i += 1;
@@ -102,7 +123,9 @@ fn split_punct(w: &str) -> (&str, &str) {
 
 fn normalise(text: &str) -> String {
     let t = numbers_to_digits(text.trim());
-    let t = t.trim_matches(|c: char| matches!(c, '.' | '!' | '?' | ',' | ';' | ':' | '"' | '\'') || c.is_whitespace());
+    let t = t.trim_matches(|c: char| {
+        matches!(c, '.' | '!' | '?' | ',' | ';' | ':' | '"' | '\'') || c.is_whitespace()
+    });
     let t = t.replace(['"', '\''], "");
     t.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -235,7 +258,10 @@ pub fn parse(text: &str) -> Result<pb::AgentCommand, NotUnderstood> {
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    Err(NotUnderstood { text: text.to_owned(), suggestions: scored.iter().take(3).map(|(_, e)| e.to_string()).collect() })
+    Err(NotUnderstood {
+        text: text.to_owned(),
+        suggestions: scored.iter().take(3).map(|(_, e)| e.to_string()).collect(),
+    })
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ struct Batcher {
     dedup: Option<Arc<DedupWindow>>,
     counters: Arc<Counters>,
     stopping: bool,
+    max_batch: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A submission's bookkeeping once its events moved into the batch.
@@ -68,9 +69,10 @@ pub(super) fn spawn(
     analytics: Arc<RwLock<Analytics>>,
     dedup: Option<Arc<DedupWindow>>,
     counters: Arc<Counters>,
+    max_batch: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Handle {
     let (stop_tx, stop_rx) = oneshot::channel();
-    let b = Batcher { cfg, store, analytics, dedup, counters, stopping: false };
+    let b = Batcher { cfg, store, analytics, dedup, counters, stopping: false, max_batch };
     let join = tokio::spawn(b.run(rx, stop_rx));
     Handle { stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
 }
@@ -104,7 +106,8 @@ impl Batcher {
         let deadline = Instant::now() + delay;
         let mut n = first.events.len();
         let mut subs = vec![first];
-        while n < self.cfg.max_batch_events {
+        let max = self.max_batch.load(Ordering::Relaxed);
+        while n < max {
             let next = match rx.try_recv() {
                 Ok(s) => Some(s),
                 Err(TryRecvError::Empty) if !delay.is_zero() && !self.stopping => {
