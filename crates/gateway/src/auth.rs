@@ -57,7 +57,6 @@ pub struct AuthConfig {
     pub rate_limit_burst: u32,
 }
 
-
 /// The hex SHA-256 of `key`.
 pub fn hash_key(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()

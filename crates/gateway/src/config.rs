@@ -417,6 +417,14 @@ mod tests {
         assert_eq!(cfg.server.listen.port(), 50051);
         assert_eq!(cfg.tracing.otlp_endpoint, "http://jaeger:4317");
         assert_eq!(cfg.workers.in_process, 0);
+        assert!(cfg.auth.enabled);
+        let authz = crate::auth::Authz::new(&cfg.auth, &[]);
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer dev-operator-key".parse().unwrap());
+        assert!(
+            authz.check("/adflow.v1.QueueControl/GetStats", &h).is_ok(),
+            "the documented dev key matches its hash"
+        );
     }
 
     #[test]
