@@ -257,3 +257,20 @@ async fn a_torn_segment_tail_is_recovered_by_the_gateway_with_every_earlier_reco
     let want: Vec<_> = (0..10).map(|i| format!("t{i}")).chain(["t-last".to_string()]).collect();
     assert_eq!(ids, want);
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.max_message_bytes = 4096;
+    let gw = TestGateway::start(cfg).await;
+    let mut c = gw.ingest().await;
+    let evs: Vec<_> = (0..100).map(|i| event(&format!("big-{i}"), "ad-1", EventType::Click)).collect();
+    let err = c.send_events(batch(evs)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.message().contains("4096"), "{}", err.message());
+    // Small requests still work.
+    let ok = c.send_events(batch(vec![event("small", "ad-1", EventType::Click)])).await.unwrap().into_inner();
+    assert_eq!(ok.accepted, 1);
+    gw.stop().await;
+}
