@@ -6,6 +6,8 @@
 
 pub mod file;
 mod framing;
+pub mod mongo_store;
+pub mod redis_store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -46,6 +48,16 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the event store is closed")]
     Closed,
+    /// A remote backend (Redis, MongoDB) failed.
+    #[error("{backend} {op}: {message}")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// What was being done.
+        op: &'static str,
+        /// Its error.
+        message: String,
+    },
 }
 
 /// Convenience alias.
@@ -97,6 +109,10 @@ pub enum Backend {
     /// Segment files on local disk (the embedded default).
     #[default]
     File,
+    /// A Redis stream (shared by several gateways).
+    Redis,
+    /// A MongoDB collection (shared by several gateways).
+    Mongodb,
 }
 
 /// Storage settings: the backend and each backend's own section.
@@ -107,11 +123,17 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// Settings of the file backend.
     pub file: file::FileConfig,
+    /// Settings of the redis backend.
+    pub redis: redis_store::RedisConfig,
+    /// Settings of the mongodb backend.
+    pub mongodb: mongo_store::MongoConfig,
 }
 
 /// Opens the configured backend.
 pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn EventStore>> {
     match cfg.backend {
         Backend::File => Ok(Arc::new(file::FileStore::open(cfg.file.clone()).await?)),
+        Backend::Redis => Ok(Arc::new(redis_store::RedisStore::open(cfg.redis.clone()).await?)),
+        Backend::Mongodb => Ok(Arc::new(mongo_store::MongoStore::open(cfg.mongodb.clone()).await?)),
     }
 }
