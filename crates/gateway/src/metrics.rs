@@ -60,7 +60,9 @@ pub async fn sample(
         gauge!("dead_letters").set(s.dead_letters as f64);
         gauge!("queue_oldest_wait_seconds").set(s.oldest_wait_ms as f64 / 1000.0);
         gauge!("workers_connected").set(hub.count() as f64);
-        let up = if store.health().await.ok { 1.0 } else { 0.0 };
+        let h = store.health().await;
+        let up = if h.ok && !h.degraded { 1.0 } else { 0.0 };
         gauge!("backend_up", "backend" => store.backend()).set(up);
+        gauge!("spill_buffer_events").set(store.spill_pending() as f64);
     }
 }

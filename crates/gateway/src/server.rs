@@ -167,7 +167,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let store = adflow_store::open(&cfg.storage).await.context("opening the event store")?;
+    let (store, resilient) = adflow_store::open(&cfg.storage).await.context("opening the event store")?;
     let analytics = Arc::new(RwLock::new(Analytics::new(cfg.analytics.clone())));
     let d = &cfg.ingest.dedup;
     let dedup = d.enabled.then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
@@ -194,6 +194,10 @@ pub async fn serve(
             .context("opening the ad queue")?,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Remote backends: replay the spill buffer whenever the backend is reachable. It
+    // keeps running until the pipeline has flushed (see the end of this function).
+    let (drain_stop_tx, drain_stop_rx) = watch::channel(false);
+    let drain = resilient.map(|r| tokio::spawn(r.drain_loop(Duration::from_millis(250), drain_stop_rx)));
     let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
     let hub = Arc::new(WorkerHub::new(queue.clone(), analytics.clone(), stop_rx.clone()));
     // Install the recorder before anything records (metrics recorded earlier would be lost).
@@ -335,6 +339,10 @@ pub async fn serve(
         let _ = m.await;
     }
     pipeline.shutdown().await;
+    let _ = drain_stop_tx.send(true);
+    if let Some(d) = drain {
+        let _ = d.await;
+    }
     queue.close().await;
     let _ = health_task.await;
     store.close().await.context("closing the event store")?;

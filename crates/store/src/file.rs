@@ -262,9 +262,13 @@ impl EventStore for FileStore {
     async fn health(&self) -> Health {
         let w = self.lock();
         match (&w.file, &w.last_error) {
-            (None, _) => Health { ok: false, detail: "closed".into() },
-            (Some(_), Some(e)) => Health { ok: false, detail: format!("last write failed: {e}") },
-            (Some(_), None) => Health { ok: true, detail: format!("ok, segment {}", w.segment) },
+            (None, _) => Health { ok: false, detail: "closed".into(), degraded: true },
+            (Some(_), Some(e)) => {
+                Health { ok: false, detail: format!("last write failed: {e}"), degraded: true }
+            }
+            (Some(_), None) => {
+                Health { ok: true, detail: format!("ok, segment {}", w.segment), degraded: false }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod file;
 mod framing;
 pub mod mongo_store;
 pub mod redis_store;
+pub mod resilient;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -83,6 +84,8 @@ pub struct Health {
     pub ok: bool,
     /// A sentence about the state ("ok", or the last error).
     pub detail: String,
+    /// The backend itself is unhealthy or bypassed (events are being spilled).
+    pub degraded: bool,
 }
 
 /// A durable, append-only store of accepted ad events.
@@ -100,6 +103,10 @@ pub trait EventStore: Send + Sync + 'static {
     async fn health(&self) -> Health;
     /// Flushes and releases resources; later appends fail with `Closed`.
     async fn close(&self) -> Result<()>;
+    /// Events held in a local spill buffer, waiting for the backend (0 for direct stores).
+    fn spill_pending(&self) -> u64 {
+        0
+    }
 }
 
 /// Which backend stores events (`[storage]` in the config).
@@ -127,13 +134,18 @@ pub struct StorageConfig {
     pub redis: redis_store::RedisConfig,
     /// Settings of the mongodb backend.
     pub mongodb: mongo_store::MongoConfig,
+    /// Retries, breaker and spill buffer of the remote backends.
+    pub resilience: resilient::ResilienceConfig,
 }
 
-/// Opens the configured backend.
-pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn EventStore>> {
-    match cfg.backend {
-        Backend::File => Ok(Arc::new(file::FileStore::open(cfg.file.clone()).await?)),
-        Backend::Redis => Ok(Arc::new(redis_store::RedisStore::open(cfg.redis.clone()).await?)),
-        Backend::Mongodb => Ok(Arc::new(mongo_store::MongoStore::open(cfg.mongodb.clone()).await?)),
-    }
+/// Opens the configured backend. Remote backends come wrapped in `Resilient` (retries,
+/// breaker, spill buffer); the returned drain task must be spawned to replay the spill.
+pub async fn open(cfg: &StorageConfig) -> Result<(Arc<dyn EventStore>, Option<Arc<resilient::Resilient>>)> {
+    let remote: Arc<dyn EventStore> = match cfg.backend {
+        Backend::File => return Ok((Arc::new(file::FileStore::open(cfg.file.clone()).await?), None)),
+        Backend::Redis => Arc::new(redis_store::RedisStore::open(cfg.redis.clone()).await?),
+        Backend::Mongodb => Arc::new(mongo_store::MongoStore::open(cfg.mongodb.clone()).await?),
+    };
+    let r = resilient::Resilient::open(remote, cfg.resilience.clone()).await?;
+    Ok((r.clone(), Some(r)))
 }

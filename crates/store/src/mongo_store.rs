@@ -132,8 +132,8 @@ impl EventStore for MongoStore {
 
     async fn health(&self) -> Health {
         match self.client.database("admin").run_command(doc! {"ping": 1}).await {
-            Ok(_) => Health { ok: true, detail: "ok".into() },
-            Err(e) => Health { ok: false, detail: format!("mongodb: {e}") },
+            Ok(_) => Health { ok: true, detail: "ok".into(), degraded: false },
+            Err(e) => Health { ok: false, detail: format!("mongodb: {e}"), degraded: true },
         }
     }
 

@@ -46,7 +46,13 @@ impl RedisStore {
     /// Connects (the connection manager reconnects by itself after failures).
     pub async fn open(cfg: RedisConfig) -> Result<Self> {
         let client = redis::Client::open(cfg.url.as_str()).map_err(err("open"))?;
-        let con = ConnectionManager::new(client).await.map_err(err("connect"))?;
+        // Bounded timeouts: a dead server must fail fast so the caller can spill.
+        let mc = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(std::time::Duration::from_millis(500));
+        let con = ConnectionManager::new_with_config(client, mc).await.map_err(err("connect"))?;
         Ok(Self { cfg, con })
     }
 }
@@ -124,8 +130,8 @@ impl EventStore for RedisStore {
     async fn health(&self) -> Health {
         let mut con = self.con.clone();
         match redis::cmd("PING").query_async::<String>(&mut con).await {
-            Ok(_) => Health { ok: true, detail: "ok".into() },
-            Err(e) => Health { ok: false, detail: format!("redis: {e}") },
+            Ok(_) => Health { ok: true, detail: "ok".into(), degraded: false },
+            Err(e) => Health { ok: false, detail: format!("redis: {e}"), degraded: true },
         }
     }
 

@@ -34,7 +34,7 @@ impl EventStore for FlakyStore {
         Ok(Page { events: self.events.lock().unwrap().clone(), next: None })
     }
     async fn health(&self) -> Health {
-        Health { ok: true, detail: "ok".into() }
+        Health { ok: true, detail: "ok".into(), degraded: false }
     }
     async fn close(&self) -> adflow_store::Result<()> {
         Ok(())
