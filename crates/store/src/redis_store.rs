@@ -1,7 +1,7 @@
 //! The `redis` event backend: one Redis stream holds the events, one entry per event
 //! (`r` = receive time, `e` = the encoded AdEvent). A batch is appended in one
-//! MULTI/EXEC transaction, so a failed commit leaves none of its events visible; the
-//! stream is trimmed approximately to `max_len` entries (retention). The key carries a
+//! MULTI/EXEC transaction, so a failed commit leaves none of its events visible; each
+//! batch ends with one approximate XTRIM to `max_len` entries (retention). The key carries a
 //! hash tag so it maps to one slot on a Redis Cluster. Scans page with exclusive XRANGE.
 
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
@@ -70,18 +70,10 @@ impl EventStore for RedisStore {
         let mut p = redis::pipe();
         p.atomic();
         for e in events {
-            p.cmd("XADD")
-                .arg(&self.cfg.stream_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.cfg.max_len)
-                .arg("*")
-                .arg("r")
-                .arg(e.received_at_ms)
-                .arg("e")
-                .arg(e.raw.as_ref())
-                .ignore();
+            p.cmd("XADD").arg(&self.cfg.stream_key).arg("*").arg("r").arg(e.received_at_ms).arg("e").arg(e.raw.as_ref()).ignore();
         }
+        // One approximate trim per batch instead of one per entry.
+        p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(self.cfg.max_len).ignore();
         let mut con = self.con.clone();
         let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
         Ok(())
