@@ -10,6 +10,7 @@ pub mod pipeline;
 mod rpc_layer;
 pub mod server;
 pub mod services;
+pub mod shared_dedup;
 mod status;
 pub mod worker_pool;
 

@@ -88,6 +88,8 @@ pub enum WhenFull {
 pub(crate) struct Submission {
     events: Vec<StoredEvent>,
     keys: Vec<u64>,
+    /// Event ids claimed in the shared (Redis) dedup set.
+    ids: Vec<String>,
     done: Option<oneshot::Sender<Result<(), String>>>,
     _room: Option<OwnedSemaphorePermit>,
 }
@@ -120,19 +122,22 @@ pub struct Pipeline {
     tx: mpsc::Sender<Submission>,
     room: Arc<Semaphore>,
     dedup: Option<Arc<DedupWindow>>,
+    shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
     batcher: batcher::Handle,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Pipeline {
-    /// Starts the batcher over `store`, feeding `analytics` after each commit.
+    /// Starts the batcher over `store`, feeding `analytics` after each commit. Ids are
+    /// deduplicated in `dedup` (this gateway) or `shared` (Redis, every gateway).
     pub fn start(
         cfg: IngestConfig,
         limits: Limits,
         store: Arc<dyn EventStore>,
         analytics: Arc<RwLock<Analytics>>,
         dedup: Option<Arc<DedupWindow>>,
+        shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity_events);
         let counters = Arc::new(Counters::default());
@@ -144,10 +149,11 @@ impl Pipeline {
             store,
             analytics,
             dedup.clone(),
+            shared.clone(),
             counters.clone(),
             max_batch.clone(),
         );
-        Self { cfg, limits, tx, room, dedup, counters, batcher, max_batch }
+        Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch }
     }
 
     /// The pipeline's counters.
@@ -205,6 +211,7 @@ impl Pipeline {
         let mut fresh = Vec::with_capacity(received);
         let mut by_type = [0u64; 9]; // EventType values 0..=7, 8 = not parseable
         let mut keys = Vec::with_capacity(if self.dedup.is_some() { received } else { 0 });
+        let mut ids = Vec::with_capacity(if self.shared.is_some() { received } else { 0 });
         for (index, raw) in events.into_iter().enumerate() {
             let view = match EventView::parse(&raw) {
                 Ok(v) => v,
@@ -238,9 +245,25 @@ impl Pipeline {
                     continue;
                 }
                 keys.push(k);
+            } else if self.shared.is_some() {
+                ids.push(view.event_id.to_owned());
             }
             let raw = if view.timestamp_ms == 0 { adflow_proto::raw::with_timestamp(&raw, now) } else { raw };
             fresh.push(StoredEvent { received_at_ms: now, raw });
+        }
+        if let Some(shared) = &self.shared {
+            match shared.claim(&ids).await {
+                Ok(new) => {
+                    let mut it = new.iter();
+                    fresh.retain(|_| *it.next().unwrap_or(&true));
+                    let mut it = new.iter();
+                    ids.retain(|_| *it.next().unwrap_or(&true));
+                    reply.duplicates += new.iter().filter(|n| !**n).count() as u32;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared dedup unavailable; accepting the events unchecked")
+                }
+            }
         }
         reply.rejected = reply.rejections.len() as u32;
         reply.accepted = fresh.len() as u32;
@@ -267,11 +290,14 @@ impl Pipeline {
             }
             _ => (None, None),
         };
-        let sub = Submission { events, keys, done, _room: room };
+        let sub = Submission { events, keys, ids, done, _room: room };
         if let Err(e) = self.tx.try_send(sub) {
             // Room was reserved, so the channel can only be closed (shutdown), not full.
             let sub = e.into_inner();
             self.forget(&sub.keys);
+            if let Some(shared) = &self.shared {
+                shared.forget(&sub.ids).await;
+            }
             return Err(IngestError::ShuttingDown);
         }
         Ok(Pending { reply, commit })

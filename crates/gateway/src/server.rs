@@ -170,7 +170,23 @@ pub async fn serve(
     let (store, resilient) = adflow_store::open(&cfg.storage).await.context("opening the event store")?;
     let analytics = Arc::new(RwLock::new(Analytics::new(cfg.analytics.clone())));
     let d = &cfg.ingest.dedup;
-    let dedup = d.enabled.then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
+    let dedup =
+        (d.enabled && !d.shared).then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
+    let shared = if d.enabled && d.shared {
+        let s = crate::shared_dedup::SharedDedup::connect(
+            &cfg.storage.redis.url,
+            "{adflow}:dedup:",
+            d.window_secs,
+        )
+        .await
+        .with_context(|| {
+            format!("connecting the shared dedup to {} (storage.redis.url)", cfg.storage.redis.url)
+        })?;
+        tracing::info!(url = %cfg.storage.redis.url, "dedup ids are shared through Redis");
+        Some(Arc::new(s))
+    } else {
+        None
+    };
     let started = Instant::now();
     let replayed = rebuild(&*store, &analytics, dedup.as_deref()).await?;
     tracing::info!(
@@ -186,6 +202,7 @@ pub async fn serve(
         store.clone(),
         analytics.clone(),
         dedup.clone(),
+        shared,
     ));
     let qcfg = cfg.queue.clone();
     let queue: Arc<dyn AdQueue> = Arc::new(

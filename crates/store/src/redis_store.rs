@@ -70,7 +70,14 @@ impl EventStore for RedisStore {
         let mut p = redis::pipe();
         p.atomic();
         for e in events {
-            p.cmd("XADD").arg(&self.cfg.stream_key).arg("*").arg("r").arg(e.received_at_ms).arg("e").arg(e.raw.as_ref()).ignore();
+            p.cmd("XADD")
+                .arg(&self.cfg.stream_key)
+                .arg("*")
+                .arg("r")
+                .arg(e.received_at_ms)
+                .arg("e")
+                .arg(e.raw.as_ref())
+                .ignore();
         }
         // One approximate trim per batch instead of one per entry.
         p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(self.cfg.max_len).ignore();

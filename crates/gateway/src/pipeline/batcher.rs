@@ -50,6 +50,7 @@ struct Batcher {
     store: Arc<dyn EventStore>,
     analytics: Arc<RwLock<Analytics>>,
     dedup: Option<Arc<DedupWindow>>,
+    shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
     stopping: bool,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
@@ -59,6 +60,7 @@ struct Batcher {
 struct Waiter {
     range: std::ops::Range<usize>,
     keys: Vec<u64>,
+    ids: Vec<String>,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -68,11 +70,12 @@ pub(super) fn spawn(
     store: Arc<dyn EventStore>,
     analytics: Arc<RwLock<Analytics>>,
     dedup: Option<Arc<DedupWindow>>,
+    shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Handle {
     let (stop_tx, stop_rx) = oneshot::channel();
-    let b = Batcher { cfg, store, analytics, dedup, counters, stopping: false, max_batch };
+    let b = Batcher { cfg, store, analytics, dedup, shared, counters, stopping: false, max_batch };
     let join = tokio::spawn(b.run(rx, stop_rx));
     Handle { stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
 }
@@ -130,7 +133,7 @@ impl Batcher {
         for s in subs {
             let start = events.len();
             events.extend(s.events);
-            waiters.push(Waiter { range: start..events.len(), keys: s.keys, done: s.done });
+            waiters.push(Waiter { range: start..events.len(), keys: s.keys, ids: s.ids, done: s.done });
             rooms.push(s._room);
         }
         let started = Instant::now();
@@ -209,12 +212,16 @@ impl Batcher {
                 if let Some(d) = &self.dedup {
                     w.keys.iter().for_each(|k| d.remove(*k));
                 }
+                if let Some(shared) = &self.shared {
+                    let (shared, ids) = (shared.clone(), w.ids.clone());
+                    tokio::spawn(async move { shared.forget(&ids).await });
+                }
                 let _ = tx.send(Err(err.to_owned()));
                 continue;
             }
             let start = kept.len();
             kept.extend(slots[w.range].iter_mut().filter_map(Option::take));
-            kept_waiters.push(Waiter { range: start..kept.len(), keys: w.keys, done: None });
+            kept_waiters.push(Waiter { range: start..kept.len(), keys: w.keys, ids: w.ids, done: None });
         }
         if !kept.is_empty() {
             tracing::error!(
