@@ -143,16 +143,16 @@ impl Pipeline {
         let counters = Arc::new(Counters::default());
         let room = Arc::new(Semaphore::new(cfg.queue_capacity_events));
         let max_batch = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.max_batch_events));
-        let batcher = batcher::spawn(
-            cfg.clone(),
-            rx,
+        let parts = batcher::Parts {
+            cfg: cfg.clone(),
             store,
             analytics,
-            dedup.clone(),
-            shared.clone(),
-            counters.clone(),
-            max_batch.clone(),
-        );
+            dedup: dedup.clone(),
+            shared: shared.clone(),
+            counters: counters.clone(),
+            max_batch: max_batch.clone(),
+        };
+        let batcher = batcher::spawn(parts, rx);
         Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch }
     }
 

@@ -64,18 +64,29 @@ struct Waiter {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-pub(super) fn spawn(
-    cfg: IngestConfig,
-    rx: mpsc::Receiver<Submission>,
-    store: Arc<dyn EventStore>,
-    analytics: Arc<RwLock<Analytics>>,
-    dedup: Option<Arc<DedupWindow>>,
-    shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
-    counters: Arc<Counters>,
-    max_batch: Arc<std::sync::atomic::AtomicUsize>,
-) -> Handle {
+/// What the batcher works with.
+pub(super) struct Parts {
+    pub cfg: IngestConfig,
+    pub store: Arc<dyn EventStore>,
+    pub analytics: Arc<RwLock<Analytics>>,
+    pub dedup: Option<Arc<DedupWindow>>,
+    pub shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
+    pub counters: Arc<Counters>,
+    pub max_batch: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
     let (stop_tx, stop_rx) = oneshot::channel();
-    let b = Batcher { cfg, store, analytics, dedup, shared, counters, stopping: false, max_batch };
+    let b = Batcher {
+        cfg: p.cfg,
+        store: p.store,
+        analytics: p.analytics,
+        dedup: p.dedup,
+        shared: p.shared,
+        counters: p.counters,
+        stopping: false,
+        max_batch: p.max_batch,
+    };
     let join = tokio::spawn(b.run(rx, stop_rx));
     Handle { stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
 }
