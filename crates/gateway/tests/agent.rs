@@ -9,6 +9,19 @@ use common::*;
 use std::time::Duration;
 use tonic::Code;
 
+/// Polls the ad until it completes (or 5 s pass); returns its last status.
+async fn final_status(client: &Client, id: &str) -> i32 {
+    let mut status = 0;
+    for _ in 0..100 {
+        status = client.get_ad(id).await.unwrap().status;
+        if status == pb::AdStatus::Completed as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
 fn spec(title: &str, family: &str, priority: u32) -> pb::AdSpec {
     pb::AdSpec { title: title.into(), game_family: family.into(), priority, ..Default::default() }
 }
@@ -280,14 +293,7 @@ async fn every_role_reaches_only_its_services_and_health_and_reflection_stay_ope
     // The in-process worker authenticates with its own key: a client's ad gets analysed.
     let client = connect(Some("c-key")).await.unwrap();
     let id = client.submit_ad(spec("Raid the keep tonight", "RPG", 3)).await.unwrap().id;
-    let mut status = 0;
-    for _ in 0..100 {
-        status = client.get_ad(&id).await.unwrap().status;
-        if status == pb::AdStatus::Completed as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = final_status(&client, &id).await;
     assert_eq!(status, pb::AdStatus::Completed as i32);
     // The audit log names the caller.
     let ops = connect(Some("o-key")).await.unwrap();
@@ -355,14 +361,7 @@ async fn tls_serves_clients_and_in_process_workers() {
     }
     let client = client.expect("TLS connection");
     let id = client.submit_ad(spec("Raid the keep tonight", "RPG", 3)).await.unwrap().id;
-    let mut status = 0;
-    for _ in 0..100 {
-        status = client.get_ad(&id).await.unwrap().status;
-        if status == pb::AdStatus::Completed as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = final_status(&client, &id).await;
     assert_eq!(status, pb::AdStatus::Completed as i32, "the in-process worker connected over TLS");
     let plain = Client::connect_to(format!("http://127.0.0.1:{port}")).await;
     let refused = match plain {
