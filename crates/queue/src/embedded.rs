@@ -702,7 +702,7 @@ impl AdQueue for EmbeddedQueue {
         self.lock().policy
     }
 
-    async fn set_policy(&self, update: &pb::SetPolicyRequest, now: i64) -> Result<pb::Policy, QueueError> {
+    async fn set_policy(&self, update: &pb::SetPolicyRequest) -> Result<pb::Policy, QueueError> {
         let mut st = self.lock();
         let next = policy::apply(&st.policy, update);
         policy::check(&next).map_err(|(field, message)| QueueError::Invalid { field, message })?;
@@ -717,7 +717,6 @@ impl AdQueue for EmbeddedQueue {
                 st.enqueue(k, seq);
             }
         }
-        let _ = now;
         drop(st);
         self.wake();
         Ok(next)

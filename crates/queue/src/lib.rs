@@ -157,7 +157,7 @@ pub trait AdQueue: Send + Sync + 'static {
     /// The policy in force.
     async fn policy(&self) -> pb::Policy;
     /// Changes the policy.
-    async fn set_policy(&self, update: &pb::SetPolicyRequest, now: i64) -> Result<pb::Policy, QueueError>;
+    async fn set_policy(&self, update: &pb::SetPolicyRequest) -> Result<pb::Policy, QueueError>;
     /// Dead letters, newest first, and their total.
     async fn dead_letters(&self, limit: usize) -> (Vec<pb::DeadLetter>, u64);
     /// Requeues the named dead letters (all when empty).

@@ -102,7 +102,7 @@ impl QueueControl for QueueControlService {
     }
 
     async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Result<Response<pb::Policy>, Status> {
-        Ok(Response::new(self.queue.set_policy(&req.into_inner(), now_ms()).await.map_err(from_queue)?))
+        Ok(Response::new(self.queue.set_policy(&req.into_inner()).await.map_err(from_queue)?))
     }
 
     async fn list_dead_letters(

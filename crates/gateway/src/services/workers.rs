@@ -179,7 +179,15 @@ impl pb::worker_service_server::WorkerService for WorkersService {
         let (tx, rx) = mpsc::channel(64);
         let lease_seconds = self.hub.queue.policy().await.lease_seconds;
         let _ = tx.send(Ok(gw(gateway_message::Kind::Welcome(pb::Welcome { lease_seconds })))).await;
-        let session = Session { hub: self.hub.clone(), id, mask, credits: hello.credits, in_flight: 0, tx };
+        let session = Session {
+            hub: self.hub.clone(),
+            id,
+            worker_id: hello.worker_id,
+            mask,
+            credits: hello.credits,
+            in_flight: 0,
+            tx,
+        };
         tokio::spawn(session.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -188,6 +196,7 @@ impl pb::worker_service_server::WorkerService for WorkersService {
 struct Session {
     hub: Arc<WorkerHub>,
     id: u64,
+    worker_id: String,
     mask: PartitionMask,
     credits: u32,
     in_flight: u32,
@@ -245,8 +254,7 @@ impl Session {
         self.in_flight += n;
         let (credits, in_flight) = (self.credits, self.in_flight);
         self.hub.update(self.id, |w| (w.credits, w.in_flight) = (credits, in_flight));
-        let worker = self.hub.sessions().get(&self.id).map(|w| w.worker_id.clone()).unwrap_or_default();
-        let leases = leased.into_iter().map(|l| self.hub.to_lease(l, &worker, now)).collect();
+        let leases = leased.into_iter().map(|l| self.hub.to_lease(l, &self.worker_id, now)).collect();
         self.tx.send(Ok(gw(gateway_message::Kind::Leases(pb::LeaseBatch { leases })))).await.is_ok()
     }
 
@@ -277,7 +285,11 @@ impl Session {
                                 adflow_telemetry::set_parent(&span, &trace);
                             }
                         }
-                        Err(e) => refusals.push(refusal(a.lease_id, &e)),
+                        Err(e) => {
+                            // A stale lease (expired, handed to another worker) is no longer held either.
+                            settled += u32::from(matches!(e, QueueError::StaleLease(_)));
+                            refusals.push(refusal(a.lease_id, &e));
+                        }
                     }
                 }
             }
@@ -289,7 +301,11 @@ impl Session {
                             let outcome = if n.retry { "nacked_retry" } else { "nacked_dead_letter" };
                             metrics::counter!("ads_processed_total", "outcome" => outcome).increment(1);
                         }
-                        Err(e) => refusals.push(refusal(n.lease_id, &e)),
+                        Err(e) => {
+                            // A stale lease (expired, handed to another worker) is no longer held either.
+                            settled += u32::from(matches!(e, QueueError::StaleLease(_)));
+                            refusals.push(refusal(n.lease_id, &e));
+                        }
                     }
                 }
             }
