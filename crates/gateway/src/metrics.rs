@@ -53,12 +53,13 @@ pub async fn sample(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let s = queue.stats(now_ms()).await;
-        for p in &s.partitions {
-            gauge!("queue_size", "priority" => p.priority.to_string()).set(p.queued as f64);
+        if let Ok(s) = queue.stats(now_ms()).await {
+            for p in &s.partitions {
+                gauge!("queue_size", "priority" => p.priority.to_string()).set(p.queued as f64);
+            }
+            gauge!("dead_letters").set(s.dead_letters as f64);
+            gauge!("queue_oldest_wait_seconds").set(s.oldest_wait_ms as f64 / 1000.0);
         }
-        gauge!("dead_letters").set(s.dead_letters as f64);
-        gauge!("queue_oldest_wait_seconds").set(s.oldest_wait_ms as f64 / 1000.0);
         gauge!("workers_connected").set(hub.count() as f64);
         let h = store.health().await;
         let up = if h.ok && !h.degraded { 1.0 } else { 0.0 };

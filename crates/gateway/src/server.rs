@@ -21,7 +21,8 @@ use adflow_domain::pb::analytics_server::AnalyticsServer;
 use adflow_domain::pb::queue_control_server::QueueControlServer;
 use adflow_domain::pb::worker_service_server::WorkerServiceServer;
 use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
-use adflow_queue::{AdQueue, EmbeddedQueue};
+use adflow_queue::policy::QueueBackend;
+use adflow_queue::{AdQueue, EmbeddedQueue, RedisQueue};
 use adflow_store::EventStore;
 use adflow_worker::run::WorkerConfig;
 use anyhow::Context;
@@ -174,7 +175,7 @@ pub async fn serve(
         (d.enabled && !d.shared).then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
     let shared = if d.enabled && d.shared {
         let s = crate::shared_dedup::SharedDedup::connect(
-            &cfg.storage.redis.url,
+            &cfg.storage.redis.target(),
             "{adflow}:dedup:",
             d.window_secs,
         )
@@ -205,11 +206,16 @@ pub async fn serve(
         shared,
     ));
     let qcfg = cfg.queue.clone();
-    let queue: Arc<dyn AdQueue> = Arc::new(
-        tokio::task::spawn_blocking(move || EmbeddedQueue::open(&qcfg))
-            .await?
-            .context("opening the ad queue")?,
-    );
+    let queue: Arc<dyn AdQueue> = match qcfg.backend {
+        QueueBackend::Embedded => Arc::new(
+            tokio::task::spawn_blocking(move || EmbeddedQueue::open(&qcfg))
+                .await?
+                .context("opening the ad queue")?,
+        ),
+        QueueBackend::Redis => {
+            Arc::new(RedisQueue::open(&qcfg, &qcfg.redis).await.context("opening the redis ad queue")?)
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     // Remote backends: replay the spill buffer whenever the backend is reachable. It
     // keeps running until the pipeline has flushed (see the end of this function).

@@ -3,23 +3,20 @@
 //! still a duplicate. If Redis cannot answer, events are accepted (availability first;
 //! the MongoDB backend is idempotent by `_id` anyway) and a warning is logged.
 
-use redis::aio::ConnectionManager;
+use adflow_store::redis_conn::{RedisConn, Target, connect};
 
 /// The Redis-backed dedup set.
 pub struct SharedDedup {
-    con: ConnectionManager,
+    con: RedisConn,
     prefix: String,
     ttl_secs: u64,
 }
 
 impl SharedDedup {
-    /// Connects to `url`; ids are kept for `ttl_secs`.
-    pub async fn connect(url: &str, prefix: &str, ttl_secs: u64) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)));
-        let con = ConnectionManager::new_with_config(client, cfg).await?;
+    /// Connects to `target`; ids are kept for `ttl_secs`. On a cluster the prefix must
+    /// carry a hash tag so one request's pipeline stays in one slot.
+    pub async fn connect(target: &Target, prefix: &str, ttl_secs: u64) -> Result<Self, redis::RedisError> {
+        let con = connect(target).await?;
         Ok(Self { con, prefix: prefix.to_owned(), ttl_secs: ttl_secs.max(1) })
     }
 

@@ -13,7 +13,7 @@ pub(crate) fn from_queue(e: QueueError) -> Status {
         QueueError::NotFound(_) | QueueError::UnknownLease(_) => Status::not_found(msg),
         QueueError::BadId(_) | QueueError::Invalid { .. } => Status::invalid_argument(msg),
         QueueError::WrongState { .. } | QueueError::StaleLease(_) => Status::failed_precondition(msg),
-        QueueError::Journal(_) => Status::unavailable(msg),
+        QueueError::Journal(_) | QueueError::Backend(_) => Status::unavailable(msg),
     }
 }
 

@@ -21,7 +21,7 @@ async fn dedup_holds_across_two_gateways_sharing_redis() {
         let mut cfg = config(&dir.join(name));
         cfg.workers.in_process = 0;
         cfg.storage.backend = Backend::Redis;
-        cfg.storage.redis = RedisConfig { url: url.clone(), stream_key: stream.clone(), max_len: 1_000_000 };
+        cfg.storage.redis = RedisConfig { url: url.clone(), stream_key: stream.clone(), max_len: 1_000_000, ..Default::default() };
         cfg.storage.resilience.spill_dir = dir.join(name).join("spill");
         cfg.ingest.dedup.shared = true;
         TestGateway::start(cfg)
@@ -45,7 +45,7 @@ async fn dedup_holds_across_two_gateways_sharing_redis() {
     assert_eq!((r.accepted, r.duplicates), (50, 10));
     a.stop().await;
     b.stop().await;
-    let check = RedisStore::open(RedisConfig { url, stream_key: stream, max_len: 1_000_000 }).await.unwrap();
+    let check = RedisStore::open(RedisConfig { url, stream_key: stream, max_len: 1_000_000, ..Default::default() }).await.unwrap();
     let ids: Vec<_> = adflow_store::conformance::read_all(&check, 1000)
         .await
         .iter()

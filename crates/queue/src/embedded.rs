@@ -84,7 +84,8 @@ fn parse_id(id: &str) -> Result<AdKey, QueueError> {
     uuid::Uuid::parse_str(id).map(|u| u.as_u128()).map_err(|_| QueueError::BadId(id.to_owned()))
 }
 
-fn status_name(s: i32) -> &'static str {
+/// The lower-case name of a status, for messages.
+pub(crate) fn status_name(s: i32) -> &'static str {
     match AdStatus::try_from(s) {
         Ok(AdStatus::Queued) => "queued",
         Ok(AdStatus::Processing) => "processing",
@@ -95,7 +96,8 @@ fn status_name(s: i32) -> &'static str {
     }
 }
 
-fn is_final(s: i32) -> bool {
+/// Completed and cancelled ads never change again.
+pub(crate) fn is_final(s: i32) -> bool {
     matches!(AdStatus::try_from(s), Ok(AdStatus::Completed | AdStatus::Cancelled))
 }
 
@@ -296,7 +298,8 @@ impl EmbeddedQueue {
     }
 }
 
-fn check_priority(p: u8) -> Result<(), QueueError> {
+/// Priorities are 1..=5.
+pub(crate) fn check_priority(p: u8) -> Result<(), QueueError> {
     if !(1..=MAX_PRIORITY).contains(&p) {
         return Err(QueueError::Invalid { field: "priority", message: format!("{p} is outside 1..=5") });
     }
@@ -583,7 +586,7 @@ impl AdQueue for EmbeddedQueue {
         out
     }
 
-    async fn stats(&self, now: i64) -> pb::QueueStats {
+    async fn stats(&self, now: i64) -> Result<pb::QueueStats, QueueError> {
         let st = self.lock();
         let partitions = (1..=MAX_PRIORITY)
             .rev()
@@ -596,7 +599,7 @@ impl AdQueue for EmbeddedQueue {
             .collect::<Vec<_>>();
         let n = st.index.len() as i128;
         let last_minute = st.rate.last_minute(now);
-        pb::QueueStats {
+        Ok(pb::QueueStats {
             total_queued: n as u64,
             oldest_wait_ms: partitions.iter().map(|p| p.oldest_wait_ms).max().unwrap_or(0),
             average_wait_ms: if n > 0 { (now as i128 - st.sum_enqueued / n).max(0) as i64 } else { 0 },
@@ -607,12 +610,12 @@ impl AdQueue for EmbeddedQueue {
             processing_rate_per_s: last_minute as f64 / 60.0,
             completed_total: st.completed_total,
             workers: 0,
-        }
+        })
     }
 
-    async fn peek(&self, n: usize, now: i64) -> Vec<pb::QueuedAd> {
+    async fn peek(&self, n: usize, now: i64) -> Result<Vec<pb::QueuedAd>, QueueError> {
         let st = self.lock();
-        st.index
+        Ok(st.index
             .peek(n, now, st.rules())
             .into_iter()
             .filter_map(|p| {
@@ -627,7 +630,7 @@ impl AdQueue for EmbeddedQueue {
                     game_family: spec.game_family,
                 })
             })
-            .collect()
+            .collect())
     }
 
     async fn set_priority(&self, id: &str, priority: u8, now: i64) -> Result<(u8, u8), QueueError> {
@@ -652,10 +655,14 @@ impl AdQueue for EmbeddedQueue {
         Ok((old, priority))
     }
 
-    async fn reprioritize(&self, filter: &pb::AdFilter, priority: u8, dry_run: bool, now: i64) -> (u64, u64) {
-        if check_priority(priority).is_err() {
-            return (0, 0);
-        }
+    async fn reprioritize(
+        &self,
+        filter: &pb::AdFilter,
+        priority: u8,
+        dry_run: bool,
+        now: i64,
+    ) -> Result<(u64, u64), QueueError> {
+        check_priority(priority)?;
         let family = filter.game_family.to_lowercase();
         let min_wait = filter.older_than_seconds as i64 * 1000;
         let mut st = self.lock();
@@ -686,20 +693,21 @@ impl AdQueue for EmbeddedQueue {
             drop(st);
             self.wake();
         }
-        (changed.len() as u64, matched.len() as u64)
+        Ok((changed.len() as u64, matched.len() as u64))
     }
 
-    async fn set_paused(&self, priority: u8, paused: bool) -> pb::PartitionState {
+    async fn set_paused(&self, priority: u8, paused: bool) -> Result<pb::PartitionState, QueueError> {
+        check_priority(priority)?;
         let mut st = self.lock();
         st.index.set_paused(priority, paused);
         let queued = st.index.partition_len(priority) as u64;
         drop(st);
         self.wake();
-        pb::PartitionState { priority: priority as u32, paused, queued }
+        Ok(pb::PartitionState { priority: priority as u32, paused, queued })
     }
 
-    async fn policy(&self) -> pb::Policy {
-        self.lock().policy
+    async fn policy(&self) -> Result<pb::Policy, QueueError> {
+        Ok(self.lock().policy)
     }
 
     async fn set_policy(&self, update: &pb::SetPolicyRequest) -> Result<pb::Policy, QueueError> {
@@ -722,7 +730,7 @@ impl AdQueue for EmbeddedQueue {
         Ok(next)
     }
 
-    async fn dead_letters(&self, limit: usize) -> (Vec<pb::DeadLetter>, u64) {
+    async fn dead_letters(&self, limit: usize) -> Result<(Vec<pb::DeadLetter>, u64), QueueError> {
         let st = self.lock();
         let items = st
             .dead
@@ -741,7 +749,7 @@ impl AdQueue for EmbeddedQueue {
                 })
             })
             .collect();
-        (items, st.dead.len() as u64)
+        Ok((items, st.dead.len() as u64))
     }
 
     async fn requeue_dead(&self, ids: &[String], now: i64) -> Result<u64, QueueError> {
@@ -773,7 +781,8 @@ impl AdQueue for EmbeddedQueue {
         Ok(picked.len() as u64)
     }
 
-    async fn purge(&self, priority: u8, now: i64) -> u64 {
+    async fn purge(&self, priority: u8, now: i64) -> Result<u64, QueueError> {
+        check_priority(priority)?;
         let mut st = self.lock();
         let keys = st.index.keys_in(priority);
         for &key in &keys {
@@ -787,10 +796,10 @@ impl AdQueue for EmbeddedQueue {
             st.notify(key, now);
             st.finish(key, self.recent_cap);
         }
-        keys.len() as u64
+        Ok(keys.len() as u64)
     }
 
-    async fn family_stats(&self, now: i64) -> Vec<FamilyStats> {
+    async fn family_stats(&self, now: i64) -> Result<Vec<FamilyStats>, QueueError> {
         let st = self.lock();
         let mut by: std::collections::HashMap<String, (FamilyStats, i128)> = std::collections::HashMap::new();
         for r in st.ads.values() {
@@ -816,7 +825,7 @@ impl AdQueue for EmbeddedQueue {
             })
             .collect();
         out.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.family.cmp(&b.family)));
-        out
+        Ok(out)
     }
 
     async fn audit_append(&self, entry: &pb::AuditEntry) -> Result<(), QueueError> {

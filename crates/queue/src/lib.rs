@@ -3,15 +3,17 @@
 //!
 //! `index` is the pure scheduling structure; `embedded` wraps it with the ad records,
 //! leases, watchers and a redb-backed journal of ad states. The gateway talks to the
-//! `AdQueue` trait so that other backends (Redis, issue 4) can replace the embedded one.
+//! `AdQueue` trait; `redis_queue` is the same contract shared by many gateways through Redis.
 
 pub mod embedded;
 pub mod index;
 pub mod journal;
 pub mod policy;
+pub mod redis_queue;
 
 pub use embedded::EmbeddedQueue;
 pub use policy::QueueConfig;
+pub use redis_queue::{RedisQueue, RedisQueueConfig};
 
 use adflow_proto::v1 as pb;
 use async_trait::async_trait;
@@ -54,6 +56,9 @@ pub enum QueueError {
     /// Persistence failed.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    /// The shared backend (Redis) could not be reached or answered an error.
+    #[error("the queue backend failed: {0}")]
+    Backend(String),
 }
 
 /// A leased ad, ready to send to a worker.
@@ -145,27 +150,33 @@ pub trait AdQueue: Send + Sync + 'static {
     /// Redelivers or dead-letters leases past their deadline; returns what expired.
     async fn expire(&self, now: i64) -> Vec<Expired>;
     /// Queue statistics.
-    async fn stats(&self, now: i64) -> pb::QueueStats;
+    async fn stats(&self, now: i64) -> Result<pb::QueueStats, QueueError>;
     /// The next `n` ads in serving order.
-    async fn peek(&self, n: usize, now: i64) -> Vec<pb::QueuedAd>;
+    async fn peek(&self, n: usize, now: i64) -> Result<Vec<pb::QueuedAd>, QueueError>;
     /// Changes one queued ad's priority; returns (old, new).
     async fn set_priority(&self, id: &str, priority: u8, now: i64) -> Result<(u8, u8), QueueError>;
     /// Changes the priority of queued ads matching `filter`; returns (changed, matched).
-    async fn reprioritize(&self, filter: &pb::AdFilter, priority: u8, dry_run: bool, now: i64) -> (u64, u64);
+    async fn reprioritize(
+        &self,
+        filter: &pb::AdFilter,
+        priority: u8,
+        dry_run: bool,
+        now: i64,
+    ) -> Result<(u64, u64), QueueError>;
     /// Pauses or resumes a partition.
-    async fn set_paused(&self, priority: u8, paused: bool) -> pb::PartitionState;
+    async fn set_paused(&self, priority: u8, paused: bool) -> Result<pb::PartitionState, QueueError>;
     /// The policy in force.
-    async fn policy(&self) -> pb::Policy;
+    async fn policy(&self) -> Result<pb::Policy, QueueError>;
     /// Changes the policy.
     async fn set_policy(&self, update: &pb::SetPolicyRequest) -> Result<pb::Policy, QueueError>;
     /// Dead letters, newest first, and their total.
-    async fn dead_letters(&self, limit: usize) -> (Vec<pb::DeadLetter>, u64);
+    async fn dead_letters(&self, limit: usize) -> Result<(Vec<pb::DeadLetter>, u64), QueueError>;
     /// Requeues the named dead letters (all when empty).
     async fn requeue_dead(&self, ids: &[String], now: i64) -> Result<u64, QueueError>;
     /// Cancels every queued ad of a partition.
-    async fn purge(&self, priority: u8, now: i64) -> u64;
+    async fn purge(&self, priority: u8, now: i64) -> Result<u64, QueueError>;
     /// Per-family counts of the active ads, largest queue first.
-    async fn family_stats(&self, now: i64) -> Vec<FamilyStats>;
+    async fn family_stats(&self, now: i64) -> Result<Vec<FamilyStats>, QueueError>;
     /// Appends an operator-agent audit entry; durable on return.
     async fn audit_append(&self, entry: &pb::AuditEntry) -> Result<(), QueueError>;
     /// Audit entries older than `before` (a command id; newest when None), newest first.

@@ -4,10 +4,26 @@ use adflow_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The queue backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// redb file in the gateway process.
+    #[default]
+    Embedded,
+    /// Redis (or Redis Cluster), shared by every gateway.
+    Redis,
+}
+
 /// Queue settings: where it persists and the policy it starts with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
+    /// Where the queue lives: "embedded" (redb file, one gateway; default) or "redis"
+    /// (shared by every gateway on the same Redis).
+    pub backend: QueueBackend,
+    /// Settings of the redis queue.
+    pub redis: crate::redis_queue::RedisQueueConfig,
     /// The redb database file (default "data/queue.redb").
     pub path: PathBuf,
     /// Serve overdue ads first and age waiting ads (default true).
@@ -27,6 +43,8 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
+            backend: QueueBackend::Embedded,
+            redis: Default::default(),
             path: PathBuf::from("data/queue.redb"),
             anti_starvation: true,
             max_wait_seconds: 300,

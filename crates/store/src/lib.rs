@@ -7,6 +7,7 @@
 pub mod file;
 mod framing;
 pub mod mongo_store;
+pub mod redis_conn;
 pub mod redis_store;
 pub mod resilient;
 

@@ -7,7 +7,7 @@
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{RedisConn, Target, connect};
 use serde::{Deserialize, Serialize};
 
 /// Settings of the redis backend (`[storage.redis]`).
@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub struct RedisConfig {
     /// Server URL (default "redis://127.0.0.1:6379/").
     pub url: String,
+    /// Seed nodes of a Redis Cluster (e.g. ["redis://10.0.0.1:7000/"]); when set, `url`
+    /// is ignored and the cluster client is used.
+    pub cluster_nodes: Vec<String>,
     /// Stream key (default "{adflow}:events").
     pub stream_key: String,
     /// Approximate number of events kept (default 50000000; older ones are trimmed).
@@ -26,9 +29,17 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
+            cluster_nodes: Vec::new(),
             stream_key: "{adflow}:events".into(),
             max_len: 50_000_000,
         }
+    }
+}
+
+impl RedisConfig {
+    /// The server or cluster these settings name.
+    pub fn target(&self) -> Target {
+        Target { url: self.url.clone(), cluster_nodes: self.cluster_nodes.clone() }
     }
 }
 
@@ -39,20 +50,13 @@ fn err(op: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
 /// The redis-backed event store.
 pub struct RedisStore {
     cfg: RedisConfig,
-    con: ConnectionManager,
+    con: RedisConn,
 }
 
 impl RedisStore {
     /// Connects (the connection manager reconnects by itself after failures).
     pub async fn open(cfg: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(err("open"))?;
-        // Bounded timeouts: a dead server must fail fast so the caller can spill.
-        let mc = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(std::time::Duration::from_millis(500));
-        let con = ConnectionManager::new_with_config(client, mc).await.map_err(err("connect"))?;
+        let con = connect(&cfg.target()).await.map_err(err("connect"))?;
         Ok(Self { cfg, con })
     }
 }

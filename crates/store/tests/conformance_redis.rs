@@ -13,7 +13,7 @@ struct RedisHarness {
 
 impl RedisHarness {
     fn cfg(&self, key: &str) -> RedisConfig {
-        RedisConfig { url: self.url.clone(), stream_key: key.into(), max_len: 1_000_000 }
+        RedisConfig { url: self.url.clone(), stream_key: key.into(), max_len: 1_000_000, ..Default::default() }
     }
 }
 

@@ -49,6 +49,7 @@ async fn every_acked_event_reaches_redis_exactly_once_across_an_outage() {
         url: format!("redis://127.0.0.1:{port}/"),
         stream_key: "{t}:events".into(),
         max_len: 10_000_000,
+        ..Default::default()
     };
     let backend: Arc<dyn EventStore> = Arc::new(RedisStore::open(rcfg.clone()).await.unwrap());
     let rcfg2 = ResilienceConfig {

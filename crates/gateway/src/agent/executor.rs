@@ -226,7 +226,7 @@ pub async fn execute(ctx: &Ctx, cmd: &pb::AgentCommand, dry: bool) -> Result<pb:
                 })
                 .collect();
             let f = pb::AdFilter { older_than_seconds: m.minutes.saturating_mul(60), ..Default::default() };
-            let total = ctx.queue.reprioritize(&f, 5, true, now).await.1;
+            let total = ctx.queue.reprioritize(&f, 5, true, now).await.map_err(crate::status::from_queue)?.1;
             Ok(table(
                 format!(
                     "{total} queued ads have waited longer than {} minutes (listed: the first {} in serving order)",
@@ -308,7 +308,7 @@ pub async fn execute(ctx: &Ctx, cmd: &pb::AgentCommand, dry: bool) -> Result<pb:
             ))
         }
         Command::FamilyStats(_) => {
-            let fams = ctx.queue.family_stats(now).await;
+            let fams = ctx.queue.family_stats(now).await.map_err(crate::status::from_queue)?;
             let rows = fams
                 .iter()
                 .map(|f| {

@@ -40,14 +40,14 @@ fn limit(n: u32, default: usize, max: usize) -> Result<usize, Status> {
 #[tonic::async_trait]
 impl QueueControl for QueueControlService {
     async fn get_stats(&self, _: Request<pb::GetStatsRequest>) -> Result<Response<pb::QueueStats>, Status> {
-        let mut s = self.queue.stats(now_ms()).await;
+        let mut s = self.queue.stats(now_ms()).await.map_err(from_queue)?;
         s.workers = self.hub.count() as u32;
         Ok(Response::new(s))
     }
 
     async fn peek(&self, req: Request<pb::PeekRequest>) -> Result<Response<pb::PeekResponse>, Status> {
         let n = limit(req.into_inner().limit, 10, 1000)?;
-        Ok(Response::new(pb::PeekResponse { ads: self.queue.peek(n, now_ms()).await }))
+        Ok(Response::new(pb::PeekResponse { ads: self.queue.peek(n, now_ms()).await.map_err(from_queue)? }))
     }
 
     async fn set_priority(
@@ -77,7 +77,7 @@ impl QueueControl for QueueControlService {
                 f.current_priority
             )));
         }
-        let (changed, matched) = self.queue.reprioritize(&f, p, r.dry_run, now_ms()).await;
+        let (changed, matched) = self.queue.reprioritize(&f, p, r.dry_run, now_ms()).await.map_err(from_queue)?;
         Ok(Response::new(pb::ReprioritizeResponse { changed, matched }))
     }
 
@@ -86,7 +86,7 @@ impl QueueControl for QueueControlService {
         req: Request<pb::PartitionRequest>,
     ) -> Result<Response<pb::PartitionState>, Status> {
         let p = priority(req.into_inner().priority)?;
-        Ok(Response::new(self.queue.set_paused(p, true).await))
+        Ok(Response::new(self.queue.set_paused(p, true).await.map_err(from_queue)?))
     }
 
     async fn resume_partition(
@@ -94,11 +94,11 @@ impl QueueControl for QueueControlService {
         req: Request<pb::PartitionRequest>,
     ) -> Result<Response<pb::PartitionState>, Status> {
         let p = priority(req.into_inner().priority)?;
-        Ok(Response::new(self.queue.set_paused(p, false).await))
+        Ok(Response::new(self.queue.set_paused(p, false).await.map_err(from_queue)?))
     }
 
     async fn get_policy(&self, _: Request<pb::GetPolicyRequest>) -> Result<Response<pb::Policy>, Status> {
-        Ok(Response::new(self.queue.policy().await))
+        Ok(Response::new(self.queue.policy().await.map_err(from_queue)?))
     }
 
     async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Result<Response<pb::Policy>, Status> {
@@ -110,7 +110,7 @@ impl QueueControl for QueueControlService {
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let n = limit(req.into_inner().limit, 100, 1000)?;
-        let (dead_letters, total) = self.queue.dead_letters(n).await;
+        let (dead_letters, total) = self.queue.dead_letters(n).await.map_err(from_queue)?;
         Ok(Response::new(pb::ListDeadLettersResponse { dead_letters, total }))
     }
 
@@ -133,7 +133,7 @@ impl QueueControl for QueueControlService {
                 "purging partition {p} cancels every ad queued in it and cannot be undone; send confirm: true"
             )));
         }
-        Ok(Response::new(pb::PurgePartitionResponse { purged: self.queue.purge(p, now_ms()).await }))
+        Ok(Response::new(pb::PurgePartitionResponse { purged: self.queue.purge(p, now_ms()).await.map_err(from_queue)? }))
     }
 
     async fn list_workers(

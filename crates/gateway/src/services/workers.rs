@@ -177,7 +177,7 @@ impl pb::worker_service_server::WorkerService for WorkersService {
             },
         );
         let (tx, rx) = mpsc::channel(64);
-        let lease_seconds = self.hub.queue.policy().await.lease_seconds;
+        let lease_seconds = self.hub.queue.policy().await.map_err(crate::status::from_queue)?.lease_seconds;
         let _ = tx.send(Ok(gw(gateway_message::Kind::Welcome(pb::Welcome { lease_seconds })))).await;
         let session = Session {
             hub: self.hub.clone(),
