@@ -5,6 +5,8 @@
 //! leases, watchers and a redb-backed journal of ad states. The gateway talks to the
 //! `AdQueue` trait; `redis_queue` is the same contract shared by many gateways through Redis.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod embedded;
 pub mod index;
 pub mod journal;

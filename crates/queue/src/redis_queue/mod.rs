@@ -117,7 +117,8 @@ type Fields = (
     Option<String>,
 );
 
-type Watchers = Mutex<HashMap<String, Vec<mpsc::Sender<pb::Ad>>>>;
+/// Per watched ad: the last status sent and the local watchers.
+type Watchers = Mutex<HashMap<String, (i32, Vec<mpsc::Sender<pb::Ad>>)>>;
 
 struct Inner {
     con: RedisConn,
@@ -276,17 +277,23 @@ impl Inner {
         })
     }
 
-    /// Sends the ad's new state to this gateway's watchers of it.
-    async fn notify_watchers(&self, id: &str) {
+    /// Sends an ad's change to this gateway's watchers of it. `status` is the status the
+    /// change produced: the ad read back may already be further along, and every status
+    /// must still be seen once, in order.
+    async fn notify_watchers(&self, id: &str, status: i32) {
         let has = self.watchers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id);
         if !has {
             return;
         }
-        let Ok(ad) = self.get(id, now_ms()).await else { return };
-        let done = crate::embedded::is_final(ad.status);
+        let Ok(mut ad) = self.get(id, now_ms()).await else { return };
+        ad.status = status;
+        let done = crate::embedded::is_final(status);
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ws) = w.get_mut(id) {
-            ws.retain(|tx| tx.try_send(ad.clone()).is_ok() || !tx.is_closed());
+        if let Some((last, ws)) = w.get_mut(id) {
+            if *last != status {
+                *last = status;
+                ws.retain(|tx| tx.try_send(ad.clone()).is_ok() || !tx.is_closed());
+            }
             if done || ws.is_empty() {
                 w.remove(id);
             }
@@ -299,7 +306,12 @@ fn now_ms() -> i64 {
 }
 
 /// Listens on the wake and watch channels; reconnects with backoff when the link drops.
-async fn listen(inner: std::sync::Weak<Inner>, target: Target, prefix: String) {
+async fn listen(
+    inner: std::sync::Weak<Inner>,
+    target: Target,
+    prefix: String,
+    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let (wake, changed) = (format!("{prefix}:wake"), format!("{prefix}:ad"));
     let mut delay = Duration::from_millis(100);
     loop {
@@ -312,6 +324,9 @@ async fn listen(inner: std::sync::Weak<Inner>, target: Target, prefix: String) {
         match sub.await {
             Ok(ps) => {
                 delay = Duration::from_millis(100);
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
                 // Anything published while we were away: wake sessions once.
                 if let Some(i) = inner.upgrade() {
                     i.signal.send_modify(|v| *v = v.wrapping_add(1));
@@ -321,8 +336,10 @@ async fn listen(inner: std::sync::Weak<Inner>, target: Target, prefix: String) {
                     let Some(i) = inner.upgrade() else { return };
                     if m.get_channel_name() == wake {
                         i.signal.send_modify(|v| *v = v.wrapping_add(1));
-                    } else if let Ok(id) = m.get_payload::<String>() {
-                        i.notify_watchers(&id).await;
+                    } else if let Ok(p) = m.get_payload::<String>()
+                        && let Some((id, st)) = p.split_once(':')
+                    {
+                        i.notify_watchers(id, st.parse().unwrap_or(0)).await;
                     }
                 }
                 tracing::warn!("redis queue subscription ended; reconnecting");
@@ -372,7 +389,13 @@ impl RedisQueue {
         }
         let mut c = inner.con.clone();
         pipe.query_async::<()>(&mut c).await.map_err(backend)?;
-        let listener = tokio::spawn(listen(Arc::downgrade(&inner), target, rcfg.prefix.clone()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let listener =
+            tokio::spawn(listen(Arc::downgrade(&inner), target, rcfg.prefix.clone(), Some(ready_tx)));
+        // Watches and wake-ups need the subscription: wait for it (briefly).
+        if tokio::time::timeout(Duration::from_secs(3), ready_rx).await.is_err() {
+            tracing::warn!("redis queue subscription not ready after 3 s; workers fall back to polling");
+        }
         tracing::info!(prefix = %rcfg.prefix, cluster = !rcfg.cluster_nodes.is_empty(), "redis ad queue ready");
         Ok(Self { inner, listener })
     }
@@ -565,19 +588,12 @@ impl AdQueue for RedisQueue {
             .await
             .map_err(backend)?;
         let (tx, rx) = mpsc::channel(64);
-        if let Ok(ad) = self.inner.get(id, now).await
-            && crate::embedded::is_final(ad.status)
-        {
-            return Ok((ad, rx));
+        let ad = self.inner.get(id, now).await?;
+        if !crate::embedded::is_final(ad.status) {
+            let mut w = self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            w.entry(id.to_owned()).or_insert_with(|| (ad.status, Vec::new())).1.push(tx);
         }
-        self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default().push(tx);
-        match self.inner.get(id, now).await {
-            Ok(ad) => Ok((ad, rx)),
-            Err(e) => {
-                self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-                Err(e)
-            }
-        }
+        Ok((ad, rx))
     }
 
     async fn lease(&self, session: u64, mask: PartitionMask, n: usize, now: i64) -> Vec<Leased> {

@@ -16,7 +16,7 @@
 //!   `P:paused` set, `P:policy` hash, `P:fam` hash of per-family counters,
 //!   `P:sumenq` sum of queued enqueue times, `P:done` and `P:done:<sec>` completions,
 //!   `P:audit` zset + `P:auditdata` hash, `P:watch:<id>` while a gateway watches an ad.
-//! - Channels: `P:wake` (new work), `P:ad` (a watched ad changed).
+//! - Channels: `P:wake` (new work), `P:ad` (`<id>:<status>` when a watched ad changed).
 
 /// Helpers every script starts with.
 pub const PRELUDE: &str = r#"
@@ -32,7 +32,9 @@ local function fam_add(fam, kind, n)
   redis.call('HINCRBY', P .. ':fam', kind .. ':' .. (fam or ''), n)
 end
 local function notify(id)
-  if redis.call('EXISTS', P .. ':watch:' .. id) == 1 then redis.call('PUBLISH', P .. ':ad', id) end
+  if redis.call('EXISTS', P .. ':watch:' .. id) == 1 then
+    redis.call('PUBLISH', P .. ':ad', id .. ':' .. (redis.call('HGET', adk(id), 'st') or '0'))
+  end
 end
 local function wake() redis.call('PUBLISH', P .. ':wake', '1') end
 local function fields(id)
