@@ -1,13 +1,22 @@
-//! Two gateways on one Redis: events from either land in one stream, and dedup holds
-//! across them. Runs when ADFLOW_TEST_REDIS_URL is set (.ci/run starts a server).
+//! Two gateways on one Redis: events from either land in one stream, dedup holds across
+//! them, and they share one ad queue (an ad submitted through one is processed by a
+//! worker on the other; with workers on both, every ad is processed exactly once).
+//! Runs when ADFLOW_TEST_REDIS_URL is set (.ci/run starts a server).
 
 mod common;
 
-use adflow_domain::pb::EventType;
+use adflow_domain::pb::{self, EventType};
+use adflow_queue::RedisQueueConfig;
+use adflow_queue::policy::QueueBackend;
+use adflow_worker::run::{WorkerConfig, WorkerStats, run};
 use adflow_store::Backend;
 use adflow_store::redis_store::{RedisConfig, RedisStore};
 use common::*;
 use std::collections::HashSet;
+use std::time::Duration;
+
+type AdsClient = pb::ad_service_client::AdServiceClient<tonic::transport::Channel>;
+type QueueControlClient = pb::queue_control_client::QueueControlClient<tonic::transport::Channel>;
 
 #[tokio::test]
 async fn dedup_holds_across_two_gateways_sharing_redis() {
@@ -53,4 +62,136 @@ async fn dedup_holds_across_two_gateways_sharing_redis() {
         .collect();
     let unique: HashSet<_> = ids.iter().cloned().collect();
     assert_eq!((ids.len(), unique.len()), (150, 150), "one copy of each event in the shared stream");
+}
+
+/// A standalone worker (the `adflow-worker` loop) connected to `gw`.
+fn spawn_worker(
+    gw: &TestGateway,
+    id: &str,
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>, std::sync::Arc<WorkerStats>) {
+    let cfg = WorkerConfig {
+        gateway: adflow_client::ClientConfig::new(format!("http://{}", gw.addr)),
+        worker_id: id.into(),
+        partitions: Vec::new(),
+        concurrency: 16,
+        analysis: Default::default(),
+        max_backoff: Duration::from_millis(500),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stats = std::sync::Arc::new(WorkerStats::default());
+    (tx, tokio::spawn(run(cfg, rx, stats.clone())), stats)
+}
+
+async fn wait_done(ads: &mut AdsClient, ids: &[String]) -> Vec<pb::Ad> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(ads.get_ad(pb::GetAdRequest { id: id.clone() }).await.unwrap().into_inner());
+        }
+        if out.iter().all(|a| a.status == pb::AdStatus::Completed as i32) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "ads not all completed within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_redis_queue_without_loss_or_double_processing() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the shared-queue test");
+        return;
+    };
+    let prefix = format!("{{adflow-test-{}}}", uuid::Uuid::new_v4());
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let mut cfg = config(&dir.path().join(name));
+        cfg.workers.in_process = 0;
+        cfg.queue.backend = QueueBackend::Redis;
+        cfg.queue.redis = RedisQueueConfig { url: url.clone(), prefix: prefix.clone(), ..Default::default() };
+        TestGateway::start(cfg)
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let mut ads_a = AdsClient::new(a.channel().await);
+    let mut ads_b = AdsClient::new(b.channel().await);
+
+    // 1. Submitted through A, processed by the only worker, which is connected to B.
+    let (stop_b1, join_b1, stats_b1) = spawn_worker(&b, "worker-on-b-1");
+    let mut first = Vec::new();
+    for i in 0..20 {
+        let s = pb::AdSpec {
+            title: format!("Shared queue ad {i}"),
+            description: "Collect the dragon egg before the winter festival ends.".into(),
+            game_family: "RPG-Fantasy".into(),
+            genre: "rpg".into(),
+            call_to_action: "Play now".into(),
+            priority: 1 + i % 5,
+            ..Default::default()
+        };
+        first.push(ads_a.submit_ad(pb::SubmitAdRequest { ad: Some(s) }).await.unwrap().into_inner().id);
+    }
+    for ad in wait_done(&mut ads_a, &first).await {
+        let an = ad.analysis.expect("analysed");
+        assert_eq!(an.worker_id, "worker-on-b-1", "the ad came from A and was analysed through B");
+        assert_eq!(ad.attempts, 1);
+    }
+    assert_eq!(stats_b1.acked.load(std::sync::atomic::Ordering::Relaxed), 20);
+
+    // 2. Workers on both gateways, ads submitted through both, concurrently.
+    let (stop_a1, join_a1, stats_a1) = spawn_worker(&a, "worker-on-a-1");
+    let (stop_a2, join_a2, stats_a2) = spawn_worker(&a, "worker-on-a-2");
+    let (stop_b2, join_b2, stats_b2) = spawn_worker(&b, "worker-on-b-2");
+    let mut submitters = Vec::new();
+    for (k, ch) in [(0, a.channel().await), (1, b.channel().await)] {
+        submitters.push(tokio::spawn(async move {
+            let mut c = AdsClient::new(ch);
+            let mut ids = Vec::new();
+            for round in 0..10 {
+                let specs = (0..30)
+                    .map(|i| pb::AdSpec {
+                        title: format!("Gateway {k} round {round} ad {i}"),
+                        description: "Build a castle, raise an army, defend the realm.".into(),
+                        game_family: if i % 2 == 0 { "Strategy".into() } else { "Puzzle".into() },
+                        genre: "strategy".into(),
+                        call_to_action: "Install".into(),
+                        priority: 1 + (i % 5) as u32,
+                        ..Default::default()
+                    })
+                    .collect();
+                let r = c.submit_ads(pb::SubmitAdsRequest { ads: specs }).await.unwrap().into_inner();
+                assert_eq!(r.accepted, 30);
+                ids.extend(r.results.into_iter().map(|x| x.accepted.unwrap().id));
+            }
+            ids
+        }));
+    }
+    let mut second = Vec::new();
+    for s in submitters {
+        second.extend(s.await.unwrap());
+    }
+    assert_eq!(second.len(), 600);
+    let done = wait_done(&mut ads_b, &second).await;
+    assert!(done.iter().all(|a| a.attempts == 1), "no ad was leased twice (no lease expired in this run)");
+    let acked: u64 = [&stats_a1, &stats_a2, &stats_b1, &stats_b2]
+        .iter()
+        .map(|s| s.acked.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(acked, 620, "every ad acked exactly once across the four workers");
+    let on_a = done.iter().filter(|a| a.analysis.as_ref().unwrap().worker_id.contains("-on-a-")).count();
+    assert!(on_a > 0 && on_a < 600, "both gateways' workers took part ({on_a} of 600 on A)");
+    let stats = QueueControlClient::new(a.channel().await)
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.total_queued, stats.in_flight, stats.completed_total), (0, 0, 620));
+
+    for (stop, join) in [(stop_a1, join_a1), (stop_a2, join_a2), (stop_b1, join_b1), (stop_b2, join_b2)] {
+        let _ = stop.send(true);
+        join.await.unwrap();
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -8,12 +8,18 @@ use std::sync::{Arc, Mutex};
 
 struct RedisHarness {
     url: String,
+    cluster_nodes: Vec<String>,
     keys: Mutex<Vec<String>>,
 }
 
 impl RedisHarness {
     fn cfg(&self, key: &str) -> RedisConfig {
-        RedisConfig { url: self.url.clone(), stream_key: key.into(), max_len: 1_000_000, ..Default::default() }
+        RedisConfig {
+            url: self.url.clone(),
+            cluster_nodes: self.cluster_nodes.clone(),
+            stream_key: key.into(),
+            max_len: 1_000_000,
+        }
     }
 }
 
@@ -38,5 +44,15 @@ async fn redis_backend_passes_the_conformance_suite() {
         eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (e.g. redis://127.0.0.1:6390/) to run against Redis");
         return;
     };
-    run_all(&RedisHarness { url, keys: Mutex::new(Vec::new()) }).await;
+    run_all(&RedisHarness { url, cluster_nodes: Vec::new(), keys: Mutex::new(Vec::new()) }).await;
+}
+
+#[tokio::test]
+async fn redis_backend_passes_the_conformance_suite_on_a_cluster() {
+    let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster");
+        return;
+    };
+    let cluster_nodes = nodes.split(',').map(|s| s.trim().to_owned()).collect();
+    run_all(&RedisHarness { url: String::new(), cluster_nodes, keys: Mutex::new(Vec::new()) }).await;
 }
