@@ -7,7 +7,7 @@ use crate::services::workers::WorkerHub;
 use adflow_domain::now_ms;
 use adflow_queue::AdQueue;
 use adflow_store::EventStore;
-use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,6 +36,8 @@ pub fn describe() {
         "spill_buffer_events",
         "Events held in the local spill buffer (the file backend writes directly and never spills)."
     );
+    describe_counter!("spilled_events_total", "Events written to the local spill buffer while the backend was down.");
+    describe_counter!("replayed_events_total", "Spilled events replayed into the backend after it came back.");
     describe_gauge!("backend_up", "1 when the event store backend is healthy, by backend.");
     gauge!("spill_buffer_events").set(0.0);
 }
@@ -45,6 +47,7 @@ pub async fn sample(
     queue: Arc<dyn AdQueue>,
     hub: Arc<WorkerHub>,
     store: Arc<dyn EventStore>,
+    resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -65,5 +68,9 @@ pub async fn sample(
         let up = if h.ok && !h.degraded { 1.0 } else { 0.0 };
         gauge!("backend_up", "backend" => store.backend()).set(up);
         gauge!("spill_buffer_events").set(store.spill_pending() as f64);
+        if let Some(r) = &resilient {
+            counter!("spilled_events_total").absolute(r.spilled());
+            counter!("replayed_events_total").absolute(r.replayed());
+        }
     }
 }

@@ -220,14 +220,15 @@ pub async fn serve(
     // Remote backends: replay the spill buffer whenever the backend is reachable. It
     // keeps running until the pipeline has flushed (see the end of this function).
     let (drain_stop_tx, drain_stop_rx) = watch::channel(false);
-    let drain = resilient.map(|r| tokio::spawn(r.drain_loop(Duration::from_millis(250), drain_stop_rx)));
+    let drain =
+        resilient.clone().map(|r| tokio::spawn(r.drain_loop(Duration::from_millis(250), drain_stop_rx)));
     let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
     let hub = Arc::new(WorkerHub::new(queue.clone(), analytics.clone(), stop_rx.clone()));
     // Install the recorder before anything records (metrics recorded earlier would be lost).
     let prometheus = adflow_telemetry::prometheus();
     crate::metrics::describe();
     let sampler =
-        tokio::spawn(crate::metrics::sample(queue.clone(), hub.clone(), store.clone(), stop_rx.clone()));
+        tokio::spawn(crate::metrics::sample(queue.clone(), hub.clone(), store.clone(), resilient.clone(), stop_rx.clone()));
     let metrics_task = if cfg.metrics.listen.is_empty() {
         None
     } else {
