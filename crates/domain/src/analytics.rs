@@ -25,6 +25,9 @@ const HOUR: i64 = 3_600_000;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
+    /// With a redis or mongodb backend: keep the counters in the backend, shared by every
+    /// gateway, instead of in memory (default true; ignored with the file backend).
+    pub shared: bool,
     /// Hours of minute-resolution buckets (default 2).
     pub minute_retention_hours: u32,
     /// Days of hour-resolution buckets (default 8; queries beyond return zero).
@@ -33,7 +36,7 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { minute_retention_hours: 2, retention_days: 8 }
+        Self { shared: true, minute_retention_hours: 2, retention_days: 8 }
     }
 }
 
@@ -132,20 +135,12 @@ impl Series {
 
     fn sum(&self, from: i64, to: i64, minute_floor: i64) -> Counters {
         let mut c = Counters::default();
-        if from >= to {
-            return c;
+        let (hours, minutes) = split(from, to, minute_floor);
+        for (_, b) in self.hours.range(hours) {
+            c.merge(b);
         }
-        let (hour_to, minute_from) = (to.min(minute_floor), from.max(minute_floor));
-        if from < hour_to {
-            // Hour buckets whose start lies in [from, hour_to).
-            for (_, b) in self.hours.range(ceil_div(from, HOUR)..ceil_div(hour_to, HOUR)) {
-                c.merge(b);
-            }
-        }
-        if minute_from < to {
-            for (_, b) in self.minutes.range(ceil_div(minute_from, MINUTE)..ceil_div(to, MINUTE)) {
-                c.merge(b);
-            }
+        for (_, b) in self.minutes.range(minutes) {
+            c.merge(b);
         }
         c
     }
@@ -169,6 +164,99 @@ fn bump(buckets: &mut BTreeMap<i64, Counters>, k: i64, e: &Facts<'_>) {
         return;
     }
     buckets.entry(k).or_default().add_event(e);
+}
+
+/// The hour buckets and minute buckets (by index) that make up [from, to): hours (whose
+/// start lies in the range) before the minute floor, minutes after it, so each event is
+/// counted once.
+fn split(from: i64, to: i64, minute_floor: i64) -> (std::ops::Range<i64>, std::ops::Range<i64>) {
+    if from >= to {
+        return (0..0, 0..0);
+    }
+    let (hour_to, minute_from) = (to.min(minute_floor), from.max(minute_floor));
+    let hours = if from < hour_to { ceil_div(from, HOUR)..ceil_div(hour_to, HOUR) } else { 0..0 };
+    let minutes = if minute_from < to { ceil_div(minute_from, MINUTE)..ceil_div(to, MINUTE) } else { 0..0 };
+    (hours, minutes)
+}
+
+/// Which scope a shared counter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Every event.
+    All,
+    /// One ad.
+    Ad,
+    /// One campaign.
+    Campaign,
+}
+
+impl Kind {
+    /// The one-letter tag used in stored counter names.
+    pub fn tag(self) -> char {
+        match self {
+            Kind::All => '*',
+            Kind::Ad => 'a',
+            Kind::Campaign => 'c',
+        }
+    }
+
+    /// The kind and id of a scope.
+    pub fn of<'a>(scope: Scope<'a>) -> (Kind, &'a str) {
+        match scope {
+            Scope::All => (Kind::All, ""),
+            Scope::Ad(id) => (Kind::Ad, id),
+            Scope::Campaign(id) => (Kind::Campaign, id),
+        }
+    }
+}
+
+/// Counters of one batch, summed per (kind, id, minute index): what a shared backend adds
+/// to its minute bucket and to the hour bucket holding that minute.
+pub fn aggregate(events: &[StoredEvent]) -> StdHashMap<(Kind, String, i64), Counters> {
+    let mut out: StdHashMap<(Kind, String, i64), Counters> = StdHashMap::new();
+    for s in events {
+        let Ok(e) = Facts::parse(&s.raw) else { continue };
+        let minute = e.timestamp_ms.div_euclid(MINUTE);
+        let mut add = |k: Kind, id: &[u8]| {
+            let id = String::from_utf8_lossy(id).into_owned();
+            out.entry((k, id, minute)).or_default().add_event(&e);
+        };
+        add(Kind::All, b"");
+        add(Kind::Ad, e.ad_id);
+        if !e.campaign_id.is_empty() {
+            add(Kind::Campaign, e.campaign_id);
+        }
+    }
+    out
+}
+
+/// Minutes per hour bucket.
+pub const MINUTES_PER_HOUR: i64 = HOUR / MINUTE;
+
+impl Retention {
+    /// Hour and minute bucket indexes a shared backend sums for [from, to) at `now_ms`.
+    pub fn plan(&self, from: i64, to: i64, now_ms: i64) -> (std::ops::Range<i64>, std::ops::Range<i64>) {
+        let floor = (now_ms.div_euclid(HOUR) - self.minute_retention_hours as i64) * HOUR;
+        let oldest = (now_ms.div_euclid(HOUR) - self.retention_days as i64 * 24) * HOUR;
+        split(from.max(oldest), to, floor)
+    }
+
+    /// When a minute bucket may be dropped, Unix ms.
+    pub fn minute_expiry(&self, minute: i64) -> i64 {
+        (minute + 1) * MINUTE + (self.minute_retention_hours as i64 + 1) * HOUR
+    }
+
+    /// When an hour bucket may be dropped, Unix ms.
+    pub fn hour_expiry(&self, hour: i64) -> i64 {
+        (hour + 1) * HOUR + self.retention_days as i64 * 24 * HOUR
+    }
+}
+
+impl Counters {
+    /// Adds another set of counters.
+    pub fn add(&mut self, o: &Counters) {
+        self.merge(o);
+    }
 }
 
 fn ceil_div(a: i64, b: i64) -> i64 {

@@ -36,8 +36,14 @@ pub fn describe() {
         "spill_buffer_events",
         "Events held in the local spill buffer (the file backend writes directly and never spills)."
     );
-    describe_counter!("spilled_events_total", "Events written to the local spill buffer while the backend was down.");
-    describe_counter!("replayed_events_total", "Spilled events replayed into the backend after it came back.");
+    describe_counter!(
+        "spilled_events_total",
+        "Events written to the local spill buffer while the backend was down."
+    );
+    describe_counter!(
+        "replayed_events_total",
+        "Spilled events replayed into the backend after it came back."
+    );
     describe_gauge!("backend_up", "1 when the event store backend is healthy, by backend.");
     gauge!("spill_buffer_events").set(0.0);
 }

@@ -129,13 +129,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the batcher over `store`, feeding `analytics` after each commit. Ids are
+    /// Starts the batcher over `store`, feeding `analytics` (when local) after each commit. Ids are
     /// deduplicated in `dedup` (this gateway) or `shared` (Redis, every gateway).
     pub fn start(
         cfg: IngestConfig,
         limits: Limits,
         store: Arc<dyn EventStore>,
-        analytics: Arc<RwLock<Analytics>>,
+        analytics: Option<Arc<RwLock<Analytics>>>,
         dedup: Option<Arc<DedupWindow>>,
         shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     ) -> Self {

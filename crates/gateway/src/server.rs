@@ -24,6 +24,7 @@ use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
 use adflow_queue::policy::QueueBackend;
 use adflow_queue::{AdQueue, EmbeddedQueue, RedisQueue};
 use adflow_store::EventStore;
+use adflow_store::counters::{CounterSource, Local};
 use adflow_worker::run::WorkerConfig;
 use anyhow::Context;
 use std::future::Future;
@@ -52,9 +53,12 @@ const REBUILD_PAGE: usize = 16_384;
 /// Replays the store into analytics and the dedup window; returns the events read.
 async fn rebuild(
     store: &dyn EventStore,
-    analytics: &RwLock<Analytics>,
+    analytics: Option<&RwLock<Analytics>>,
     dedup: Option<&DedupWindow>,
 ) -> anyhow::Result<u64> {
+    if analytics.is_none() && dedup.is_none() {
+        return Ok(0);
+    }
     let now = now_ms();
     let mut cursor = None;
     let mut n = 0u64;
@@ -69,7 +73,9 @@ async fn rebuild(
                 }
             }
         }
-        analytics.write().unwrap_or_else(|p| p.into_inner()).record(&page.events, now);
+        if let Some(a) = analytics {
+            a.write().unwrap_or_else(|p| p.into_inner()).record(&page.events, now);
+        }
         match page.next {
             Some(c) => cursor = Some(c),
             None => return Ok(n),
@@ -168,8 +174,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let (store, resilient) = adflow_store::open(&cfg.storage).await.context("opening the event store")?;
+    let shared_counters = cfg.analytics.shared.then(|| cfg.analytics.clone());
+    let opened =
+        adflow_store::open(&cfg.storage, shared_counters).await.context("opening the event store")?;
+    let (store, resilient) = (opened.store, opened.resilient);
     let analytics = Arc::new(RwLock::new(Analytics::new(cfg.analytics.clone())));
+    // Shared counters live in the backend; otherwise this gateway's memory answers.
+    let local_analytics = opened.counters.is_none().then(|| analytics.clone());
+    let counters: Arc<dyn CounterSource> = match opened.counters {
+        Some(c) => {
+            tracing::info!(backend = store.backend(), "analytics counters are shared through the backend");
+            c
+        }
+        None => Arc::new(Local(analytics.clone())),
+    };
     let d = &cfg.ingest.dedup;
     let dedup =
         (d.enabled && !d.shared).then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
@@ -189,7 +207,7 @@ pub async fn serve(
         None
     };
     let started = Instant::now();
-    let replayed = rebuild(&*store, &analytics, dedup.as_deref()).await?;
+    let replayed = rebuild(&*store, local_analytics.as_deref(), dedup.as_deref()).await?;
     tracing::info!(
         events = replayed,
         dedup_ids = dedup.as_ref().map(|d| d.len()).unwrap_or(0),
@@ -201,7 +219,7 @@ pub async fn serve(
         cfg.ingest.clone(),
         cfg.validation.clone(),
         store.clone(),
-        analytics.clone(),
+        local_analytics,
         dedup.clone(),
         shared,
     ));
@@ -223,12 +241,17 @@ pub async fn serve(
     let drain =
         resilient.clone().map(|r| tokio::spawn(r.drain_loop(Duration::from_millis(250), drain_stop_rx)));
     let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
-    let hub = Arc::new(WorkerHub::new(queue.clone(), analytics.clone(), stop_rx.clone()));
+    let hub = Arc::new(WorkerHub::new(queue.clone(), counters.clone(), stop_rx.clone()));
     // Install the recorder before anything records (metrics recorded earlier would be lost).
     let prometheus = adflow_telemetry::prometheus();
     crate::metrics::describe();
-    let sampler =
-        tokio::spawn(crate::metrics::sample(queue.clone(), hub.clone(), store.clone(), resilient.clone(), stop_rx.clone()));
+    let sampler = tokio::spawn(crate::metrics::sample(
+        queue.clone(),
+        hub.clone(),
+        store.clone(),
+        resilient.clone(),
+        stop_rx.clone(),
+    ));
     let metrics_task = if cfg.metrics.listen.is_empty() {
         None
     } else {
@@ -246,7 +269,7 @@ pub async fn serve(
         EventIngestServer::new(IngestService::new(pipeline.clone(), cfg.ingest.stream_max_inflight, stop_rx))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-    let analytics_svc = AnalyticsServer::new(AnalyticsService::new(analytics.clone()))
+    let analytics_svc = AnalyticsServer::new(AnalyticsService::new(counters.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let ads_svc = AdServiceServer::new(AdsService::new(queue.clone())).max_decoding_message_size(max);
@@ -281,7 +304,7 @@ pub async fn serve(
         queue: queue.clone(),
         pool: pool.clone(),
         pipeline: pipeline.clone(),
-        analytics: analytics.clone(),
+        analytics: counters.clone(),
     };
     let llm = crate::agent::llm::Llm::from_config(&cfg.agent);
     if llm.is_some() {

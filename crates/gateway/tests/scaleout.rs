@@ -8,9 +8,9 @@ mod common;
 use adflow_domain::pb::{self, EventType};
 use adflow_queue::RedisQueueConfig;
 use adflow_queue::policy::QueueBackend;
-use adflow_worker::run::{WorkerConfig, WorkerStats, run};
 use adflow_store::Backend;
 use adflow_store::redis_store::{RedisConfig, RedisStore};
+use adflow_worker::run::{WorkerConfig, WorkerStats, run};
 use common::*;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -25,12 +25,18 @@ async fn dedup_holds_across_two_gateways_sharing_redis() {
         return;
     };
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let stream = format!("{{adflow-test}}:events:{run}");
+    // Its own hash tag per run: the analytics counters live under the stream's tag.
+    let stream = format!("{{adflow-test-{run}}}:events");
     let start = |name: &str, dir: &std::path::Path| {
         let mut cfg = config(&dir.join(name));
         cfg.workers.in_process = 0;
         cfg.storage.backend = Backend::Redis;
-        cfg.storage.redis = RedisConfig { url: url.clone(), stream_key: stream.clone(), max_len: 1_000_000, ..Default::default() };
+        cfg.storage.redis = RedisConfig {
+            url: url.clone(),
+            stream_key: stream.clone(),
+            max_len: 1_000_000,
+            ..Default::default()
+        };
         cfg.storage.resilience.spill_dir = dir.join(name).join("spill");
         cfg.ingest.dedup.shared = true;
         TestGateway::start(cfg)
@@ -52,9 +58,25 @@ async fn dedup_holds_across_two_gateways_sharing_redis() {
         .unwrap()
         .into_inner();
     assert_eq!((r.accepted, r.duplicates), (50, 10));
+    // Analytics counters are shared: either gateway reports the 150 clicks of both.
+    for gw in [&a, &b] {
+        let stats = gw
+            .analytics()
+            .await
+            .get_ad_stats(pb::GetAdStatsRequest { ad_id: "ad-1".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        assert_eq!(stats.counts.unwrap().clicks, 150, "counts of both gateways, each event once");
+    }
     a.stop().await;
     b.stop().await;
-    let check = RedisStore::open(RedisConfig { url, stream_key: stream, max_len: 1_000_000, ..Default::default() }).await.unwrap();
+    let check =
+        RedisStore::open(RedisConfig { url, stream_key: stream, max_len: 1_000_000, ..Default::default() })
+            .await
+            .unwrap();
     let ids: Vec<_> = adflow_store::conformance::read_all(&check, 1000)
         .await
         .iter()

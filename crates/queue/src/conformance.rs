@@ -63,7 +63,12 @@ pub async fn priority_order_then_fifo(h: &dyn Harness) {
     let q = h.fresh(config()).await;
     let r = q
         .submit(
-            vec![spec("low-1", "a", 1), spec("high-1", "a", 5), spec("mid-1", "a", 3), spec("high-2", "a", 5)],
+            vec![
+                spec("low-1", "a", 1),
+                spec("high-1", "a", 5),
+                spec("mid-1", "a", 3),
+                spec("high-2", "a", 5),
+            ],
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             1_000,
         )
@@ -163,7 +168,13 @@ pub async fn state_survives_a_restart(h: &dyn Harness) {
     let q = h.fresh(config()).await;
     let ids = ids(
         q.as_ref(),
-        vec![spec("done", "a", 5), spec("leased", "a", 4), spec("dead", "a", 3), spec("q1", "a", 2), spec("q2", "a", 2)],
+        vec![
+            spec("done", "a", 5),
+            spec("leased", "a", 4),
+            spec("dead", "a", 3),
+            spec("q1", "a", 2),
+            spec("q2", "a", 2),
+        ],
         0,
     )
     .await;
@@ -232,10 +243,8 @@ pub async fn operator_controls_and_watch(h: &dyn Harness) {
     }
     assert_eq!(seen, vec![AdStatus::Processing as i32, AdStatus::Completed as i32], "watch sees each status");
     q.set_paused(5, false).await.unwrap();
-    let p = q
-        .set_policy(&pb::SetPolicyRequest { max_attempts: Some(7), ..Default::default() })
-        .await
-        .unwrap();
+    let p =
+        q.set_policy(&pb::SetPolicyRequest { max_attempts: Some(7), ..Default::default() }).await.unwrap();
     assert_eq!(p.max_attempts, 7);
     assert_eq!(q.policy().await.unwrap().max_attempts, 7);
     assert!(matches!(
@@ -321,9 +330,13 @@ pub async fn audit_log_pages_newest_first(h: &dyn Harness) {
     let mut ids = Vec::new();
     for i in 0..5 {
         let id = uuid::Uuid::now_v7().to_string();
-        q.audit_append(&pb::AuditEntry { command_id: id.clone(), text: format!("cmd {i}"), ..Default::default() })
-            .await
-            .unwrap();
+        q.audit_append(&pb::AuditEntry {
+            command_id: id.clone(),
+            text: format!("cmd {i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         ids.push(id);
     }
     let first = q.audit_list(None, 2).await.unwrap();

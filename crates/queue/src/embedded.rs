@@ -615,7 +615,8 @@ impl AdQueue for EmbeddedQueue {
 
     async fn peek(&self, n: usize, now: i64) -> Result<Vec<pb::QueuedAd>, QueueError> {
         let st = self.lock();
-        Ok(st.index
+        Ok(st
+            .index
             .peek(n, now, st.rules())
             .into_iter()
             .filter_map(|p| {

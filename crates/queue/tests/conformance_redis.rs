@@ -22,7 +22,10 @@ impl Redis {
 #[async_trait]
 impl Harness for Redis {
     async fn fresh(&self, cfg: QueueConfig) -> Arc<dyn AdQueue> {
-        let rcfg = RedisQueueConfig { prefix: format!("{{adflow-test-{}}}", uuid::Uuid::new_v4()), ..self.base.clone() };
+        let rcfg = RedisQueueConfig {
+            prefix: format!("{{adflow-test-{}}}", uuid::Uuid::new_v4()),
+            ..self.base.clone()
+        };
         *self.last.lock().unwrap() = Some((cfg, rcfg));
         self.open().await
     }
@@ -55,7 +58,9 @@ async fn redis_queue_passes_the_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_queue_passes_the_conformance_suite_on_a_cluster() {
     let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster");
+        eprintln!(
+            "skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster"
+        );
         return;
     };
     let base = RedisQueueConfig {

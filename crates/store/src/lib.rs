@@ -4,6 +4,7 @@
 //! The trait is deliberately small (append a batch durably, scan in pages, health,
 //! close): the pipeline batches and retries, the store only has to persist.
 
+pub mod counters;
 pub mod file;
 mod framing;
 pub mod mongo_store;
@@ -139,14 +140,40 @@ pub struct StorageConfig {
     pub resilience: resilient::ResilienceConfig,
 }
 
+/// An opened event store and what comes with it.
+pub struct Opened {
+    /// The store the pipeline writes to.
+    pub store: Arc<dyn EventStore>,
+    /// For remote backends: the retry/spill wrapper, whose drain loop must be spawned.
+    pub resilient: Option<Arc<resilient::Resilient>>,
+    /// Counters shared by every gateway on the backend (None: use the in-memory ones).
+    pub counters: Option<Arc<dyn counters::CounterSource>>,
+}
+
 /// Opens the configured backend. Remote backends come wrapped in `Resilient` (retries,
-/// breaker, spill buffer); the returned drain task must be spawned to replay the spill.
-pub async fn open(cfg: &StorageConfig) -> Result<(Arc<dyn EventStore>, Option<Arc<resilient::Resilient>>)> {
-    let remote: Arc<dyn EventStore> = match cfg.backend {
-        Backend::File => return Ok((Arc::new(file::FileStore::open(cfg.file.clone()).await?), None)),
-        Backend::Redis => Arc::new(redis_store::RedisStore::open(cfg.redis.clone()).await?),
-        Backend::Mongodb => Arc::new(mongo_store::MongoStore::open(cfg.mongodb.clone()).await?),
-    };
+/// breaker, spill buffer); with `shared_counters`, they also keep the analytics counters
+/// every gateway reads.
+pub async fn open(
+    cfg: &StorageConfig,
+    shared_counters: Option<adflow_domain::analytics::Retention>,
+) -> Result<Opened> {
+    let (remote, counters): (Arc<dyn EventStore>, Option<Arc<dyn counters::CounterSource>>) =
+        match cfg.backend {
+            Backend::File => {
+                let store = Arc::new(file::FileStore::open(cfg.file.clone()).await?);
+                return Ok(Opened { store, resilient: None, counters: None });
+            }
+            Backend::Redis => {
+                let s = redis_store::RedisStore::open_with(cfg.redis.clone(), shared_counters).await?;
+                let c = s.counters().map(|c| c as Arc<dyn counters::CounterSource>);
+                (Arc::new(s), c)
+            }
+            Backend::Mongodb => {
+                let s = mongo_store::MongoStore::open(cfg.mongodb.clone()).await?;
+                let c = shared_counters.map(|r| s.counters(r) as Arc<dyn counters::CounterSource>);
+                (Arc::new(s), c)
+            }
+        };
     let r = resilient::Resilient::open(remote, cfg.resilience.clone()).await?;
-    Ok((r.clone(), Some(r)))
+    Ok(Opened { store: r.clone(), resilient: Some(r), counters })
 }

@@ -1,15 +1,22 @@
 //! The `mongodb` event backend: one document per event, `_id` = event id, so replaying
 //! a batch after a failure is harmless: duplicate-key errors (code 11000) mean "already
 //! stored" and are not errors. Batches go in with one unordered `insert_many`. Scans
-//! page in (receive time, id) order, with an index on the receive time.
+//! page in (receive time, id) order, with an index on the receive time. Each document
+//! also carries the event's time, ad, campaign, type, revenue and video position, which
+//! the analytics aggregations (`MongoCounters`) group over.
 
+use crate::counters::CounterSource;
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
+use adflow_domain::analytics::{Counters, Kind, Retention, Scope};
+use adflow_proto::raw::Facts;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Settings of the mongodb backend (`[storage.mongodb]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +44,127 @@ fn err(op: &'static str) -> impl FnOnce(mongodb::error::Error) -> StoreError {
     move |e| StoreError::Backend { backend: "mongodb", op, message: e.to_string() }
 }
 
+/// Analytics counters computed by aggregations over the event documents.
+pub struct MongoCounters {
+    coll: Collection<Document>,
+    retention: Retention,
+}
+
+fn num(d: &Document, k: &str) -> f64 {
+    match d.get(k) {
+        Some(Bson::Int32(n)) => *n as f64,
+        Some(Bson::Int64(n)) => *n as f64,
+        Some(Bson::Double(n)) => *n,
+        _ => 0.0,
+    }
+}
+
+/// Adds one `$group` row (count, revenue, video ms of one event type) to `c`.
+fn add_row(c: &mut Counters, t: i64, d: &Document) {
+    let Ok(i) = usize::try_from(t) else { return };
+    if i == 0 || i >= c.by_type.len() {
+        return;
+    }
+    c.by_type[i] += num(d, "n") as u64;
+    c.revenue_usd += num(d, "rev");
+    if (5..=7).contains(&i) {
+        c.video_ms += num(d, "vid") as u64;
+    }
+}
+
+impl MongoCounters {
+    /// The event-time filter of [from, to) with the same bucket resolution as the other
+    /// backends: whole hours before the minute floor, whole minutes after it.
+    /// (Two disjoint ranges, queried one after the other rather than with `$or`.)
+    fn range(&self, from: i64, to: i64, now_ms: i64) -> Vec<Document> {
+        let (hours, minutes) = self.retention.plan(from, to, now_ms);
+        let (h, m) = (3_600_000, 60_000);
+        [(hours.start * h, hours.end * h), (minutes.start * m, minutes.end * m)]
+            .into_iter()
+            .filter(|(a, b)| a < b)
+            .map(|(a, b)| doc! {"ts": {"$gte": a, "$lt": b}})
+            .collect()
+    }
+}
+
+#[async_trait]
+impl CounterSource for MongoCounters {
+    async fn sum(&self, scope: Scope<'_>, from: i64, to: i64, now_ms: i64) -> Result<Counters> {
+        let mut c = Counters::default();
+        for mut m in self.range(from, to, now_ms) {
+            match scope {
+                Scope::All => {}
+                Scope::Ad(id) => {
+                    m.insert("ad", id);
+                }
+                Scope::Campaign(id) => {
+                    m.insert("cmp", id);
+                }
+            }
+            let pipeline = vec![
+                doc! {"$match": m},
+                doc! {"$group": {"_id": "$t", "n": {"$sum": 1}, "rev": {"$sum": "$rev"}, "vid": {"$sum": "$vid"}}},
+            ];
+            let mut cur = self.coll.aggregate(pipeline).await.map_err(err("aggregate"))?;
+            while let Some(d) = cur.try_next().await.map_err(err("aggregate"))? {
+                add_row(&mut c, num(&d, "_id") as i64, &d);
+            }
+        }
+        Ok(c)
+    }
+
+    async fn per_key(&self, kind: Kind, from: i64, to: i64, now_ms: i64) -> Result<Vec<(String, Counters)>> {
+        let field = if kind == Kind::Campaign { "$cmp" } else { "$ad" };
+        let mut out: HashMap<String, Counters> = HashMap::new();
+        for mut m in self.range(from, to, now_ms) {
+            for t in 1..=7 {
+                m.insert("t", t);
+                self.group_by_id(m.clone(), field, t, &mut out).await?;
+            }
+        }
+        out.remove("");
+        Ok(out.into_iter().collect())
+    }
+
+    async fn recent_for_ads(&self, ids: &[&str], now_ms: i64) -> Result<Vec<Counters>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by: HashMap<String, Counters> = HashMap::new();
+        for mut m in self.range(now_ms - 86_400_000, now_ms + 1, now_ms) {
+            m.insert("ad", doc! {"$in": ids.to_vec()});
+            for t in 1..=3 {
+                m.insert("t", t);
+                self.group_by_id(m.clone(), "$ad", t, &mut by).await?;
+            }
+        }
+        Ok(ids.iter().map(|id| by.remove(*id).unwrap_or_default()).collect())
+    }
+}
+
+impl MongoCounters {
+    /// Adds the counts of events of type `t` matching `m`, grouped by `field`, to `out`.
+    /// (One group key per aggregation: a plain field path, the most portable `$group`.)
+    async fn group_by_id(
+        &self,
+        m: Document,
+        field: &str,
+        t: i64,
+        out: &mut HashMap<String, Counters>,
+    ) -> Result<()> {
+        let pipeline = vec![
+            doc! {"$match": m},
+            doc! {"$group": {"_id": field, "n": {"$sum": 1}, "rev": {"$sum": "$rev"}, "vid": {"$sum": "$vid"}}},
+        ];
+        let mut cur = self.coll.aggregate(pipeline).await.map_err(err("aggregate"))?;
+        while let Some(d) = cur.try_next().await.map_err(err("aggregate"))? {
+            let id = d.get_str("_id").unwrap_or_default().to_owned();
+            add_row(out.entry(id).or_default(), t, &d);
+        }
+        Ok(())
+    }
+}
+
 /// The MongoDB-backed event store.
 pub struct MongoStore {
     client: Client,
@@ -48,10 +176,15 @@ impl MongoStore {
     pub async fn open(cfg: MongoConfig) -> Result<Self> {
         let client = Client::with_uri_str(&cfg.uri).await.map_err(err("connect"))?;
         let coll = client.database(&cfg.database).collection::<Document>(&cfg.collection);
-        coll.create_index(IndexModel::builder().keys(doc! {"r": 1}).build())
-            .await
-            .map_err(err("create index"))?;
+        for keys in [doc! {"r": 1}, doc! {"ts": 1}, doc! {"ad": 1, "ts": 1}, doc! {"cmp": 1, "ts": 1}] {
+            coll.create_index(IndexModel::builder().keys(keys).build()).await.map_err(err("create index"))?;
+        }
         Ok(Self { client, coll })
+    }
+
+    /// Counters computed from this store's documents.
+    pub fn counters(&self, retention: Retention) -> Arc<MongoCounters> {
+        Arc::new(MongoCounters { coll: self.coll.clone(), retention })
     }
 }
 
@@ -78,15 +211,24 @@ impl EventStore for MongoStore {
         }
         let mut docs = Vec::with_capacity(events.len());
         for e in events {
-            let id = e.view().map(|v| v.event_id.to_owned()).map_err(|m| StoreError::Corrupt {
+            let corrupt = |m: String| StoreError::Corrupt {
                 path: "mongodb".into(),
                 offset: 0,
                 reason: format!("unparseable event: {m}"),
-            })?;
+            };
+            let id = e.view().map(|v| v.event_id.to_owned()).map_err(|m| corrupt(m.to_string()))?;
+            let f = Facts::parse(&e.raw).map_err(|m| corrupt(m.to_string()))?;
+            // The analytics fields sit next to the raw event, for the counter aggregations.
             docs.push(doc! {
                 "_id": id,
                 "r": e.received_at_ms,
                 "e": Binary { subtype: BinarySubtype::Generic, bytes: e.raw.to_vec() },
+                "ts": f.timestamp_ms,
+                "ad": String::from_utf8_lossy(f.ad_id).into_owned(),
+                "cmp": String::from_utf8_lossy(f.campaign_id).into_owned(),
+                "t": f.r#type,
+                "rev": f.revenue_usd.unwrap_or(0.0),
+                "vid": f.video_position_ms.max(0),
             });
         }
         match self.coll.insert_many(docs).ordered(false).await {

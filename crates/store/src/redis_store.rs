@@ -3,12 +3,17 @@
 //! MULTI/EXEC transaction, so a failed commit leaves none of its events visible; each
 //! batch ends with one approximate XTRIM to `max_len` entries (retention). The key carries a
 //! hash tag so it maps to one slot on a Redis Cluster. Scans page with exclusive XRANGE.
+//! With shared analytics on, the same transaction increments the counter buckets
+//! (`counters`), which share the stream's hash tag.
 
+use crate::counters::RedisCounters;
+use crate::redis_conn::{RedisConn, Target, connect};
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
+use adflow_domain::analytics::Retention;
 use async_trait::async_trait;
 use bytes::Bytes;
-use crate::redis_conn::{RedisConn, Target, connect};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Settings of the redis backend (`[storage.redis]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,13 +56,26 @@ fn err(op: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
 pub struct RedisStore {
     cfg: RedisConfig,
     con: RedisConn,
+    counters: Option<Arc<RedisCounters>>,
 }
 
 impl RedisStore {
     /// Connects (the connection manager reconnects by itself after failures).
     pub async fn open(cfg: RedisConfig) -> Result<Self> {
+        Self::open_with(cfg, None).await
+    }
+
+    /// Connects; with `counters`, every batch also increments the shared analytics
+    /// counters in the same transaction as its events.
+    pub async fn open_with(cfg: RedisConfig, counters: Option<Retention>) -> Result<Self> {
         let con = connect(&cfg.target()).await.map_err(err("connect"))?;
-        Ok(Self { cfg, con })
+        let counters = counters.map(|r| Arc::new(RedisCounters::new(con.clone(), &cfg.stream_key, r)));
+        Ok(Self { cfg, con, counters })
+    }
+
+    /// The shared counters this store feeds, if enabled.
+    pub fn counters(&self) -> Option<Arc<RedisCounters>> {
+        self.counters.clone()
     }
 }
 
@@ -82,6 +100,9 @@ impl EventStore for RedisStore {
                 .arg("e")
                 .arg(e.raw.as_ref())
                 .ignore();
+        }
+        if let Some(c) = &self.counters {
+            c.add_to(&mut p, events);
         }
         // One approximate trim per batch instead of one per entry.
         p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(self.cfg.max_len).ignore();

@@ -50,7 +50,9 @@ async fn redis_backend_passes_the_conformance_suite() {
 #[tokio::test]
 async fn redis_backend_passes_the_conformance_suite_on_a_cluster() {
     let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster");
+        eprintln!(
+            "skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster"
+        );
         return;
     };
     let cluster_nodes = nodes.split(',').map(|s| s.trim().to_owned()).collect();

@@ -6,12 +6,13 @@
 use crate::pipeline::Pipeline;
 use crate::services::queue_control::QueueControlService;
 use crate::worker_pool::WorkerPool;
-use adflow_domain::analytics::{Analytics, Scope};
+use adflow_domain::analytics::Scope;
 use adflow_domain::pb::queue_control_server::QueueControl;
 use adflow_domain::pb::{self, agent_command::Command};
 use adflow_domain::{now_ms, pb::EventType};
 use adflow_queue::AdQueue;
-use std::sync::{Arc, RwLock};
+use adflow_store::counters::CounterSource;
+use std::sync::Arc;
 use tonic::{Request, Status};
 
 /// What the executor acts on.
@@ -25,7 +26,7 @@ pub struct Ctx {
     /// The ingest pipeline.
     pub pipeline: Arc<Pipeline>,
     /// Event analytics.
-    pub analytics: Arc<RwLock<Analytics>>,
+    pub analytics: Arc<dyn CounterSource>,
 }
 
 fn res(affected: u64, message: impl Into<String>) -> pb::CommandResult {
@@ -281,12 +282,11 @@ pub async fn execute(ctx: &Ctx, cmd: &pb::AgentCommand, dry: bool) -> Result<pb:
         }
         Command::PerformanceReport(_) => {
             let s = ctx.control.get_stats(Request::new(pb::GetStatsRequest {})).await?.into_inner();
-            let hour = ctx.analytics.read().unwrap_or_else(|p| p.into_inner()).sum(
-                Scope::All,
-                now - 3_600_000,
-                now + 1,
-                now,
-            );
+            let hour = ctx
+                .analytics
+                .sum(Scope::All, now - 3_600_000, now + 1, now)
+                .await
+                .map_err(|e| Status::unavailable(format!("reading the analytics counters: {e}")))?;
             let c = ctx.pipeline.counters();
             use std::sync::atomic::Ordering::Relaxed;
             let rows = vec![

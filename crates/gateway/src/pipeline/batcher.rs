@@ -48,7 +48,7 @@ impl Handle {
 struct Batcher {
     cfg: IngestConfig,
     store: Arc<dyn EventStore>,
-    analytics: Arc<RwLock<Analytics>>,
+    analytics: Option<Arc<RwLock<Analytics>>>,
     dedup: Option<Arc<DedupWindow>>,
     shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
@@ -68,7 +68,7 @@ struct Waiter {
 pub(super) struct Parts {
     pub cfg: IngestConfig,
     pub store: Arc<dyn EventStore>,
-    pub analytics: Arc<RwLock<Analytics>>,
+    pub analytics: Option<Arc<RwLock<Analytics>>>,
     pub dedup: Option<Arc<DedupWindow>>,
     pub shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     pub counters: Arc<Counters>,
@@ -198,7 +198,9 @@ impl Batcher {
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch committed"
         );
-        self.analytics.write().unwrap_or_else(|p| p.into_inner()).record(&events, now_ms());
+        if let Some(a) = &self.analytics {
+            a.write().unwrap_or_else(|p| p.into_inner()).record(&events, now_ms());
+        }
         self.counters.committed.fetch_add(n, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         for w in waiters {

@@ -64,7 +64,7 @@ fn ev(id: &str) -> Bytes {
 fn start(store: Arc<FlakyStore>) -> Pipeline {
     let analytics = Arc::new(RwLock::new(Analytics::default()));
     let dedup = Some(Arc::new(DedupWindow::new(60_000, 10_000)));
-    Pipeline::start(cfg(), Limits::default(), store, analytics, dedup, None)
+    Pipeline::start(cfg(), Limits::default(), store, Some(analytics), dedup, None)
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
-//! `adflow.v1.Analytics`: reads of the in-memory counters fed by committed batches.
+//! `adflow.v1.Analytics`: reads of the counters fed by committed batches (this gateway's
+//! memory, or the backend's counters shared by every gateway).
 
-use adflow_domain::analytics::{Analytics, Counters, Scope};
+use adflow_domain::analytics::{Counters, Kind, Scope};
 use adflow_domain::now_ms;
 use adflow_domain::pb::analytics_server::Analytics as AnalyticsRpc;
 use adflow_domain::pb::{self, EventType, Metric, period};
-use std::sync::{Arc, RwLock};
+use adflow_store::counters::CounterSource;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 const HOUR: i64 = 3_600_000;
@@ -13,18 +15,36 @@ const MAX_ID: usize = 256;
 
 /// The Analytics service.
 pub struct AnalyticsService {
-    state: Arc<RwLock<Analytics>>,
+    counters: Arc<dyn CounterSource>,
 }
 
 impl AnalyticsService {
     /// A service reading `state`.
-    pub fn new(state: Arc<RwLock<Analytics>>) -> Self {
-        Self { state }
+    pub fn new(counters: Arc<dyn CounterSource>) -> Self {
+        Self { counters }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Analytics> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+    async fn sum(&self, scope: Scope<'_>, from: i64, to: i64, now: i64) -> Result<Counters, Status> {
+        self.counters.sum(scope, from, to, now).await.map_err(unavailable)
     }
+
+    /// Stats with the last-hour and last-day totals of the scope.
+    async fn full_stats(
+        &self,
+        id: &str,
+        scope: Scope<'_>,
+        c: &Counters,
+        now: i64,
+    ) -> Result<pb::Stats, Status> {
+        let end = now + 1;
+        let hour = self.sum(scope, end - HOUR, end, now).await?.total();
+        let day = self.sum(scope, end - DAY, end, now).await?.total();
+        Ok(to_stats(id, c, hour, day))
+    }
+}
+
+fn unavailable(e: adflow_store::StoreError) -> Status {
+    Status::unavailable(format!("reading the analytics counters failed: {e}"))
 }
 
 /// Resolves a request's period to [from, to); windows end just after `now`.
@@ -79,13 +99,6 @@ fn to_stats(id: &str, c: &Counters, last_hour: u64, last_day: u64) -> pb::Stats 
 }
 
 /// Stats of `scope` with its counters over the period and its last hour / day totals.
-fn full_stats(a: &Analytics, id: &str, scope: Scope<'_>, c: &Counters, now: i64) -> pb::Stats {
-    let end = now + 1;
-    let hour = a.sum(scope, end - HOUR, end, now).total();
-    let day = a.sum(scope, end - DAY, end, now).total();
-    to_stats(id, c, hour, day)
-}
-
 fn range(from: i64, to: i64) -> Option<pb::TimeRange> {
     Some(pb::TimeRange { from_ms: from, to_ms: to })
 }
@@ -102,9 +115,8 @@ impl AnalyticsRpc for AnalyticsService {
         let now = now_ms();
         let (from, to) = resolve(r.period, now)?;
         let scope = if r.ad_id.is_empty() { Scope::All } else { Scope::Ad(&r.ad_id) };
-        let a = self.read();
-        let c = a.sum(scope, from, to, now);
-        let stats = full_stats(&a, &r.ad_id, scope, &c, now);
+        let c = self.sum(scope, from, to, now).await?;
+        let stats = self.full_stats(&r.ad_id, scope, &c, now).await?;
         Ok(Response::new(pb::GetAdStatsResponse { stats: Some(stats), range: range(from, to) }))
     }
 
@@ -122,14 +134,20 @@ impl AnalyticsRpc for AnalyticsService {
         };
         let now = now_ms();
         let (from, to) = resolve(r.period, now)?;
-        let a = self.read();
-        let mut ads: Vec<_> = a
-            .ads_in(from, to, now)
+        let mut ads: Vec<_> = self
+            .counters
+            .per_key(Kind::Ad, from, to, now)
+            .await
+            .map_err(unavailable)?
             .into_iter()
             .filter(|(_, c)| c.denominator(metric) >= r.min_denominator)
             .collect();
-        ads.sort_by(|x, y| y.1.metric(metric).total_cmp(&x.1.metric(metric)).then_with(|| x.0.cmp(y.0)));
-        let ads = ads.iter().take(limit).map(|(id, c)| full_stats(&a, id, Scope::Ad(id), c, now)).collect();
+        ads.sort_by(|x, y| y.1.metric(metric).total_cmp(&x.1.metric(metric)).then_with(|| x.0.cmp(&y.0)));
+        let mut out = Vec::with_capacity(limit.min(ads.len()));
+        for (id, c) in ads.iter().take(limit) {
+            out.push(self.full_stats(id, Scope::Ad(id), c, now).await?);
+        }
+        let ads = out;
         Ok(Response::new(pb::TopAdsResponse { ads, range: range(from, to) }))
     }
 
@@ -149,14 +167,15 @@ impl AnalyticsRpc for AnalyticsService {
         };
         let now = now_ms();
         let (from, to) = resolve(r.period, now)?;
-        let a = self.read();
-        let mut camps = a.campaigns_in(from, to, now);
+        let mut camps = self.counters.per_key(Kind::Campaign, from, to, now).await.map_err(unavailable)?;
         if !r.campaign_id.is_empty() {
             camps.retain(|(id, _)| *id == r.campaign_id);
         }
-        camps.sort_by(|x, y| y.1.total().cmp(&x.1.total()).then_with(|| x.0.cmp(y.0)));
-        let campaigns =
-            camps.iter().take(limit).map(|(id, c)| full_stats(&a, id, Scope::Campaign(id), c, now)).collect();
+        camps.sort_by(|x, y| y.1.total().cmp(&x.1.total()).then_with(|| x.0.cmp(&y.0)));
+        let mut campaigns = Vec::with_capacity(limit.min(camps.len()));
+        for (id, c) in camps.iter().take(limit) {
+            campaigns.push(self.full_stats(id, Scope::Campaign(id), c, now).await?);
+        }
         Ok(Response::new(pb::EventsByCampaignResponse { campaigns, range: range(from, to) }))
     }
 }

@@ -77,7 +77,8 @@ impl QueueControl for QueueControlService {
                 f.current_priority
             )));
         }
-        let (changed, matched) = self.queue.reprioritize(&f, p, r.dry_run, now_ms()).await.map_err(from_queue)?;
+        let (changed, matched) =
+            self.queue.reprioritize(&f, p, r.dry_run, now_ms()).await.map_err(from_queue)?;
         Ok(Response::new(pb::ReprioritizeResponse { changed, matched }))
     }
 
@@ -133,7 +134,9 @@ impl QueueControl for QueueControlService {
                 "purging partition {p} cancels every ad queued in it and cannot be undone; send confirm: true"
             )));
         }
-        Ok(Response::new(pb::PurgePartitionResponse { purged: self.queue.purge(p, now_ms()).await.map_err(from_queue)? }))
+        Ok(Response::new(pb::PurgePartitionResponse {
+            purged: self.queue.purge(p, now_ms()).await.map_err(from_queue)?,
+        }))
     }
 
     async fn list_workers(

@@ -4,27 +4,27 @@
 //! reports refused ones (FAILED_PRECONDITION for a lease that is no longer the ad's
 //! newest), and hands every lease it still holds back to the queue when the stream ends.
 
-use adflow_domain::analytics::{Analytics, Scope};
+use adflow_domain::analytics::Counters;
 use adflow_domain::{now_ms, pb};
 use adflow_queue::index::{ALL_PARTITIONS, PartitionMask};
 use adflow_queue::{AdQueue, Leased, QueueError};
+use adflow_store::counters::CounterSource;
 use futures::StreamExt;
 use pb::{gateway_message, worker_message};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const MAX_CREDITS: u32 = 10_000;
-const DAY_MS: i64 = 86_400_000;
 
 /// The connected workers and what they hold.
 pub struct WorkerHub {
     queue: Arc<dyn AdQueue>,
-    analytics: Arc<RwLock<Analytics>>,
+    analytics: Arc<dyn CounterSource>,
     sessions: Mutex<HashMap<u64, pb::WorkerInfo>>,
     next: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -34,7 +34,7 @@ impl WorkerHub {
     /// A hub leasing from `queue`; sessions end when `shutdown` turns true.
     pub fn new(
         queue: Arc<dyn AdQueue>,
-        analytics: Arc<RwLock<Analytics>>,
+        analytics: Arc<dyn CounterSource>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self { queue, analytics, sessions: Mutex::new(HashMap::new()), next: AtomicU64::new(1), shutdown }
@@ -63,22 +63,26 @@ impl WorkerHub {
         }
     }
 
-    fn performance(&self, ad_id: &str, now: i64) -> pb::AdPerformance {
-        let a = self.analytics.read().unwrap_or_else(|p| p.into_inner());
-        let c = a.sum(Scope::Ad(ad_id), now - DAY_MS, now + 1, now);
-        use pb::EventType as T;
-        pb::AdPerformance {
-            impressions: c.count(T::Impression),
-            clicks: c.count(T::Click),
-            conversions: c.count(T::Conversion),
-            ctr: c.ctr(),
-            conversion_rate: c.conversion_rate(),
+    /// The last day's performance of each leased ad, in one counter read.
+    async fn performance(&self, leased: &[Leased], now: i64) -> Vec<Option<pb::AdPerformance>> {
+        let ids: Vec<&str> = leased.iter().map(|l| l.ad.id.as_str()).collect();
+        match self.analytics.recent_for_ads(&ids, now).await {
+            Ok(cs) => cs.iter().map(|c| Some(to_performance(c))).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading ad performance failed; leases go without it");
+                vec![None; leased.len()]
+            }
         }
     }
 
-    fn to_lease(&self, l: Leased, worker: &str, now: i64) -> pb::Lease {
+    fn to_lease(
+        &self,
+        l: Leased,
+        performance: Option<pb::AdPerformance>,
+        worker: &str,
+        now: i64,
+    ) -> pb::Lease {
         metrics::histogram!("queue_wait_seconds").record((now - l.ad.enqueued_at_ms).max(0) as f64 / 1000.0);
-        let performance = Some(self.performance(&l.ad.id, now));
         if adflow_telemetry::trace::enabled() {
             let span = tracing::info_span!("lease", ad.id = %l.ad.id, lease.id = l.lease_id, attempt = l.attempt, worker = %worker);
             adflow_telemetry::set_parent(&span, &l.traceparent);
@@ -91,6 +95,17 @@ impl WorkerHub {
             performance,
             traceparent: l.traceparent,
         }
+    }
+}
+
+fn to_performance(c: &Counters) -> pb::AdPerformance {
+    use pb::EventType as T;
+    pb::AdPerformance {
+        impressions: c.count(T::Impression),
+        clicks: c.count(T::Click),
+        conversions: c.count(T::Conversion),
+        ctr: c.ctr(),
+        conversion_rate: c.conversion_rate(),
     }
 }
 
@@ -254,7 +269,12 @@ impl Session {
         self.in_flight += n;
         let (credits, in_flight) = (self.credits, self.in_flight);
         self.hub.update(self.id, |w| (w.credits, w.in_flight) = (credits, in_flight));
-        let leases = leased.into_iter().map(|l| self.hub.to_lease(l, &self.worker_id, now)).collect();
+        let perf = self.hub.performance(&leased, now).await;
+        let leases = leased
+            .into_iter()
+            .zip(perf)
+            .map(|(l, p)| self.hub.to_lease(l, p, &self.worker_id, now))
+            .collect();
         self.tx.send(Ok(gw(gateway_message::Kind::Leases(pb::LeaseBatch { leases })))).await.is_ok()
     }
 

@@ -147,7 +147,7 @@ fn parse<T: redis::FromRedisValue>(v: Value) -> Result<T, QueueError> {
 }
 
 /// One script argument (or several, for a list) in wire form.
-fn a<T: redis::ToRedisArgs + ?Sized>(x: &T) -> Vec<Vec<u8>> {
+fn a<T: redis::ToRedisArgs>(x: &T) -> Vec<Vec<u8>> {
     x.to_redis_args()
 }
 
@@ -250,7 +250,8 @@ impl Inner {
 
     async fn stats(&self, now: i64) -> Result<pb::QueueStats, QueueError> {
         type Raw = (Vec<(u64, u8, i64)>, u64, u64, i64, u64, u64);
-        let (parts, in_flight, dead, sum, done, minute): Raw = self.run(&self.scripts.stats, &[a(&now)]).await?;
+        let (parts, in_flight, dead, sum, done, minute): Raw =
+            self.run(&self.scripts.stats, &[a(&now)]).await?;
         let partitions: Vec<pb::PartitionStats> = parts
             .into_iter()
             .zip((1..=MAX_PRIORITY).rev())
@@ -302,7 +303,10 @@ impl Inner {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Listens on the wake and watch channels; reconnects with backoff when the link drops.
@@ -444,7 +448,13 @@ impl AdQueue for RedisQueue {
         for spec in specs {
             let id = uuid::Uuid::now_v7().to_string();
             let (pr, mw, fam) = (spec.priority, spec.max_wait_seconds, spec.game_family.to_lowercase());
-            let ad = pb::Ad { id: String::new(), spec: Some(spec), priority: pr, created_at_ms: now, ..Default::default() };
+            let ad = pb::Ad {
+                id: String::new(),
+                spec: Some(spec),
+                priority: pr,
+                created_at_ms: now,
+                ..Default::default()
+            };
             inv.arg(&id).arg(ad.encode_to_vec()).arg(pr).arg(mw).arg(fam).arg(traceparent);
             ids.push(id);
         }
@@ -478,15 +488,21 @@ impl AdQueue for RedisQueue {
         let size = match req.page_size {
             0 => 100,
             n @ 1..=1000 => n as usize,
-            n => return Err(QueueError::Invalid { field: "page_size", message: format!("{n} is above 1000") }),
+            n => {
+                return Err(QueueError::Invalid { field: "page_size", message: format!("{n} is above 1000") });
+            }
         };
         let mut con = self.inner.con.clone();
         let all = self.inner.key("all");
         let mut max = "+inf".to_owned();
         if !req.page_token.is_empty() {
             check_id(&req.page_token)?;
-            let score: Option<i64> =
-                redis::cmd("ZSCORE").arg(&all).arg(&req.page_token).query_async(&mut con).await.map_err(backend)?;
+            let score: Option<i64> = redis::cmd("ZSCORE")
+                .arg(&all)
+                .arg(&req.page_token)
+                .query_async(&mut con)
+                .await
+                .map_err(backend)?;
             let s = score.ok_or_else(|| QueueError::Invalid {
                 field: "page_token",
                 message: format!("{} is not a token this listing returned", req.page_token),
@@ -557,7 +573,8 @@ impl AdQueue for RedisQueue {
 
     async fn cancel(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
         check_id(id)?;
-        let v: Vec<Value> = self.inner.run(&self.inner.scripts.cancel, &[a(&id), a(&now), a(&self.inner.ttl)]).await?;
+        let v: Vec<Value> =
+            self.inner.run(&self.inner.scripts.cancel, &[a(&id), a(&now), a(&self.inner.ttl)]).await?;
         let mut it = v.into_iter();
         let code: i64 = parse(it.next().unwrap_or(Value::Nil))?;
         match code {
@@ -629,8 +646,10 @@ impl AdQueue for RedisQueue {
     ) -> Result<String, QueueError> {
         let sess = self.inner.session(session);
         let an = result.encode_to_vec();
-        let v: Vec<Value> =
-            self.inner.run(&self.inner.scripts.ack, &[a(&lease_id), a(&sess), a(&now), a(&an), a(&self.inner.ttl)]).await?;
+        let v: Vec<Value> = self
+            .inner
+            .run(&self.inner.scripts.ack, &[a(&lease_id), a(&sess), a(&now), a(&an), a(&self.inner.ttl)])
+            .await?;
         let mut it = v.into_iter();
         match parse::<i64>(it.next().unwrap_or(Value::Nil))? {
             0 => parse(it.next().unwrap_or(Value::Nil)),
@@ -647,8 +666,10 @@ impl AdQueue for RedisQueue {
         now: i64,
     ) -> Result<(), QueueError> {
         let sess = self.inner.session(session);
-        let v: Vec<i64> =
-            self.inner.run(&self.inner.scripts.nack, &[a(&lease_id), a(&sess), a(&(retry as u8)), a(&error), a(&now)]).await?;
+        let v: Vec<i64> = self
+            .inner
+            .run(&self.inner.scripts.nack, &[a(&lease_id), a(&sess), a(&(retry as u8)), a(&error), a(&now)])
+            .await?;
         match v.first() {
             Some(0) => Ok(()),
             Some(&code) => Err(refusal(code, lease_id)),
@@ -658,11 +679,15 @@ impl AdQueue for RedisQueue {
 
     async fn extend(&self, session: u64, lease_id: u64, seconds: u32, now: i64) -> Result<i64, QueueError> {
         if !(1..=3600).contains(&seconds) {
-            return Err(QueueError::Invalid { field: "seconds", message: format!("{seconds} is outside 1..=3600") });
+            return Err(QueueError::Invalid {
+                field: "seconds",
+                message: format!("{seconds} is outside 1..=3600"),
+            });
         }
         let sess = self.inner.session(session);
         let deadline = now + seconds as i64 * 1000;
-        let v: Vec<i64> = self.inner.run(&self.inner.scripts.extend, &[a(&lease_id), a(&sess), a(&deadline)]).await?;
+        let v: Vec<i64> =
+            self.inner.run(&self.inner.scripts.extend, &[a(&lease_id), a(&sess), a(&deadline)]).await?;
         match v.first() {
             Some(0) => Ok(deadline),
             Some(&code) => Err(refusal(code, lease_id)),
@@ -682,7 +707,11 @@ impl AdQueue for RedisQueue {
     }
 
     async fn expire(&self, now: i64) -> Vec<Expired> {
-        match self.inner.run::<Vec<(String, u64, u8, String)>>(&self.inner.scripts.expire, &[a(&now), a(&1000)]).await {
+        match self
+            .inner
+            .run::<Vec<(String, u64, u8, String)>>(&self.inner.scripts.expire, &[a(&now), a(&1000)])
+            .await
+        {
             Ok(rows) => rows
                 .into_iter()
                 .map(|(ad_id, lease_id, dead, traceparent)| Expired {
@@ -719,7 +748,10 @@ impl AdQueue for RedisQueue {
             let spec = pb::Ad::decode(raw.as_slice()).ok().and_then(|a| a.spec).unwrap_or_default();
             info.insert(key, (id, spec));
         }
-        let rules = Rules { anti_starvation: pol.anti_starvation, aging_step_ms: pol.aging_step_seconds as i64 * 1000 };
+        let rules = Rules {
+            anti_starvation: pol.anti_starvation,
+            aging_step_ms: pol.aging_step_seconds as i64 * 1000,
+        };
         Ok(index
             .peek(n, now, rules)
             .into_iter()
@@ -767,7 +799,14 @@ impl AdQueue for RedisQueue {
         self.inner
             .run(
                 &self.inner.scripts.reprioritize,
-                &[a(&priority), a(&(dry_run as u8)), a(&filter.current_priority), a(&fam), a(&min_wait), a(&now)],
+                &[
+                    a(&priority),
+                    a(&(dry_run as u8)),
+                    a(&filter.current_priority),
+                    a(&fam),
+                    a(&min_wait),
+                    a(&now),
+                ],
             )
             .await
     }
@@ -902,7 +941,11 @@ impl AdQueue for RedisQueue {
         Ok(())
     }
 
-    async fn audit_list(&self, before: Option<&str>, limit: usize) -> Result<Vec<pb::AuditEntry>, QueueError> {
+    async fn audit_list(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<pb::AuditEntry>, QueueError> {
         let mut con = self.inner.con.clone();
         let key = self.inner.key("audit");
         let max = match before {
@@ -930,12 +973,13 @@ impl AdQueue for RedisQueue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<Option<Vec<u8>>> =
-            redis::cmd("HMGET").arg(self.inner.key("auditdata")).arg(&ids).query_async(&mut con).await.map_err(backend)?;
-        rows.into_iter()
-            .flatten()
-            .map(|b| pb::AuditEntry::decode(b.as_slice()).map_err(backend))
-            .collect()
+        let rows: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.inner.key("auditdata"))
+            .arg(&ids)
+            .query_async(&mut con)
+            .await
+            .map_err(backend)?;
+        rows.into_iter().flatten().map(|b| pb::AuditEntry::decode(b.as_slice()).map_err(backend)).collect()
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {

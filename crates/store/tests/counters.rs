@@ -1,0 +1,121 @@
+//! Shared analytics counters agree with the in-memory reference: the same events,
+//! appended to a backend that keeps counters, give the same sums, per-ad and per-campaign
+//! totals and recent per-ad performance. Redis runs with ADFLOW_TEST_REDIS_URL, MongoDB
+//! with ADFLOW_TEST_MONGODB_URI (.ci/run sets both).
+
+use adflow_domain::analytics::{Analytics, Counters, Kind, Retention, Scope};
+use adflow_proto::v1::{AdEvent, EventType};
+use adflow_store::counters::{CounterSource, Local};
+use adflow_store::mongo_store::{MongoConfig, MongoStore};
+use adflow_store::redis_store::{RedisConfig, RedisStore};
+use adflow_store::{EventStore, StoredEvent};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+const MIN: i64 = 60_000;
+
+fn events(now: i64, run: &str) -> Vec<StoredEvent> {
+    (0..600u64)
+        .map(|i| {
+            let t = [1, 1, 1, 2, 3, 5, 7][(i % 7) as usize];
+            StoredEvent::encode(
+                now,
+                &AdEvent {
+                    event_id: format!("{run}-{i}"),
+                    r#type: t,
+                    ad_id: format!("{run}-ad-{}", i % 6),
+                    campaign_id: format!("{run}-cmp-{}", i % 2),
+                    game_id: "g".into(),
+                    user_id: "u".into(),
+                    // Spread over the last 3 hours: hour and minute buckets both matter.
+                    timestamp_ms: now - (i as i64 * 17_000) % (180 * MIN),
+                    revenue_usd: (t == EventType::Conversion as i32).then_some(0.5),
+                    video_position_ms: if t >= 5 { 1000 } else { 0 },
+                    country: "DE".into(),
+                    device: "phone".into(),
+                    platform: 1,
+                    attributes: BTreeMap::new(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+fn close(a: &Counters, b: &Counters) -> bool {
+    a.by_type == b.by_type && a.video_ms == b.video_ms && (a.revenue_usd - b.revenue_usd).abs() < 1e-9
+}
+
+async fn agree(name: &str, store: &dyn EventStore, shared: &dyn CounterSource, run: &str) {
+    let now = adflow_domain::now_ms();
+    let evs = events(now, run);
+    for chunk in evs.chunks(128) {
+        store.append(chunk).await.expect("append");
+    }
+    let mut a = Analytics::new(Retention::default());
+    a.record(&evs, now);
+    let reference = Local(Arc::new(RwLock::new(a)));
+    let windows =
+        [(now - 60 * MIN, now + 1), (now - 24 * 60 * MIN, now + 1), (now - 150 * MIN, now - 30 * MIN)];
+    for (from, to) in windows {
+        for ad in 0..6 {
+            let id = format!("{run}-ad-{ad}");
+            let want = reference.sum(Scope::Ad(&id), from, to, now).await.unwrap();
+            let got = shared.sum(Scope::Ad(&id), from, to, now).await.unwrap();
+            assert!(close(&want, &got), "{name}: ad {id} over [{from}, {to}): want {want:?}, got {got:?}");
+        }
+        let cmp = format!("{run}-cmp-1");
+        let want = reference.sum(Scope::Campaign(&cmp), from, to, now).await.unwrap();
+        let got = shared.sum(Scope::Campaign(&cmp), from, to, now).await.unwrap();
+        assert!(close(&want, &got), "{name}: campaign over [{from}, {to}): want {want:?}, got {got:?}");
+        let mut want = reference.per_key(Kind::Ad, from, to, now).await.unwrap();
+        let mut got: Vec<_> = shared
+            .per_key(Kind::Ad, from, to, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(run))
+            .collect();
+        want.sort_by(|x, y| x.0.cmp(&y.0));
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(want.len(), got.len(), "{name}: ads with events");
+        for (w, g) in want.iter().zip(&got) {
+            assert!(w.0 == g.0 && close(&w.1, &g.1), "{name}: per-ad {w:?} vs {g:?}");
+        }
+    }
+    let ids: Vec<String> = (0..6).map(|i| format!("{run}-ad-{i}")).chain([format!("{run}-none")]).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let recent = shared.recent_for_ads(&refs, now).await.unwrap();
+    for (id, c) in ids.iter().zip(&recent) {
+        let want = reference.sum(Scope::Ad(id), now - 86_400_000, now + 1, now).await.unwrap();
+        for t in [EventType::Impression, EventType::Click, EventType::Conversion] {
+            assert_eq!(c.count(t), want.count(t), "{name}: recent {t:?} of {id}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_counters_agree_with_the_in_memory_reference() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis counters test");
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = RedisConfig { url, stream_key: format!("{{adflow-test-{run}}}:events"), ..Default::default() };
+    let s = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
+    let c = s.counters().unwrap();
+    agree("redis", &s, c.as_ref(), &run).await;
+}
+
+#[tokio::test]
+async fn mongodb_counters_agree_with_the_in_memory_reference() {
+    let Ok(uri) = std::env::var("ADFLOW_TEST_MONGODB_URI") else {
+        eprintln!("skipped: set ADFLOW_TEST_MONGODB_URI to run the mongodb counters test");
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = MongoConfig { uri, database: format!("adflow_test_{run}"), ..Default::default() };
+    let s = MongoStore::open(cfg).await.unwrap();
+    let c = s.counters(Retention::default());
+    agree("mongodb", &s, c.as_ref(), &run).await;
+}
