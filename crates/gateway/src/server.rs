@@ -22,7 +22,7 @@ use adflow_domain::pb::queue_control_server::QueueControlServer;
 use adflow_domain::pb::worker_service_server::WorkerServiceServer;
 use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
 use adflow_queue::policy::QueueBackend;
-use adflow_queue::{AdQueue, EmbeddedQueue, RedisQueue};
+use adflow_queue::{AdQueue, EmbeddedQueue, MongoQueue, RedisQueue};
 use adflow_store::EventStore;
 use adflow_store::counters::{CounterSource, Local};
 use adflow_worker::run::WorkerConfig;
@@ -232,6 +232,9 @@ pub async fn serve(
         ),
         QueueBackend::Redis => {
             Arc::new(RedisQueue::open(&qcfg, &qcfg.redis).await.context("opening the redis ad queue")?)
+        }
+        QueueBackend::Mongodb => {
+            Arc::new(MongoQueue::open(&qcfg, &qcfg.mongodb).await.context("opening the mongodb ad queue")?)
         }
     };
     let (stop_tx, stop_rx) = watch::channel(false);

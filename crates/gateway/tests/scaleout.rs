@@ -6,9 +6,10 @@
 mod common;
 
 use adflow_domain::pb::{self, EventType};
-use adflow_queue::RedisQueueConfig;
 use adflow_queue::policy::QueueBackend;
+use adflow_queue::{MongoQueueConfig, RedisQueueConfig};
 use adflow_store::Backend;
+use adflow_store::mongo_store::MongoConfig;
 use adflow_store::redis_store::{RedisConfig, RedisStore};
 use adflow_worker::run::{WorkerConfig, WorkerStats, run};
 use common::*;
@@ -126,12 +127,39 @@ async fn two_gateways_share_one_redis_queue_without_loss_or_double_processing() 
         return;
     };
     let prefix = format!("{{adflow-test-{}}}", uuid::Uuid::new_v4());
+    shared_queue(|cfg| {
+        cfg.queue.backend = QueueBackend::Redis;
+        cfg.queue.redis = RedisQueueConfig { url: url.clone(), prefix: prefix.clone(), ..Default::default() };
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_mongodb_queue_and_store_without_loss_or_double_processing() {
+    let Ok(uri) = std::env::var("ADFLOW_TEST_MONGODB_URI") else {
+        eprintln!("skipped: set ADFLOW_TEST_MONGODB_URI to run the shared-queue test on MongoDB");
+        return;
+    };
+    let database = format!("adflow_test_{}", uuid::Uuid::new_v4().simple());
+    shared_queue(|cfg| {
+        cfg.queue.backend = QueueBackend::Mongodb;
+        cfg.queue.mongodb = MongoQueueConfig { uri: uri.clone(), database: database.clone() };
+        cfg.storage.backend = Backend::Mongodb;
+        cfg.storage.mongodb =
+            MongoConfig { uri: uri.clone(), database: database.clone(), ..Default::default() };
+    })
+    .await;
+}
+
+/// Two gateways configured by `setup` share the queue: phase 1 submits through A with the
+/// only worker on B; phase 2 runs workers on both while both take submissions.
+async fn shared_queue(setup: impl Fn(&mut adflow_gateway::Config)) {
     let dir = tempfile::tempdir().unwrap();
     let start = |name: &str| {
         let mut cfg = config(&dir.path().join(name));
         cfg.workers.in_process = 0;
-        cfg.queue.backend = QueueBackend::Redis;
-        cfg.queue.redis = RedisQueueConfig { url: url.clone(), prefix: prefix.clone(), ..Default::default() };
+        cfg.storage.resilience.spill_dir = dir.path().join(name).join("spill");
+        setup(&mut cfg);
         TestGateway::start(cfg)
     };
     let a = start("a").await;

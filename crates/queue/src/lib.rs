@@ -10,10 +10,12 @@ pub mod conformance;
 pub mod embedded;
 pub mod index;
 pub mod journal;
+pub mod mongo_queue;
 pub mod policy;
 pub mod redis_queue;
 
 pub use embedded::EmbeddedQueue;
+pub use mongo_queue::{MongoQueue, MongoQueueConfig};
 pub use policy::QueueConfig;
 pub use redis_queue::{RedisQueue, RedisQueueConfig};
 

@@ -13,17 +13,21 @@ pub enum QueueBackend {
     Embedded,
     /// Redis (or Redis Cluster), shared by every gateway.
     Redis,
+    /// MongoDB, shared by every gateway.
+    Mongodb,
 }
 
 /// Queue settings: where it persists and the policy it starts with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Where the queue lives: "embedded" (redb file, one gateway; default) or "redis"
-    /// (shared by every gateway on the same Redis).
+    /// Where the queue lives: "embedded" (redb file, one gateway; default), "redis" or
+    /// "mongodb" (shared by every gateway on the same server).
     pub backend: QueueBackend,
     /// Settings of the redis queue.
     pub redis: crate::redis_queue::RedisQueueConfig,
+    /// Settings of the mongodb queue.
+    pub mongodb: crate::mongo_queue::MongoQueueConfig,
     /// The redb database file (default "data/queue.redb").
     pub path: PathBuf,
     /// Serve overdue ads first and age waiting ads (default true).
@@ -45,6 +49,7 @@ impl Default for QueueConfig {
         Self {
             backend: QueueBackend::Embedded,
             redis: Default::default(),
+            mongodb: Default::default(),
             path: PathBuf::from("data/queue.redb"),
             anti_starvation: true,
             max_wait_seconds: 300,
