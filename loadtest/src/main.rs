@@ -63,7 +63,8 @@ enum Ack {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Gateway address (host:port).
+    /// Gateway address (host:port); several, comma-separated, spread the connections
+    /// (and e2e workers) over gateways that share one backend.
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
     /// Concurrent tasks (streams in stream mode).
@@ -124,9 +125,13 @@ struct Common {
 
 /// One connection through the client library (what game backends use), without a
 /// per-request deadline so latency outliers are measured rather than cut.
-async fn connect(c: &Common) -> anyhow::Result<adflow_client::Client> {
+/// Connects to the `i`-th gateway of `--addr` (round robin).
+async fn connect(c: &Common, i: usize) -> anyhow::Result<adflow_client::Client> {
+    let addrs: Vec<&str> = c.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    anyhow::ensure!(!addrs.is_empty(), "--addr names no gateway");
+    let addr = addrs[i % addrs.len()];
     let scheme = if c.tls_ca.is_some() { "https" } else { "http" };
-    let mut cfg = adflow_client::ClientConfig::new(format!("{scheme}://{}", c.addr));
+    let mut cfg = adflow_client::ClientConfig::new(format!("{scheme}://{addr}"));
     cfg.request_timeout = None;
     cfg.api_key = c.api_key.clone();
     cfg.trace_calls = c.trace;
@@ -134,7 +139,7 @@ async fn connect(c: &Common) -> anyhow::Result<adflow_client::Client> {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         cfg.tls = Some(adflow_client::TlsOptions { ca_pem: Some(pem), domain: None });
     }
-    adflow_client::Client::connect(cfg).await.with_context(|| format!("connecting to {}", c.addr))
+    adflow_client::Client::connect(cfg).await.with_context(|| format!("connecting to {addr}"))
 }
 
 fn progress(c: &Common, total: Option<u64>) -> ProgressBar {
@@ -174,8 +179,8 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
         Ack::Accepted => 2,
     };
     let mut channels = Vec::with_capacity(c.connections);
-    for _ in 0..c.connections {
-        channels.push(connect(&c).await?);
+    for i in 0..c.connections {
+        channels.push(connect(&c, i).await?);
     }
     let start = Instant::now();
     let (warm, until) = match c.count {
@@ -203,7 +208,7 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
     if let Some((n, credits)) = e2e {
         anyhow::ensure!(c.count.is_none(), "e2e runs for --duration; --count is not supported");
         for w in 0..n {
-            let ch = connect(&c).await?;
+            let ch = connect(&c, w).await?;
             workers.push(tokio::spawn(ads::worker_loop(
                 ch,
                 format!("loadtest-{w}"),
