@@ -121,15 +121,26 @@ async fn wait_done(ads: &mut AdsClient, ids: &[String]) -> Vec<pb::Ad> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_share_one_redis_queue_without_loss_or_double_processing() {
+async fn two_gateways_share_one_redis_for_events_dedup_counters_and_queue() {
     let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
         eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the shared-queue test");
         return;
     };
-    let prefix = format!("{{adflow-test-{}}}", uuid::Uuid::new_v4());
+    let run = uuid::Uuid::new_v4().simple().to_string();
     shared_queue(|cfg| {
+        cfg.storage.backend = Backend::Redis;
+        cfg.storage.redis = RedisConfig {
+            url: url.clone(),
+            stream_key: format!("{{adflow-test-{run}}}:events"),
+            ..Default::default()
+        };
+        cfg.ingest.dedup.shared = true;
         cfg.queue.backend = QueueBackend::Redis;
-        cfg.queue.redis = RedisQueueConfig { url: url.clone(), prefix: prefix.clone(), ..Default::default() };
+        cfg.queue.redis = RedisQueueConfig {
+            url: url.clone(),
+            prefix: format!("{{adflow-test-q-{run}}}"),
+            ..Default::default()
+        };
     })
     .await;
 }
@@ -151,6 +162,32 @@ async fn two_gateways_share_one_mongodb_queue_and_store_without_loss_or_double_p
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue() {
+    let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER to run the two-gateway test on a Redis Cluster");
+        return;
+    };
+    let nodes: Vec<String> = nodes.split(',').map(|s| s.trim().to_owned()).collect();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    shared_queue(|cfg| {
+        cfg.storage.backend = Backend::Redis;
+        cfg.storage.redis = RedisConfig {
+            cluster_nodes: nodes.clone(),
+            stream_key: format!("{{adflow-test-{run}}}:events"),
+            ..Default::default()
+        };
+        cfg.ingest.dedup.shared = true;
+        cfg.queue.backend = QueueBackend::Redis;
+        cfg.queue.redis = RedisQueueConfig {
+            cluster_nodes: nodes.clone(),
+            prefix: format!("{{adflow-test-q-{run}}}"),
+            ..Default::default()
+        };
+    })
+    .await;
+}
+
 /// Two gateways configured by `setup` share the queue: phase 1 submits through A with the
 /// only worker on B; phase 2 runs workers on both while both take submissions.
 async fn shared_queue(setup: impl Fn(&mut adflow_gateway::Config)) {
@@ -166,6 +203,20 @@ async fn shared_queue(setup: impl Fn(&mut adflow_gateway::Config)) {
     let b = start("b").await;
     let mut ads_a = AdsClient::new(a.channel().await);
     let mut ads_b = AdsClient::new(b.channel().await);
+
+    // 0. Events through both: a resend through the other gateway stores nothing twice,
+    // and both gateways report the same totals.
+    let ad = format!("ad-{}", uuid::Uuid::new_v4().simple());
+    let evs: Vec<_> = (0..40).map(|i| event(&format!("{ad}-{i}"), &ad, EventType::Click)).collect();
+    let r = a.ingest().await.send_events(batch(evs.clone())).await.unwrap().into_inner();
+    assert_eq!(r.accepted, 40);
+    let r = b.ingest().await.send_events(batch(evs)).await.unwrap().into_inner();
+    assert_eq!(r.accepted + r.duplicates, 40);
+    for gw in [&a, &b] {
+        let req = pb::GetAdStatsRequest { ad_id: ad.clone(), ..Default::default() };
+        let stats = gw.analytics().await.get_ad_stats(req).await.unwrap().into_inner().stats.unwrap();
+        assert_eq!(stats.counts.unwrap().clicks, 40, "shared counters, each event once");
+    }
 
     // 1. Submitted through A, processed by the only worker, which is connected to B.
     let (stop_b1, join_b1, stats_b1) = spawn_worker(&b, "worker-on-b-1");

@@ -181,7 +181,13 @@ pub async fn state_survives_a_restart(h: &dyn Harness) {
     let l = q.lease(1, ALL_PARTITIONS, 3, 1).await;
     q.ack(1, l[0].lease_id, result(), 2).await.unwrap();
     q.nack(1, l[2].lease_id, false, "nope", 2).await.unwrap();
+    q.set_policy(&pb::SetPolicyRequest { max_attempts: Some(4), ..Default::default() }).await.unwrap();
+    q.set_paused(1, true).await.unwrap();
     let q = h.reopen(q).await;
+    assert_eq!(q.policy().await.unwrap().max_attempts, 4, "a policy set at run time survives a restart");
+    let st = q.stats(3).await.unwrap();
+    assert!(st.partitions.iter().any(|p| p.priority == 1 && p.paused), "a paused partition stays paused");
+    q.set_paused(1, false).await.unwrap();
     let done = q.get(&ids[0], 3).await.unwrap();
     assert_eq!(done.status, AdStatus::Completed as i32);
     assert_eq!(done.analysis.unwrap().score, 80);

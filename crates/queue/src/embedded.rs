@@ -220,6 +220,22 @@ impl EmbeddedQueue {
             completed_total: 0,
             sum_enqueued: 0,
         };
+        // Settings changed at run time (SetPolicy, Pause) outlive restarts.
+        if let Some(b) = journal.meta("policy")?
+            && let Ok(p) = pb::Policy::decode(b.as_slice())
+        {
+            if p != st.policy {
+                tracing::info!(
+                    "queue policy from the queue database (set at run time) overrides the [queue] settings"
+                );
+            }
+            st.policy = p;
+        }
+        if let Some(flags) = journal.meta("paused")? {
+            for (i, f) in flags.iter().enumerate().take(MAX_PRIORITY as usize) {
+                st.index.set_paused(i as u8 + 1, *f == 1);
+            }
+        }
         let mut restored = Vec::new();
         journal.for_each(|key, mut ad| match AdStatus::try_from(ad.status) {
             Ok(AdStatus::Queued | AdStatus::Processing) => {
@@ -701,6 +717,8 @@ impl AdQueue for EmbeddedQueue {
         check_priority(priority)?;
         let mut st = self.lock();
         st.index.set_paused(priority, paused);
+        let flags = (1..=MAX_PRIORITY).map(|p| st.index.is_paused(p) as u8).collect();
+        self.journal.set_meta("paused", flags);
         let queued = st.index.partition_len(priority) as u64;
         drop(st);
         self.wake();
@@ -717,6 +735,7 @@ impl AdQueue for EmbeddedQueue {
         policy::check(&next).map_err(|(field, message)| QueueError::Invalid { field, message })?;
         let deadlines_change = next.max_wait_seconds != st.policy.max_wait_seconds;
         st.policy = next;
+        self.journal.set_meta("policy", next.encode_to_vec());
         if deadlines_change {
             // Ads without their own max wait follow the policy's: recompute their deadlines.
             let keys: Vec<(AdKey, u64)> =

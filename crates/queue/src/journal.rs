@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 const ADS: TableDefinition<u128, &[u8]> = TableDefinition::new("ads");
 /// audit entry id (UUIDv7) -> encoded `AuditEntry` of the operator agent.
 const AUDIT: TableDefinition<u128, &[u8]> = TableDefinition::new("audit");
+/// Run-time settings that outlive a restart: "policy" (encoded Policy), "paused" (5 flags).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Page cache of the database.
 const CACHE_BYTES: usize = 32 << 20;
@@ -38,6 +40,7 @@ fn db<E: std::fmt::Display>(e: E) -> JournalError {
 enum Op {
     Put(u128, Vec<u8>),
     Audit(u128, Vec<u8>),
+    Meta(&'static str, Vec<u8>),
     Barrier(oneshot::Sender<Result<(), String>>),
 }
 
@@ -61,6 +64,7 @@ impl Journal {
             let w = database.begin_write().map_err(db)?;
             w.open_table(ADS).map_err(db)?;
             w.open_table(AUDIT).map_err(db)?;
+            w.open_table(META).map_err(db)?;
             w.commit().map_err(db)?;
         }
         let (tx, rx) = mpsc::channel();
@@ -118,6 +122,20 @@ impl Journal {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Barrier(tx))?;
         Ok(rx)
+    }
+
+    /// Queues a write of a run-time setting (write-behind).
+    pub fn set_meta(&self, key: &'static str, value: Vec<u8>) {
+        if self.send(Op::Meta(key, value)).is_err() {
+            tracing::error!(key, "queue journal writer stopped; setting not persisted");
+        }
+    }
+
+    /// Reads a run-time setting.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(META).map_err(db)?;
+        Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Reads one ad.
@@ -190,6 +208,7 @@ fn commit(db: &Database, ops: &mut [Op]) -> Result<(), String> {
     {
         let mut t = w.open_table(ADS).map_err(|e| e.to_string())?;
         let mut a = w.open_table(AUDIT).map_err(|e| e.to_string())?;
+        let mut m = w.open_table(META).map_err(|e| e.to_string())?;
         for op in ops.iter() {
             match op {
                 Op::Put(k, v) => {
@@ -197,6 +216,9 @@ fn commit(db: &Database, ops: &mut [Op]) -> Result<(), String> {
                 }
                 Op::Audit(k, v) => {
                     a.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
+                }
+                Op::Meta(k, v) => {
+                    m.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
                 }
                 Op::Barrier(_) => {}
             }

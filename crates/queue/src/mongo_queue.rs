@@ -572,7 +572,10 @@ impl AdQueue for MongoQueue {
             0 => 100,
             n @ 1..=1000 => n as usize,
             n => {
-                return Err(QueueError::Invalid { field: "page_size", message: format!("{n} is above 1000") });
+                return Err(QueueError::Invalid {
+                    field: "page_size",
+                    message: format!("{n} is above 1000"),
+                });
             }
         };
         let mut filter = Document::new();
