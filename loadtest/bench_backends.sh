@@ -3,14 +3,16 @@
 # the redis backend next to raw pipelined XADD of the same payload (the ceiling's
 # redis-bench), and ads end to end on the Redis queue with 2 gateways and 4 workers.
 # Usage: loadtest/bench_backends.sh CEILING_DIR   (a built copy of shared/tools/ceiling)
-# Env: DUR (seconds per run, default 10). Needs redis-server and nx-27017 on PATH.
+# Env: DUR (seconds per run, default 10); MONGO_URI to use a running MongoDB(-wire) server
+# (nx-27017 runs one instance per machine: with one already up, pass its URI).
+# Needs redis-server, and nx-27017 on PATH unless MONGO_URI is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
 CEIL=${1:?usage: loadtest/bench_backends.sh CEILING_DIR}
 B=target/release
 cargo build --release -q -p adflow-gateway -p adflow-loadtest
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -19,10 +21,14 @@ TMP=$(mktemp -d /tmp/adflow-bench4.XXXXXX)
 RP=6391
 MP=27021
 redis-server --port $RP --bind 127.0.0.1 --save '' --appendonly no --daemonize no --logfile "$TMP/redis.log" & PIDS+=($!); REDIS=$!
-nx-27017 --db memory -p $MP --log-file "$TMP/nx.log" >"$TMP/nx.out" 2>&1 & PIDS+=($!)
-wait_port $RP; wait_port $MP
+if [ -z "${MONGO_URI:-}" ]; then
+  nx-27017 --db memory -p $MP --log-file "$TMP/nx.log" >"$TMP/nx.out" 2>&1 & PIDS+=($!)
+  wait_port $MP || { echo "nx-27017 did not start (one already running? set MONGO_URI)"; cat "$TMP/nx.out"; exit 1; }
+fi
+wait_port $RP
+REDIS=$(redis-cli -p $RP info server | tr -d "\r" | awk -F: "/^process_id/{print \$2}")
 RURL="redis://127.0.0.1:$RP/"
-MURI="mongodb://127.0.0.1:$MP/?directConnection=true"
+MURI="${MONGO_URI:-mongodb://127.0.0.1:$MP/?directConnection=true}"
 L="$B/adflow-loadtest"
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(date -u +%FT%TZ)"

@@ -139,6 +139,11 @@ pub async fn released_session_hands_leases_to_others(h: &dyn Harness) {
         "another session cannot settle a lease"
     );
     assert!(matches!(q.ack(8, 999_999_999, result(), 5).await, Err(QueueError::UnknownLease(_))));
+    let mixed = q.ack_many(8, vec![(l[0].lease_id, result()), (999_999_999, result())], 5).await;
+    assert!(
+        matches!(mixed[..], [Err(QueueError::StaleLease(_)), Err(QueueError::UnknownLease(_))]),
+        "a batch answers per item: {mixed:?}"
+    );
     let d = q.extend(8, again[0].lease_id, 60, 5).await.unwrap();
     assert_eq!(d, 60_005);
     assert!(q.expire(30_000).await.is_empty(), "an extended lease does not expire at its old deadline");
@@ -311,9 +316,18 @@ pub async fn concurrent_leases_never_share_an_ad(h: &dyn Harness) {
                 if l.is_empty() {
                     break;
                 }
-                for x in l {
-                    q.ack(100 + s, x.lease_id, result(), 21).await.expect("ack own lease");
-                    got.push(x.ad.id);
+                // Odd sessions settle one by one, even ones in batches.
+                if s % 2 == 1 {
+                    for x in l {
+                        q.ack(100 + s, x.lease_id, result(), 21).await.expect("ack own lease");
+                        got.push(x.ad.id);
+                    }
+                } else {
+                    let items = l.iter().map(|x| (x.lease_id, result())).collect();
+                    for r in q.ack_many(100 + s, items, 21).await {
+                        r.expect("batched ack of own lease");
+                    }
+                    got.extend(l.into_iter().map(|x| x.ad.id));
                 }
             }
             got

@@ -138,6 +138,20 @@ pub trait AdQueue: Send + Sync + 'static {
         result: pb::AnalysisResult,
         now: i64,
     ) -> Result<String, QueueError>;
+    /// Settles several leases of one session; one result per item, in order. Backends
+    /// with round trips override it to settle the batch at once.
+    async fn ack_many(
+        &self,
+        session: u64,
+        items: Vec<(u64, pb::AnalysisResult)>,
+        now: i64,
+    ) -> Vec<Result<String, QueueError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (lease_id, result) in items {
+            out.push(self.ack(session, lease_id, result, now).await);
+        }
+        out
+    }
     /// Gives a lease back: requeue (`retry`, while attempts remain) or dead-letter.
     async fn nack(
         &self,

@@ -287,6 +287,8 @@ impl Session {
         let mut acked = 0u64;
         match msg.kind {
             Some(worker_message::Kind::Acks(b)) => {
+                let mut ids = Vec::with_capacity(b.acks.len());
+                let mut items = Vec::with_capacity(b.acks.len());
                 for a in b.acks {
                     let result = a.result.unwrap_or_default();
                     let outcome = match pb::Verdict::try_from(result.verdict) {
@@ -295,20 +297,25 @@ impl Session {
                         Ok(pb::Verdict::Rejected) => "rejected",
                         _ => "unspecified",
                     };
-                    match q.ack(self.id, a.lease_id, result, now).await {
+                    ids.push((a.lease_id, outcome));
+                    items.push((a.lease_id, result));
+                }
+                let results = q.ack_many(self.id, items, now).await;
+                for ((lease_id, outcome), r) in ids.into_iter().zip(results) {
+                    match r {
                         Ok(trace) => {
                             settled += 1;
                             acked += 1;
                             metrics::counter!("ads_processed_total", "outcome" => outcome).increment(1);
                             if adflow_telemetry::trace::enabled() {
-                                let span = tracing::info_span!("ack", lease.id = a.lease_id, outcome);
+                                let span = tracing::info_span!("ack", lease.id = lease_id, outcome);
                                 adflow_telemetry::set_parent(&span, &trace);
                             }
                         }
                         Err(e) => {
                             // A stale lease (expired, handed to another worker) is no longer held either.
                             settled += u32::from(matches!(e, QueueError::StaleLease(_)));
-                            refusals.push(refusal(a.lease_id, &e));
+                            refusals.push(refusal(lease_id, &e));
                         }
                     }
                 }

@@ -60,6 +60,7 @@ struct Scripts {
     submit: Script,
     lease: Script,
     ack: Script,
+    ack_many: Script,
     nack: Script,
     extend: Script,
     release: Script,
@@ -84,6 +85,7 @@ impl Scripts {
             submit: s(scripts::SUBMIT),
             lease: s(scripts::LEASE),
             ack: s(scripts::ACK),
+            ack_many: s(scripts::ACK_MANY),
             nack: s(scripts::NACK),
             extend: s(scripts::EXTEND),
             release: s(scripts::RELEASE),
@@ -657,6 +659,41 @@ impl AdQueue for RedisQueue {
         match parse::<i64>(it.next().unwrap_or(Value::Nil))? {
             0 => parse(it.next().unwrap_or(Value::Nil)),
             code => Err(refusal(code, lease_id)),
+        }
+    }
+
+    async fn ack_many(
+        &self,
+        session: u64,
+        items: Vec<(u64, pb::AnalysisResult)>,
+        now: i64,
+    ) -> Vec<Result<String, QueueError>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let mut inv = self.inner.scripts.ack_many.key(&self.inner.prefix);
+        inv.arg(self.inner.session(session)).arg(now).arg(self.inner.ttl);
+        for (lease_id, result) in &items {
+            inv.arg(*lease_id).arg(result.encode_to_vec());
+        }
+        let mut con = self.inner.con.clone();
+        let rows: Result<Vec<Vec<Value>>, _> = inv.invoke_async(&mut con).await;
+        match rows {
+            Ok(rows) => items
+                .iter()
+                .zip(rows)
+                .map(|((lease_id, _), row)| {
+                    let mut it = row.into_iter();
+                    match parse::<i64>(it.next().unwrap_or(Value::Nil))? {
+                        0 => parse(it.next().unwrap_or(Value::Nil)),
+                        code => Err(refusal(code, *lease_id)),
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                let msg = e.to_string();
+                items.iter().map(|_| Err(backend(&msg))).collect()
+            }
         }
     }
 

@@ -106,75 +106,155 @@ end
 "#;
 
 /// ARGV: now, then (id, pb, priority, own max wait, family, trace) per ad.
-/// Returns each ad's queue position.
+/// Returns each ad's queue position. Counters are updated once per call, not per ad.
 pub const SUBMIT: &str = r#"
 local now = num(ARGV[1])
 local pol = policy()
-local out = {}
-local i = 2
-while i <= #ARGV do
-  local id = ARGV[i]
-  local seq = redis.call('INCR', P .. ':seq')
-  redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'pr', ARGV[i + 2], 'mw', ARGV[i + 3], 'fam', ARGV[i + 4],
-    'trace', ARGV[i + 5], 'seq', seq, 'enq', now, 'att', 0, 'start', 0, 'fin', 0)
+local count = (#ARGV - 1) / 6
+local seq = redis.call('INCRBY', P .. ':seq', count) - count
+local queued, paused = {}, {}
+for p = 1, 5 do
+  queued[p] = redis.call('ZCARD', P .. ':q:' .. p)
+  paused[p] = redis.call('SISMEMBER', P .. ':paused', p) == 1
+end
+local fams, out = {}, {}
+for i = 2, #ARGV, 6 do
+  local id, pr, mw, fam = ARGV[i], num(ARGV[i + 2]), num(ARGV[i + 3]), ARGV[i + 4]
+  seq = seq + 1
+  local wait = mw
+  if wait == 0 then wait = pol.mw end
+  local dl = now + wait * 1000
+  redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'st', 1, 'pr', pr, 'mw', mw, 'fam', fam, 'trace', ARGV[i + 5],
+    'seq', seq, 'enq', now, 'dl', dl, 'att', 0, 'start', 0, 'fin', 0)
   redis.call('ZADD', P .. ':all', seq, id)
-  enqueue(id, pol)
-  out[#out + 1] = position(id)
-  i = i + 6
+  redis.call('ZADD', P .. ':q:' .. pr, seq, id)
+  redis.call('ZADD', P .. ':due', dl, id)
+  local pos = queued[pr]
+  for p = pr + 1, 5 do
+    if not paused[p] then pos = pos + queued[p] end
+  end
+  queued[pr] = queued[pr] + 1
+  out[#out + 1] = pos
+  fams[fam] = (fams[fam] or 0) + 1
+end
+redis.call('INCRBY', P .. ':sumenq', count * (now - BASE))
+for fam, n in pairs(fams) do
+  fam_add(fam, 'q', n)
+  fam_add(fam, 's', n * (now - BASE))
 end
 wake()
 return out
 "#;
 
-/// ARGV: now, n, partition mask, session. Returns {lease id, deadline, ad id, fields} per lease.
+/// ARGV: now, n, partition mask, session. Returns {lease id, deadline, ad id, fields} per
+/// lease. Reads each partition's first n members once and walks them; counters are
+/// updated once per call.
 pub const LEASE: &str = r#"
 local now, n, mask, sess = num(ARGV[1]), num(ARGV[2]), num(ARGV[3]), ARGV[4]
 local pol = policy()
-local allowed = {}
+local allowed, heads, cur = {}, {}, {}
 for p = 1, 5 do
   allowed[p] = math.floor(mask / 2 ^ (p - 1)) % 2 == 1 and redis.call('SISMEMBER', P .. ':paused', p) == 0
+  if allowed[p] then
+    heads[p] = redis.call('ZRANGE', P .. ':q:' .. p, 0, n - 1)
+    cur[p] = 1
+  end
 end
-local out = {}
+local over, oi = {}, 1
+if pol.as then over = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, n + 64) end
+local taken, enqs = {}, {}
+local function enq_of(id)
+  local e = enqs[id]
+  if not e then
+    e = num(redis.call('HGET', adk(id), 'enq'))
+    enqs[id] = e
+  end
+  return e
+end
+local function head(p)
+  local h = heads[p]
+  while cur[p] <= #h and taken[h[cur[p]]] do cur[p] = cur[p] + 1 end
+  return h[cur[p]]
+end
+local out, famd, sumd = {}, {}, 0
+local lid = redis.call('INCRBY', P .. ':lseq', n) - n
 while #out < n do
   local pick
-  if pol.as then
-    local cands = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, 100)
-    for _, id in ipairs(cands) do
-      if allowed[num(redis.call('HGET', adk(id), 'pr'))] then
-        pick = id
-        break
-      end
-    end
+  while pol.as and not pick and oi <= #over do
+    local id = over[oi]
+    oi = oi + 1
+    if not taken[id] and allowed[num(redis.call('HGET', adk(id), 'pr'))] then pick = id end
   end
   if not pick then
     local be, bq, bp
     for p = 1, 5 do
-      if allowed[p] then
-        local head = redis.call('ZRANGE', P .. ':q:' .. p, 0, 0)[1]
-        if head then
-          local enq = num(redis.call('HGET', adk(head), 'enq'))
-          local eff = p
-          if pol.as and pol.ag > 0 then eff = math.min(5, p + math.floor(math.max(0, now - enq) / pol.ag)) end
-          if not pick or eff > be or (eff == be and (enq < bq or (enq == bq and p > bp))) then
-            pick, be, bq, bp = head, eff, enq, p
-          end
+      local h = allowed[p] and head(p)
+      if h then
+        local enq = enq_of(h)
+        local eff = p
+        if pol.as and pol.ag > 0 then eff = math.min(5, p + math.floor(math.max(0, now - enq) / pol.ag)) end
+        if not pick or eff > be or (eff == be and (enq < bq or (enq == bq and p > bp))) then
+          pick, be, bq, bp = h, eff, enq, p
         end
       end
     end
   end
   if not pick then break end
-  dequeue(pick)
+  taken[pick] = true
   local k = adk(pick)
-  local lid = redis.call('INCR', P .. ':lseq')
+  local h = redis.call('HMGET', k, 'pr', 'enq', 'fam')
+  redis.call('ZREM', P .. ':q:' .. h[1], pick)
+  redis.call('ZREM', P .. ':due', pick)
+  local fam = h[3] or ''
+  local d = famd[fam] or { 0, 0 }
+  d[1], d[2] = d[1] + 1, d[2] + num(h[2]) - BASE
+  famd[fam] = d
+  sumd = sumd + num(h[2]) - BASE
+  lid = lid + 1
   local dl = now + pol.ls
   redis.call('HINCRBY', k, 'att', 1)
   redis.call('HSET', k, 'st', 2, 'start', now, 'lease', lid, 'sess', sess)
   redis.call('ZADD', P .. ':leases', dl, lid)
   redis.call('HSET', P .. ':lmap', lid, pick)
   redis.call('SADD', P .. ':sess:' .. sess, lid)
-  fam_add(redis.call('HGET', k, 'fam'), 'p', 1)
   notify(pick)
   out[#out + 1] = { lid, dl, pick, fields(pick) }
+end
+if #out > 0 then
+  redis.call('INCRBY', P .. ':sumenq', -sumd)
+  for fam, d in pairs(famd) do
+    fam_add(fam, 'q', -d[1])
+    fam_add(fam, 's', -d[2])
+    fam_add(fam, 'p', d[1])
+  end
+end
+return out
+"#;
+
+/// ARGV: session, now, retention s, then (lease, encoded analysis) pairs.
+/// Returns {0, trace} or {code} per pair.
+pub const ACK_MANY: &str = r#"
+local sess, now, ttl = ARGV[1], num(ARGV[2]), ARGV[3]
+local out, done = {}, 0
+for i = 4, #ARGV, 2 do
+  local id, code = current(ARGV[i], sess)
+  if not id then
+    out[#out + 1] = { code }
+  else
+    drop_lease(id, ARGV[i])
+    local k = adk(id)
+    redis.call('HSET', k, 'st', 3, 'fin', now, 'an', ARGV[i + 1])
+    redis.call('EXPIRE', k, ttl)
+    notify(id)
+    done = done + 1
+    out[#out + 1] = { 0, redis.call('HGET', k, 'trace') or '' }
+  end
+end
+if done > 0 then
+  redis.call('INCRBY', P .. ':done', done)
+  local sec = P .. ':done:' .. math.floor(now / 1000)
+  redis.call('INCRBY', sec, done)
+  redis.call('EXPIRE', sec, 120)
 end
 return out
 "#;
