@@ -214,9 +214,9 @@ pub struct DedupConfig {
     pub enabled: bool,
     /// How long an accepted id is remembered, in seconds (default 600).
     pub window_secs: u64,
-    /// Keep the ids in Redis (`storage.redis.url`), shared by every gateway, instead of in
-    /// this gateway's memory (default false).
-    pub shared: bool,
+    /// Keep the ids in Redis (`storage.redis`), shared by every gateway, instead of in this
+    /// gateway's memory. Unset (the default): on exactly when the storage backend is redis.
+    pub shared: Option<bool>,
     /// Most ids remembered (about 40-70 bytes each with hash-table slack; default 500000).
     /// When reached, the
     /// oldest ids are forgotten early and counted as early evictions.
@@ -225,7 +225,7 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self { enabled: true, shared: false, window_secs: 600, max_ids: 500_000 }
+        Self { enabled: true, shared: None, window_secs: 600, max_ids: 500_000 }
     }
 }
 

@@ -83,6 +83,28 @@ async fn rebuild(
     }
 }
 
+/// The queue settings with `auto` resolved: the queue lives where the events do, on the
+/// same server (so several gateways on one backend share everything).
+fn queue_config(cfg: &Config) -> adflow_queue::QueueConfig {
+    let mut q = cfg.queue.clone();
+    if q.backend == QueueBackend::Auto {
+        match cfg.storage.backend {
+            adflow_store::Backend::File => q.backend = QueueBackend::Embedded,
+            adflow_store::Backend::Redis => {
+                q.backend = QueueBackend::Redis;
+                q.redis.url = cfg.storage.redis.url.clone();
+                q.redis.cluster_nodes = cfg.storage.redis.cluster_nodes.clone();
+            }
+            adflow_store::Backend::Mongodb => {
+                q.backend = QueueBackend::Mongodb;
+                q.mongodb.uri = cfg.storage.mongodb.uri.clone();
+                q.mongodb.database = cfg.storage.mongodb.database.clone();
+            }
+        }
+    }
+    q
+}
+
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for s in SERVICES {
         reporter.set_service_status(s, status).await;
@@ -189,9 +211,10 @@ pub async fn serve(
         None => Arc::new(Local(analytics.clone())),
     };
     let d = &cfg.ingest.dedup;
+    let share_ids = d.shared.unwrap_or(cfg.storage.backend == adflow_store::Backend::Redis);
     let dedup =
-        (d.enabled && !d.shared).then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
-    let shared = if d.enabled && d.shared {
+        (d.enabled && !share_ids).then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
+    let shared = if d.enabled && share_ids {
         let s = crate::shared_dedup::SharedDedup::connect(
             &cfg.storage.redis.target(),
             "{adflow}:dedup:",
@@ -223,8 +246,9 @@ pub async fn serve(
         dedup.clone(),
         shared,
     ));
-    let qcfg = cfg.queue.clone();
+    let qcfg = queue_config(&cfg);
     let queue: Arc<dyn AdQueue> = match qcfg.backend {
+        QueueBackend::Auto => unreachable!("queue_config resolves auto"),
         QueueBackend::Embedded => Arc::new(
             tokio::task::spawn_blocking(move || EmbeddedQueue::open(&qcfg))
                 .await?

@@ -138,6 +138,11 @@ async fn commands_change_the_queue_dry_runs_do_not_and_the_audit_log_survives_a_
         .into_inner();
     assert_eq!(rest.commands.len(), 7, "11 executions audited in all (refused texts are not executions)");
     assert!(rest.commands.last().unwrap().dry_run);
+    // What the agent changed at run time outlives the restart: the policy and the pause.
+    let mut q = pb::queue_control_client::QueueControlClient::new(c.channel());
+    assert!(!q.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner().anti_starvation);
+    assert!(peek(&c).await.is_empty(), "priority 2 is still paused");
+    exec(&c, "resume priority 2", false).await.unwrap();
     assert_eq!(
         peek(&c).await,
         vec![("puzzle".to_string(), 2)],

@@ -39,7 +39,7 @@ async fn dedup_holds_across_two_gateways_sharing_redis() {
             ..Default::default()
         };
         cfg.storage.resilience.spill_dir = dir.join(name).join("spill");
-        cfg.ingest.dedup.shared = true;
+        cfg.ingest.dedup.shared = Some(true);
         TestGateway::start(cfg)
     };
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +134,7 @@ async fn two_gateways_share_one_redis_for_events_dedup_counters_and_queue() {
             stream_key: format!("{{adflow-test-{run}}}:events"),
             ..Default::default()
         };
-        cfg.ingest.dedup.shared = true;
+        cfg.ingest.dedup.shared = Some(true);
         cfg.queue.backend = QueueBackend::Redis;
         cfg.queue.redis = RedisQueueConfig {
             url: url.clone(),
@@ -177,7 +177,7 @@ async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue(
             stream_key: format!("{{adflow-test-{run}}}:events"),
             ..Default::default()
         };
-        cfg.ingest.dedup.shared = true;
+        cfg.ingest.dedup.shared = Some(true);
         cfg.queue.backend = QueueBackend::Redis;
         cfg.queue.redis = RedisQueueConfig {
             cluster_nodes: nodes.clone(),

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueBackend {
-    /// redb file in the gateway process.
+    /// Follows `storage.backend` (file: embedded) and uses its server settings.
     #[default]
+    Auto,
+    /// redb file in the gateway process.
     Embedded,
     /// Redis (or Redis Cluster), shared by every gateway.
     Redis,
@@ -21,8 +23,8 @@ pub enum QueueBackend {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Where the queue lives: "embedded" (redb file, one gateway; default), "redis" or
-    /// "mongodb" (shared by every gateway on the same server).
+    /// Where the queue lives: "auto" (default: where the events are, on the same server),
+    /// "embedded" (redb file, one gateway), "redis" or "mongodb" (shared by every gateway).
     pub backend: QueueBackend,
     /// Settings of the redis queue.
     pub redis: crate::redis_queue::RedisQueueConfig,
@@ -47,7 +49,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            backend: QueueBackend::Embedded,
+            backend: QueueBackend::Auto,
             redis: Default::default(),
             mongodb: Default::default(),
             path: PathBuf::from("data/queue.redb"),
