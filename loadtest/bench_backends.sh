@@ -69,14 +69,20 @@ gateway file 50571
 ingest "file backend (fsync per commit)" 50571 -c 8 --connections 4 --batch-size 1000
 stop_gw $GP
 
+R=(ADFLOW_STORAGE__BACKEND=redis ADFLOW_STORAGE__REDIS__URL=$RURL)
 redis-cli -p $RP FLUSHALL >/dev/null
-gateway redis-plain 50572 ADFLOW_STORAGE__BACKEND=redis ADFLOW_STORAGE__REDIS__URL=$RURL ADFLOW_ANALYTICS__SHARED=false
-ingest "redis backend, events only (analytics in gateway memory)" 50572 -c 8 --connections 4 --batch-size 1000
+gateway redis-plain 50572 "${R[@]}" ADFLOW_ANALYTICS__SHARED=false ADFLOW_INGEST__DEDUP__SHARED=false
+ingest "redis backend, events only (dedup and analytics in gateway memory: one gateway)" 50572 -c 8 --connections 4 --batch-size 1000
 stop_gw $GP
 
 redis-cli -p $RP FLUSHALL >/dev/null
-gateway redis-shared 50573 ADFLOW_STORAGE__BACKEND=redis ADFLOW_STORAGE__REDIS__URL=$RURL
+gateway redis-counters 50573 "${R[@]}" ADFLOW_INGEST__DEDUP__SHARED=false
 ingest "redis backend, events + shared analytics counters in the same MULTI/EXEC" 50573 -c 8 --connections 4 --batch-size 1000
+stop_gw $GP
+
+redis-cli -p $RP FLUSHALL >/dev/null
+gateway redis-shared 50577 "${R[@]}"
+ingest "redis backend, defaults for several gateways: events + counters + shared dedup (SET NX EX per event)" 50577 -c 8 --connections 4 --batch-size 1000
 stop_gw $GP
 
 raw_xadd
@@ -95,7 +101,11 @@ c0=$(( $(cpu $GA) + $(cpu $GB) )); r0=$(cpu $REDIS); t0=$(date +%s.%N)
 c1=$(( $(cpu $GA) + $(cpu $GB) )); r1=$(cpu $REDIS); t1=$(date +%s.%N)
 awk -v a="$c0" -v b="$c1" -v ra="$r0" -v rb="$r1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
   'BEGIN{printf "  CPU: both gateways %.2f cores, redis-server %.2f cores\n", (b-a)/hz/(e-s), (rb-ra)/hz/(e-s)}'
-echo "== e2e at about half that rate (latency)"
-"$L" e2e --addr 127.0.0.1:50575,127.0.0.1:50576 -c 16 --connections 4 --batch-size 20 --rate "${HALF_RATE:-6000}" --duration "$DUR" --warmup 1 --workers 4 --quiet
+echo "== e2e at about half that rate (latency), fresh queue"
+stop_gw $GA; stop_gw $GB
+redis-cli -p $RP FLUSHALL >/dev/null
+gateway e2e-c 50578 "${Q[@]}"; GA=$GP
+gateway e2e-d 50579 "${Q[@]}"; GB=$GP
+"$L" e2e --addr 127.0.0.1:50578,127.0.0.1:50579 -c 16 --connections 4 --batch-size 20 --rate "${HALF_RATE:-6000}" --duration "$DUR" --warmup 1 --workers 4 --quiet
 stop_gw $GA; stop_gw $GB
 rm -rf "$TMP"
