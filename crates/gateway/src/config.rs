@@ -179,6 +179,9 @@ pub struct IngestConfig {
     pub max_batch_delay_ms: u64,
     /// Batches a StreamEvents call may have awaiting their ack (default 32).
     pub stream_max_inflight: usize,
+    /// Store commits in flight at once (0, the default: 1 for the file backend, whose
+    /// commits are fsync-bound, 4 for remote backends, whose commits are round-trip-bound).
+    pub commits_in_flight: u32,
     /// Store write attempts before durable requests fail with UNAVAILABLE (default 5).
     pub store_retry_attempts: u32,
     /// First retry backoff in ms, doubled per attempt with jitter (default 20).
@@ -198,6 +201,7 @@ impl Default for IngestConfig {
             max_batch_events: 8_192,
             max_batch_delay_ms: 0,
             stream_max_inflight: 32,
+            commits_in_flight: 0,
             store_retry_attempts: 5,
             store_retry_base_ms: 20,
             store_retry_max_ms: 2_000,
@@ -316,6 +320,9 @@ impl Config {
         }
         if i.max_batch_events == 0 {
             return Err(invalid("ingest.max_batch_events", "must be > 0"));
+        }
+        if i.commits_in_flight > 64 {
+            return Err(invalid("ingest.commits_in_flight", "must be at most 64"));
         }
         if i.stream_max_inflight == 0 {
             return Err(invalid("ingest.stream_max_inflight", "must be > 0"));

@@ -143,6 +143,7 @@ impl Pipeline {
         let counters = Arc::new(Counters::default());
         let room = Arc::new(Semaphore::new(cfg.queue_capacity_events));
         let max_batch = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.max_batch_events));
+        let store_is_file = store.backend() == "file";
         let parts = batcher::Parts {
             cfg: cfg.clone(),
             store,
@@ -151,6 +152,11 @@ impl Pipeline {
             shared: shared.clone(),
             counters: counters.clone(),
             max_batch: max_batch.clone(),
+            in_flight: match cfg.commits_in_flight {
+                0 if store_is_file => 1,
+                0 => 4,
+                n => n,
+            },
         };
         let batcher = batcher::spawn(parts, rx);
         Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch }

@@ -1,8 +1,11 @@
 //! The batcher: the single task that turns queued submissions into store commits.
 //! It gathers whatever is queued (up to `max_batch_events`, waiting at most
 //! `max_batch_delay_ms` for more), appends it as one commit, and then answers every
-//! durable waiter of that commit at once. While one commit is in flight the next batch
-//! accumulates in the channel, so the batch size adapts to the load by itself.
+//! durable waiter of that commit at once. While commits are in flight the next batch
+//! accumulates in the channel, so the batch size adapts to the load by itself. The file
+//! store commits one batch at a time (one fsync each); a remote backend may have several
+//! commits in flight (`ingest.commits_in_flight`), so the network round trip of one commit
+//! overlaps the next instead of capping the rate.
 //!
 //! A failed write is retried with exponential backoff and jitter. When the retry budget
 //! is spent, durable requests are failed (their clients retry, and their ids are removed
@@ -15,11 +18,11 @@ use adflow_domain::analytics::Analytics;
 use adflow_domain::dedup::DedupWindow;
 use adflow_domain::{StoredEvent, now_ms};
 use adflow_store::EventStore;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -52,8 +55,11 @@ struct Batcher {
     dedup: Option<Arc<DedupWindow>>,
     shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
-    stopping: bool,
+    stopping: AtomicBool,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
+    /// One permit per commit that may be in flight.
+    slots: Arc<Semaphore>,
+    in_flight: u32,
 }
 
 /// A submission's bookkeeping once its events moved into the batch.
@@ -73,6 +79,8 @@ pub(super) struct Parts {
     pub shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     pub counters: Arc<Counters>,
     pub max_batch: Arc<std::sync::atomic::AtomicUsize>,
+    /// Commits that may be in flight at once (>= 1).
+    pub in_flight: u32,
 }
 
 pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
@@ -84,17 +92,19 @@ pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
         dedup: p.dedup,
         shared: p.shared,
         counters: p.counters,
-        stopping: false,
+        stopping: AtomicBool::new(false),
         max_batch: p.max_batch,
+        slots: Arc::new(Semaphore::new(p.in_flight.max(1) as usize)),
+        in_flight: p.in_flight.max(1),
     };
-    let join = tokio::spawn(b.run(rx, stop_rx));
+    let join = tokio::spawn(Arc::new(b).run(rx, stop_rx));
     Handle { stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
 }
 
 impl Batcher {
-    async fn run(mut self, mut rx: mpsc::Receiver<Submission>, mut stop: oneshot::Receiver<()>) {
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Submission>, mut stop: oneshot::Receiver<()>) {
         loop {
-            let first = if self.stopping {
+            let first = if self.stopping.load(Ordering::Relaxed) {
                 rx.recv().await
             } else {
                 tokio::select! {
@@ -102,7 +112,7 @@ impl Batcher {
                     s = rx.recv() => s,
                     _ = &mut stop => {
                         // No new submissions; everything already queued is still written.
-                        self.stopping = true;
+                        self.stopping.store(true, Ordering::Relaxed);
                         rx.close();
                         continue;
                     }
@@ -110,8 +120,20 @@ impl Batcher {
             };
             let Some(first) = first else { break };
             let batch = self.gather(first, &mut rx).await;
-            self.commit(batch).await;
+            let stopping = self.stopping.load(Ordering::Relaxed);
+            if self.in_flight == 1 {
+                self.commit(batch, stopping).await;
+            } else {
+                let Ok(slot) = self.slots.clone().acquire_owned().await else { break };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.commit(batch, stopping).await;
+                    drop(slot);
+                });
+            }
         }
+        // Every commit in flight has finished once all slots are free again.
+        let _ = self.slots.acquire_many(self.in_flight).await;
         tracing::debug!("batcher drained and stopped");
     }
 
@@ -124,7 +146,7 @@ impl Batcher {
         while n < max {
             let next = match rx.try_recv() {
                 Ok(s) => Some(s),
-                Err(TryRecvError::Empty) if !delay.is_zero() && !self.stopping => {
+                Err(TryRecvError::Empty) if !delay.is_zero() && !self.stopping.load(Ordering::Relaxed) => {
                     tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
                 }
                 Err(_) => None,
@@ -136,7 +158,9 @@ impl Batcher {
         subs
     }
 
-    async fn commit(&self, subs: Vec<Submission>) {
+    /// Commits one batch; `stopping` says whether it was gathered during shutdown (it then
+    /// gives up on a dead store after twice the retry budget).
+    async fn commit(&self, subs: Vec<Submission>, stopping: bool) {
         let total = subs.iter().map(|s| s.events.len()).sum();
         let mut events: Vec<StoredEvent> = Vec::with_capacity(total);
         let mut waiters = Vec::with_capacity(subs.len());
@@ -176,7 +200,7 @@ impl Batcher {
                     return;
                 }
             }
-            if self.stopping && attempt >= 2 * self.cfg.store_retry_attempts {
+            if stopping && attempt >= 2 * self.cfg.store_retry_attempts {
                 tracing::error!(
                     events = events.len(),
                     "shutting down with a failing store: accepted-mode events were NOT stored"
