@@ -63,7 +63,15 @@ async fn rebuild(
     let mut cursor = None;
     let mut n = 0u64;
     loop {
-        let page = store.scan(cursor, REBUILD_PAGE).await.context("reading the event store at start")?;
+        // Analytics need every event; the dedup window only the recent ones.
+        let since = match (analytics, dedup) {
+            (None, Some(d)) => now - d.window_ms(),
+            _ => i64::MIN,
+        };
+        let page = store
+            .scan_since(since, cursor, REBUILD_PAGE)
+            .await
+            .context("reading the event store at start")?;
         n += page.events.len() as u64;
         if let Some(d) = dedup {
             let since = now - d.window_ms();

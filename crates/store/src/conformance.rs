@@ -64,6 +64,7 @@ pub async fn run_all(h: &dyn Harness) {
     paged_scans_see_each_event_once(h).await;
     committed_events_survive_a_reopen(h).await;
     a_healthy_store_says_so(h).await;
+    a_scan_since_keeps_every_recent_event(h).await;
 }
 
 /// A new store has no events.
@@ -115,5 +116,37 @@ pub async fn a_healthy_store_says_so(h: &dyn Harness) {
     let s = h.fresh().await;
     assert!(s.health().await.ok, "a fresh store is unhealthy: {:?}", s.health().await);
     assert!(!s.backend().is_empty());
+    s.close().await.expect("close");
+}
+
+/// `scan_since` may skip older events but never one received at or after `since`.
+pub async fn a_scan_since_keeps_every_recent_event(h: &dyn Harness) {
+    let s = h.fresh().await;
+    let now = adflow_domain::now_ms();
+    // Received over the last 10 minutes, one every 10 s.
+    let evs: Vec<_> = (0..60u64)
+        .map(|i| {
+            let mut e = sample(i);
+            e.received_at_ms = now - 600_000 + i as i64 * 10_000;
+            e
+        })
+        .collect();
+    s.append(&evs).await.expect("append");
+    let since = now - 120_000;
+    let mut got = Vec::new();
+    let mut cur = None;
+    loop {
+        let p = s.scan_since(since, cur, 7).await.expect("scan_since");
+        got.extend(p.events);
+        match p.next {
+            Some(c) => cur = Some(c),
+            None => break,
+        }
+    }
+    let recent: Vec<_> = evs.iter().filter(|e| e.received_at_ms >= since).cloned().collect();
+    assert!(recent.len() >= 10);
+    for e in &recent {
+        assert!(got.contains(e), "scan_since dropped an event received at {}", e.received_at_ms);
+    }
     s.close().await.expect("close");
 }

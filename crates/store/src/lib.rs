@@ -101,6 +101,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads up to `limit` committed events in commit order, starting at `from` (the
     /// beginning when `None`).
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page>;
+    /// Like `scan`, but a backend may skip events received before `since_ms` (the start-up
+    /// rebuild of the dedup window needs only those). The default reads everything.
+    async fn scan_since(&self, since_ms: i64, from: Option<Cursor>, limit: usize) -> Result<Page> {
+        let _ = since_ms;
+        self.scan(from, limit).await
+    }
     /// The store's health, for grpc.health.v1.
     async fn health(&self) -> Health;
     /// Flushes and releases resources; later appends fail with `Closed`.

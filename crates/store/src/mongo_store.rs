@@ -239,7 +239,12 @@ impl EventStore for MongoStore {
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {
+        self.scan_since(i64::MIN, from, limit).await
+    }
+
+    async fn scan_since(&self, since_ms: i64, from: Option<Cursor>, limit: usize) -> Result<Page> {
         let filter = match &from {
+            None if since_ms > i64::MIN => doc! {"r": {"$gte": since_ms}},
             None => doc! {},
             Some(c) => {
                 let (r, id) = c.0.split_once(':').ok_or_else(|| StoreError::BadCursor(c.0.clone()))?;

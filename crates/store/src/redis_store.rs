@@ -112,8 +112,14 @@ impl EventStore for RedisStore {
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {
+        self.scan_since(i64::MIN, from, limit).await
+    }
+
+    /// Entry ids are the server's clock in ms, close to the receive time: start there.
+    async fn scan_since(&self, since_ms: i64, from: Option<Cursor>, limit: usize) -> Result<Page> {
         let start = match &from {
             Some(c) => format!("({}", c.0),
+            None if since_ms > 0 => format!("{}-0", since_ms.saturating_sub(60_000)),
             None => "-".into(),
         };
         let mut con = self.con.clone();

@@ -250,6 +250,10 @@ impl EventStore for Resilient {
         self.backend.scan(from, limit).await
     }
 
+    async fn scan_since(&self, since_ms: i64, from: Option<Cursor>, limit: usize) -> Result<Page> {
+        self.backend.scan_since(since_ms, from, limit).await
+    }
+
     async fn health(&self) -> Health {
         let b = self.backend.health().await;
         let pending = self.spill.lock().await.pending;
