@@ -87,7 +87,7 @@ stop_gw $GP
 
 raw_xadd
 
-gateway mongo 50574 ADFLOW_STORAGE__BACKEND=mongodb ADFLOW_STORAGE__MONGODB__URI="$MURI"
+gateway mongo 50574 ADFLOW_STORAGE__BACKEND=mongodb ADFLOW_STORAGE__MONGODB__URI="$MURI" ADFLOW_STORAGE__MONGODB__DATABASE="bench_$$_$(date +%s)"
 ingest "mongodb backend (nx-27017 wire server on SQLite)" 50574 -c 4 --connections 4 --batch-size 500
 stop_gw $GP
 
