@@ -212,19 +212,16 @@ impl Kind {
 
 /// Counters of one batch, summed per (kind, id, minute index): what a shared backend adds
 /// to its minute bucket and to the hour bucket holding that minute.
-pub fn aggregate(events: &[StoredEvent]) -> StdHashMap<(Kind, String, i64), Counters> {
-    let mut out: StdHashMap<(Kind, String, i64), Counters> = StdHashMap::new();
+/// Ids are borrowed from the events (no allocation per event).
+pub fn aggregate(events: &[StoredEvent]) -> HashMap<(Kind, &[u8], i64), Counters> {
+    let mut out: HashMap<(Kind, &[u8], i64), Counters> = HashMap::default();
     for s in events {
         let Ok(e) = Facts::parse(&s.raw) else { continue };
         let minute = e.timestamp_ms.div_euclid(MINUTE);
-        let mut add = |k: Kind, id: &[u8]| {
-            let id = String::from_utf8_lossy(id).into_owned();
-            out.entry((k, id, minute)).or_default().add_event(&e);
-        };
-        add(Kind::All, b"");
-        add(Kind::Ad, e.ad_id);
+        out.entry((Kind::All, &[][..], minute)).or_default().add_event(&e);
+        out.entry((Kind::Ad, e.ad_id, minute)).or_default().add_event(&e);
         if !e.campaign_id.is_empty() {
-            add(Kind::Campaign, e.campaign_id);
+            out.entry((Kind::Campaign, e.campaign_id, minute)).or_default().add_event(&e);
         }
     }
     out

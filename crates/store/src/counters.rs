@@ -93,6 +93,7 @@ impl RedisCounters {
     pub fn add_to(&self, p: &mut redis::Pipeline, events: &[StoredEvent]) {
         let mut expiries: HashMap<String, i64> = HashMap::new();
         for ((kind, id, minute), c) in aggregate(events) {
+            let id = String::from_utf8_lossy(id);
             let hour = minute.div_euclid(MINUTES_PER_HOUR);
             let (mk, hk) = (self.minute_key(minute), self.hour_key(hour));
             for key in [&mk, &hk] {
