@@ -105,6 +105,8 @@ struct Inner {
     instance: String,
     signal: watch::Sender<u64>,
     watchers: Watchers,
+    /// When the per-second completion counts were last trimmed, Unix s.
+    trimmed: std::sync::atomic::AtomicI64,
 }
 
 /// The queue shared through MongoDB.
@@ -378,6 +380,7 @@ impl MongoQueue {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             signal: watch::channel(0).0,
             watchers: Mutex::new(HashMap::new()),
+            trimmed: std::sync::atomic::AtomicI64::new(0),
         });
         let poller = tokio::spawn(poll(Arc::downgrade(&inner)));
         tracing::info!(database = %mcfg.database, "mongodb ad queue ready");
@@ -787,6 +790,15 @@ impl AdQueue for MongoQueue {
     }
 
     async fn expire(&self, now: i64) -> Vec<Expired> {
+        // Completions per second are only read for the last minute: trim once a minute.
+        let sec = now / 1000;
+        let last = self.inner.trimmed.load(std::sync::atomic::Ordering::Relaxed);
+        if sec - last >= 60 {
+            self.inner.trimmed.store(sec, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = self.inner.done.delete_many(doc! {"_id": {"$lt": sec - 120}}).await {
+                tracing::warn!(error = %e, "trimming old completion counts failed");
+            }
+        }
         let run = async {
             let pol = self.inner.policy().await?;
             let mut cur = self
