@@ -427,6 +427,7 @@ mod tests {
         assert_eq!(cfg.server.listen.port(), 50051);
         assert_eq!(cfg.tracing.otlp_endpoint, "http://jaeger:4317");
         assert_eq!(cfg.workers.in_process, 0);
+        assert_eq!(cfg.storage.backend, adflow_store::Backend::Redis, "compose runs on its Redis");
         assert!(cfg.auth.enabled);
         let authz = crate::auth::Authz::new(&cfg.auth, &[]);
         let mut h = http::HeaderMap::new();
