@@ -103,10 +103,7 @@ pub(crate) fn is_final(s: i32) -> bool {
 
 impl State {
     fn rules(&self) -> Rules {
-        Rules {
-            anti_starvation: self.policy.anti_starvation,
-            aging_step_ms: self.policy.aging_step_seconds as i64 * 1000,
-        }
+        policy::rules(&self.policy)
     }
 
     fn deadline(&self, ad: &pb::Ad) -> i64 {
@@ -141,21 +138,8 @@ impl State {
     fn snapshot(&self, ad: &pb::Ad, now: i64) -> pb::Ad {
         let mut a = ad.clone();
         let key = parse_id(&ad.id).unwrap_or_default();
-        let status = AdStatus::try_from(ad.status).unwrap_or(AdStatus::Unspecified);
-        a.queue_position = if status == AdStatus::Queued { self.index.position(key).unwrap_or(0) } else { 0 };
-        a.wait_ms = match status {
-            AdStatus::Queued => now - ad.enqueued_at_ms,
-            _ if ad.started_at_ms > 0 => ad.started_at_ms - ad.enqueued_at_ms,
-            _ => 0,
-        }
-        .max(0);
-        let per_s = self.rate.last_minute(now) as f64 / 60.0;
-        a.estimated_completion_ms = match status {
-            AdStatus::Queued | AdStatus::Processing if per_s > 0.0 => {
-                ((a.queue_position + 1) as f64 / per_s * 1000.0) as i64
-            }
-            _ => 0,
-        };
+        let position = self.index.position(key).unwrap_or(0);
+        crate::fill_computed(&mut a, position, self.rate.last_minute(now) as f64 / 60.0, now);
         a
     }
 
@@ -637,15 +621,7 @@ impl AdQueue for EmbeddedQueue {
             .into_iter()
             .filter_map(|p| {
                 let spec = st.ads.get(&p.key)?.ad.spec.clone().unwrap_or_default();
-                Some(pb::QueuedAd {
-                    id: uuid::Uuid::from_u128(p.key).to_string(),
-                    priority: p.priority as u32,
-                    effective_priority: p.effective as u32,
-                    overdue: p.overdue,
-                    wait_ms: (now - p.enqueued_at).max(0),
-                    title: spec.title,
-                    game_family: spec.game_family,
-                })
+                Some(crate::queued_ad(&p, uuid::Uuid::from_u128(p.key).to_string(), spec, now))
             })
             .collect())
     }

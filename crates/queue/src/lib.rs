@@ -19,7 +19,7 @@ pub use mongo_queue::{MongoQueue, MongoQueueConfig};
 pub use policy::QueueConfig;
 pub use redis_queue::{RedisQueue, RedisQueueConfig};
 
-use adflow_proto::v1 as pb;
+use adflow_proto::v1::{self as pb, AdStatus};
 use async_trait::async_trait;
 use index::PartitionMask;
 use tokio::sync::{mpsc, watch};
@@ -106,6 +106,44 @@ pub struct Expired {
     pub dead_lettered: bool,
     /// W3C trace context of the submission.
     pub traceparent: String,
+}
+
+/// Whether an ad's status counts toward an estimated completion (queued or leased).
+pub(crate) fn is_pending(status: i32) -> bool {
+    matches!(AdStatus::try_from(status), Ok(AdStatus::Queued | AdStatus::Processing))
+}
+
+/// Fills an ad's computed fields, the same way in every backend: its queue position
+/// (queued ads only), how long it waited, and the estimated time to completion from the
+/// completions per second over the last minute (`per_s`).
+pub(crate) fn fill_computed(ad: &mut pb::Ad, position: u64, per_s: f64, now: i64) {
+    let status = AdStatus::try_from(ad.status).unwrap_or(AdStatus::Unspecified);
+    ad.queue_position = if status == AdStatus::Queued { position } else { 0 };
+    ad.wait_ms = match status {
+        AdStatus::Queued => now - ad.enqueued_at_ms,
+        _ if ad.started_at_ms > 0 => ad.started_at_ms - ad.enqueued_at_ms,
+        _ => 0,
+    }
+    .max(0);
+    ad.estimated_completion_ms = if is_pending(ad.status) { eta_ms(ad.queue_position, per_s) } else { 0 };
+}
+
+/// Estimated ms until the ad `position` places from the front is done (0: no rate yet).
+pub(crate) fn eta_ms(position: u64, per_s: f64) -> i64 {
+    if per_s > 0.0 { ((position + 1) as f64 / per_s * 1000.0) as i64 } else { 0 }
+}
+
+/// A peek pick as the operator sees it.
+pub(crate) fn queued_ad(p: &index::Pick, id: String, spec: pb::AdSpec, now: i64) -> pb::QueuedAd {
+    pb::QueuedAd {
+        id,
+        priority: p.priority as u32,
+        effective_priority: p.effective as u32,
+        overdue: p.overdue,
+        wait_ms: (now - p.enqueued_at).max(0),
+        title: spec.title,
+        game_family: spec.game_family,
+    }
 }
 
 /// The queue contract shared by every backend: submission and reads, worker leases, and

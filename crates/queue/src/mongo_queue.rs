@@ -191,22 +191,9 @@ impl Inner {
 
     async fn snapshot(&self, d: &Document, now: i64) -> Result<pb::Ad, QueueError> {
         let mut ad = to_ad(d);
-        let status = AdStatus::try_from(ad.status).unwrap_or(AdStatus::Unspecified);
-        if status == AdStatus::Queued {
-            ad.queue_position = self.position(&ad, geti(d, "seq")).await?;
-        }
-        ad.wait_ms = match status {
-            AdStatus::Queued => now - ad.enqueued_at_ms,
-            _ if ad.started_at_ms > 0 => ad.started_at_ms - ad.enqueued_at_ms,
-            _ => 0,
-        }
-        .max(0);
-        if matches!(status, AdStatus::Queued | AdStatus::Processing) {
-            let per_s = self.rate(now).await? as f64 / 60.0;
-            if per_s > 0.0 {
-                ad.estimated_completion_ms = ((ad.queue_position + 1) as f64 / per_s * 1000.0) as i64;
-            }
-        }
+        let position = if ad.status == QUEUED { self.position(&ad, geti(d, "seq")).await? } else { 0 };
+        let per_s = if crate::is_pending(ad.status) { self.rate(now).await? as f64 / 60.0 } else { 0.0 };
+        crate::fill_computed(&mut ad, position, per_s, now);
         Ok(ad)
     }
 
@@ -444,11 +431,7 @@ impl MongoQueue {
                 add(d, &mut index);
             }
         }
-        let rules = Rules {
-            anti_starvation: pol.anti_starvation,
-            aging_step_ms: pol.aging_step_seconds as i64 * 1000,
-        };
-        Ok((index, rules, docs))
+        Ok((index, policy::rules(&pol), docs))
     }
 
     async fn try_lease(
@@ -558,7 +541,7 @@ impl AdQueue for MongoQueue {
         let per_s = self.inner.rate(now).await? as f64 / 60.0;
         if per_s > 0.0 {
             for r in &mut out {
-                r.estimated_completion_ms = ((r.queue_position + 1) as f64 / per_s * 1000.0) as i64;
+                r.estimated_completion_ms = crate::eta_ms(r.queue_position, per_s);
             }
         }
         self.inner.bump().await;
@@ -894,16 +877,7 @@ impl AdQueue for MongoQueue {
             .into_iter()
             .filter_map(|p| {
                 let ad = to_ad(docs.get(&p.key)?);
-                let spec = ad.spec.unwrap_or_default();
-                Some(pb::QueuedAd {
-                    id: ad.id,
-                    priority: p.priority as u32,
-                    effective_priority: p.effective as u32,
-                    overdue: p.overdue,
-                    wait_ms: (now - p.enqueued_at).max(0),
-                    title: spec.title,
-                    game_family: spec.game_family,
-                })
+                Some(crate::queued_ad(&p, ad.id, ad.spec.unwrap_or_default(), now))
             })
             .collect())
     }

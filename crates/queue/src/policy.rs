@@ -76,6 +76,14 @@ impl QueueConfig {
     }
 }
 
+/// The scheduling rules of a policy.
+pub fn rules(p: &pb::Policy) -> crate::index::Rules {
+    crate::index::Rules {
+        anti_starvation: p.anti_starvation,
+        aging_step_ms: p.aging_step_seconds as i64 * 1000,
+    }
+}
+
 /// Checks a policy; the error names the field.
 pub fn check(p: &pb::Policy) -> Result<(), (&'static str, String)> {
     if !(1..=86_400).contains(&p.max_wait_seconds) {

@@ -10,7 +10,7 @@
 
 mod scripts;
 
-use crate::index::{Index, MAX_PRIORITY, PartitionMask, Rules};
+use crate::index::{Index, MAX_PRIORITY, PartitionMask};
 use crate::policy::{self, QueueConfig};
 use crate::{AdQueue, Expired, FamilyStats, Leased, QueueError};
 use adflow_proto::v1::{self as pb, AdStatus};
@@ -221,21 +221,8 @@ impl Inner {
 
     /// Fills the computed fields of an ad.
     async fn snapshot(&self, mut ad: pb::Ad, position: i64, now: i64) -> pb::Ad {
-        let status = AdStatus::try_from(ad.status).unwrap_or(AdStatus::Unspecified);
-        ad.queue_position = if status == AdStatus::Queued { position.max(0) as u64 } else { 0 };
-        ad.wait_ms = match status {
-            AdStatus::Queued => now - ad.enqueued_at_ms,
-            _ if ad.started_at_ms > 0 => ad.started_at_ms - ad.enqueued_at_ms,
-            _ => 0,
-        }
-        .max(0);
-        ad.estimated_completion_ms = match status {
-            AdStatus::Queued | AdStatus::Processing => {
-                let per_s = self.rate(now).await;
-                if per_s > 0.0 { ((ad.queue_position + 1) as f64 / per_s * 1000.0) as i64 } else { 0 }
-            }
-            _ => 0,
-        };
+        let per_s = if crate::is_pending(ad.status) { self.rate(now).await } else { 0.0 };
+        crate::fill_computed(&mut ad, position.max(0) as u64, per_s, now);
         ad
     }
 
@@ -472,11 +459,7 @@ impl AdQueue for RedisQueue {
                     id,
                     status: AdStatus::Queued as i32,
                     queue_position,
-                    estimated_completion_ms: if per_s > 0.0 {
-                        ((queue_position + 1) as f64 / per_s * 1000.0) as i64
-                    } else {
-                        0
-                    },
+                    estimated_completion_ms: crate::eta_ms(queue_position, per_s),
                 }
             })
             .collect())
@@ -788,24 +771,13 @@ impl AdQueue for RedisQueue {
             let spec = pb::Ad::decode(raw.as_slice()).ok().and_then(|a| a.spec).unwrap_or_default();
             info.insert(key, (id, spec));
         }
-        let rules = Rules {
-            anti_starvation: pol.anti_starvation,
-            aging_step_ms: pol.aging_step_seconds as i64 * 1000,
-        };
+        let rules = policy::rules(&pol);
         Ok(index
             .peek(n, now, rules)
             .into_iter()
             .filter_map(|p| {
                 let (id, spec) = info.remove(&p.key)?;
-                Some(pb::QueuedAd {
-                    id,
-                    priority: p.priority as u32,
-                    effective_priority: p.effective as u32,
-                    overdue: p.overdue,
-                    wait_ms: (now - p.enqueued_at).max(0),
-                    title: spec.title,
-                    game_family: spec.game_family,
-                })
+                Some(crate::queued_ad(&p, id, spec, now))
             })
             .collect())
     }
