@@ -13,6 +13,7 @@ pub mod journal;
 pub mod mongo_queue;
 pub mod policy;
 pub mod redis_queue;
+mod watchers;
 
 pub use embedded::EmbeddedQueue;
 pub use mongo_queue::{MongoQueue, MongoQueueConfig};

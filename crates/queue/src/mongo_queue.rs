@@ -15,6 +15,7 @@
 
 use crate::index::{Index, MAX_PRIORITY, PartitionMask, Rules};
 use crate::policy::{self, QueueConfig};
+use crate::watchers::Watchers;
 use crate::{AdQueue, Expired, FamilyStats, Leased, QueueError};
 use adflow_proto::v1::{self as pb, AdStatus};
 use futures::TryStreamExt;
@@ -24,7 +25,7 @@ use mongodb::{Collection, IndexModel};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -93,9 +94,6 @@ fn to_ad(d: &Document) -> pb::Ad {
     ad.analysis = (!an.is_empty()).then(|| pb::AnalysisResult::decode(an).ok()).flatten();
     ad
 }
-
-/// Per watched ad: the last status sent and the watchers.
-type Watchers = Mutex<HashMap<String, (i32, Vec<mpsc::Sender<pb::Ad>>)>>;
 
 struct Inner {
     ads: Collection<Document>,
@@ -266,35 +264,18 @@ impl Inner {
 
     /// Sends an ad's new status (from a change this gateway made) to its local watchers.
     async fn notify(&self, id: &str, status: i32) {
-        let watched = matches!(self.watchers.lock().unwrap_or_else(|p| p.into_inner()).get(id), Some((last, _)) if *last != status);
-        if !watched {
+        if !self.watchers.wants(id, status) {
             return;
         }
         let Ok(Some(d)) = self.ads.find_one(doc! {"_id": id}).await else { return };
         let Ok(mut ad) = self.snapshot(&d, adflow_domain::now_ms()).await else { return };
         ad.status = status;
-        self.deliver(id, ad);
-    }
-
-    fn deliver(&self, id: &str, ad: pb::Ad) {
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((last, ws)) = w.get_mut(id) {
-            if *last == ad.status {
-                return;
-            }
-            *last = ad.status;
-            let done = crate::embedded::is_final(ad.status);
-            ws.retain(|tx| tx.try_send(ad.clone()).is_ok() || !tx.is_closed());
-            if done || ws.is_empty() {
-                w.remove(id);
-            }
-        }
+        self.watchers.deliver(id, ad);
     }
 
     /// Sends statuses changed by other gateways to this gateway's watchers.
     async fn poll_watchers(&self) {
-        let ids: Vec<String> =
-            self.watchers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let ids = self.watchers.ids();
         if ids.is_empty() {
             return;
         }
@@ -303,12 +284,11 @@ impl Inner {
         while let Ok(Some(d)) = cur.try_next().await {
             let id = d.get_str("_id").unwrap_or_default().to_owned();
             let st = geti(&d, "st") as i32;
-            let changed = matches!(self.watchers.lock().unwrap_or_else(|p| p.into_inner()).get(&id), Some((last, _)) if *last != st);
-            if !changed {
+            if !self.watchers.wants(&id, st) {
                 continue;
             }
             let Ok(ad) = self.snapshot(&d, now).await else { continue };
-            self.deliver(&id, ad);
+            self.watchers.deliver(&id, ad);
         }
     }
 }
@@ -366,7 +346,7 @@ impl MongoQueue {
             audit,
             instance: uuid::Uuid::new_v4().simple().to_string(),
             signal: watch::channel(0).0,
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Watchers::default(),
             trimmed: std::sync::atomic::AtomicI64::new(0),
         });
         let poller = tokio::spawn(poll(Arc::downgrade(&inner)));
@@ -641,11 +621,7 @@ impl AdQueue for MongoQueue {
 
     async fn watch(&self, id: &str, now: i64) -> Result<(pb::Ad, mpsc::Receiver<pb::Ad>), QueueError> {
         let ad = self.get(id, now).await?;
-        let (tx, rx) = mpsc::channel(64);
-        if !crate::embedded::is_final(ad.status) {
-            let mut w = self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
-            w.entry(id.to_owned()).or_insert_with(|| (ad.status, Vec::new())).1.push(tx);
-        }
+        let rx = self.inner.watchers.register(&ad);
         Ok((ad, rx))
     }
 

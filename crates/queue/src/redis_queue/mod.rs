@@ -12,6 +12,7 @@ mod scripts;
 
 use crate::index::{Index, MAX_PRIORITY, PartitionMask};
 use crate::policy::{self, QueueConfig};
+use crate::watchers::Watchers;
 use crate::{AdQueue, Expired, FamilyStats, Leased, QueueError};
 use adflow_proto::v1::{self as pb, AdStatus};
 use adflow_store::redis_conn::{RedisConn, Target, connect};
@@ -118,9 +119,6 @@ type Fields = (
     Option<Vec<u8>>,
     Option<String>,
 );
-
-/// Per watched ad: the last status sent and the local watchers.
-type Watchers = Mutex<HashMap<String, (i32, Vec<mpsc::Sender<pb::Ad>>)>>;
 
 struct Inner {
     con: RedisConn,
@@ -271,23 +269,12 @@ impl Inner {
     /// change produced: the ad read back may already be further along, and every status
     /// must still be seen once, in order.
     async fn notify_watchers(&self, id: &str, status: i32) {
-        let has = self.watchers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id);
-        if !has {
+        if !self.watchers.wants(id, status) {
             return;
         }
         let Ok(mut ad) = self.get(id, now_ms()).await else { return };
         ad.status = status;
-        let done = crate::embedded::is_final(status);
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((last, ws)) = w.get_mut(id) {
-            if *last != status {
-                *last = status;
-                ws.retain(|tx| tx.try_send(ad.clone()).is_ok() || !tx.is_closed());
-            }
-            if done || ws.is_empty() {
-                w.remove(id);
-            }
-        }
+        self.watchers.deliver(id, ad);
     }
 }
 
@@ -365,7 +352,7 @@ impl RedisQueue {
             ttl: rcfg.finished_ttl_seconds.max(1),
             scripts: Scripts::new(),
             signal: watch::channel(0).0,
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Watchers::default(),
             rate: Mutex::new((i64::MIN / 2, 0.0)),
         });
         let p = cfg.policy();
@@ -592,12 +579,8 @@ impl AdQueue for RedisQueue {
             .query_async::<()>(&mut con)
             .await
             .map_err(backend)?;
-        let (tx, rx) = mpsc::channel(64);
         let ad = self.inner.get(id, now).await?;
-        if !crate::embedded::is_final(ad.status) {
-            let mut w = self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
-            w.entry(id.to_owned()).or_insert_with(|| (ad.status, Vec::new())).1.push(tx);
-        }
+        let rx = self.inner.watchers.register(&ad);
         Ok((ad, rx))
     }
 
