@@ -571,14 +571,11 @@ impl AdQueue for RedisQueue {
         check_id(id)?;
         // Mark the ad watched before reading it, so no change falls between the two.
         let mut con = self.inner.con.clone();
-        redis::cmd("SET")
-            .arg(self.inner.key(&format!("watch:{id}")))
-            .arg(1)
-            .arg("EX")
-            .arg(86_400)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(backend)?;
+        let mut p = redis::pipe();
+        for key in [self.inner.key(&format!("watch:{id}")), self.inner.key("watching")] {
+            p.cmd("SET").arg(key).arg(1).arg("EX").arg(86_400).ignore();
+        }
+        p.query_async::<()>(&mut con).await.map_err(backend)?;
         let ad = self.inner.get(id, now).await?;
         let rx = self.inner.watchers.register(&ad);
         Ok((ad, rx))

@@ -15,7 +15,8 @@
 //! - `P:dead` zset (score dead-at ms), `P:all` zset (score seq) of every ad for listing,
 //!   `P:paused` set, `P:policy` hash, `P:fam` hash of per-family counters,
 //!   `P:sumenq` sum of queued enqueue times, `P:done` and `P:done:<sec>` completions,
-//!   `P:audit` zset + `P:auditdata` hash, `P:watch:<id>` while a gateway watches an ad.
+//!   `P:audit` zset + `P:auditdata` hash, `P:watch:<id>` while a gateway watches an ad,
+//!   `P:watching` while any ad is watched (scripts skip the per-ad check without it).
 //! - Channels: `P:wake` (new work), `P:ad` (`<id>:<status>` when a watched ad changed).
 
 /// Helpers every script starts with.
@@ -31,8 +32,11 @@ end
 local function fam_add(fam, kind, n)
   redis.call('HINCRBY', P .. ':fam', kind .. ':' .. (fam or ''), n)
 end
+local watching = nil
 local function notify(id)
-  if redis.call('EXISTS', P .. ':watch:' .. id) == 1 then
+  -- `P:watching` lives as long as the newest watch: without it, no per-ad check.
+  if watching == nil then watching = redis.call('EXISTS', P .. ':watching') == 1 end
+  if watching and redis.call('EXISTS', P .. ':watch:' .. id) == 1 then
     redis.call('PUBLISH', P .. ':ad', id .. ':' .. (redis.call('HGET', adk(id), 'st') or '0'))
   end
 end
@@ -72,23 +76,27 @@ local function position(id)
   end
   return n
 end
+-- The ad of live lease `lid` held by `sess` and its {sess, fam, trace}, or nil and a
+-- refusal code (1 unknown, 2 stale).
 local function current(lid, sess)
   local id = redis.call('HGET', P .. ':lmap', lid)
   if not id then
     if num(lid) > 0 and num(lid) <= num(redis.call('GET', P .. ':lseq')) then return nil, 2 end
     return nil, 1
   end
-  if redis.call('HGET', adk(id), 'sess') ~= sess then return nil, 2 end
-  return id
+  local h = redis.call('HMGET', adk(id), 'sess', 'fam', 'trace')
+  if h[1] ~= sess then return nil, 2 end
+  return id, h
 end
-local function drop_lease(id, lid)
+-- Ends lease `lid` of ad `id`; `h` = {sess, fam} when the caller has read them.
+local function drop_lease(id, lid, h)
   local k = adk(id)
-  local sess = redis.call('HGET', k, 'sess')
+  h = h or redis.call('HMGET', k, 'sess', 'fam')
   redis.call('ZREM', P .. ':leases', lid)
   redis.call('HDEL', P .. ':lmap', lid)
-  if sess then redis.call('SREM', P .. ':sess:' .. sess, lid) end
+  if h[1] then redis.call('SREM', P .. ':sess:' .. h[1], lid) end
   redis.call('HDEL', k, 'lease', 'sess')
-  fam_add(redis.call('HGET', k, 'fam'), 'p', -1)
+  fam_add(h[2], 'p', -1)
 end
 local function settle_retry(id, retry, err, now, pol)
   local k = adk(id)
@@ -237,17 +245,17 @@ pub const ACK_MANY: &str = r#"
 local sess, now, ttl = ARGV[1], num(ARGV[2]), ARGV[3]
 local out, done = {}, 0
 for i = 4, #ARGV, 2 do
-  local id, code = current(ARGV[i], sess)
+  local id, h = current(ARGV[i], sess)
   if not id then
-    out[#out + 1] = { code }
+    out[#out + 1] = { h }
   else
-    drop_lease(id, ARGV[i])
+    drop_lease(id, ARGV[i], h)
     local k = adk(id)
     redis.call('HSET', k, 'st', 3, 'fin', now, 'an', ARGV[i + 1])
     redis.call('EXPIRE', k, ttl)
     notify(id)
     done = done + 1
-    out[#out + 1] = { 0, redis.call('HGET', k, 'trace') or '' }
+    out[#out + 1] = { 0, h[3] or '' }
   end
 end
 if done > 0 then
@@ -261,10 +269,10 @@ return out
 
 /// ARGV: lease, session, now, encoded analysis, retention s. Returns {0, trace} or {code}.
 pub const ACK: &str = r#"
-local id, code = current(ARGV[1], ARGV[2])
-if not id then return { code } end
+local id, h = current(ARGV[1], ARGV[2])
+if not id then return { h } end
 local now = num(ARGV[3])
-drop_lease(id, ARGV[1])
+drop_lease(id, ARGV[1], h)
 local k = adk(id)
 redis.call('HSET', k, 'st', 3, 'fin', now, 'an', ARGV[4])
 redis.call('EXPIRE', k, ARGV[5])
@@ -273,14 +281,14 @@ local sec = P .. ':done:' .. math.floor(now / 1000)
 redis.call('INCR', sec)
 redis.call('EXPIRE', sec, 120)
 notify(id)
-return { 0, redis.call('HGET', k, 'trace') or '' }
+return { 0, h[3] or '' }
 "#;
 
 /// ARGV: lease, session, retry (1/0), error, now. Returns {0} or {code}.
 pub const NACK: &str = r#"
-local id, code = current(ARGV[1], ARGV[2])
-if not id then return { code } end
-drop_lease(id, ARGV[1])
+local id, h = current(ARGV[1], ARGV[2])
+if not id then return { h } end
+drop_lease(id, ARGV[1], h)
 settle_retry(id, ARGV[3] == '1', ARGV[4], num(ARGV[5]), policy())
 return { 0 }
 "#;
