@@ -210,23 +210,25 @@ while #out < n do
   if not pick then break end
   taken[pick] = true
   local k = adk(pick)
-  local h = redis.call('HMGET', k, 'pr', 'enq', 'fam')
-  redis.call('ZREM', P .. ':q:' .. h[1], pick)
+  -- The fields the reply carries (as `fields()` orders them), plus the family.
+  local f = redis.call('HMGET', k, 'pb', 'st', 'pr', 'enq', 'start', 'fin', 'att', 'err', 'an', 'trace', 'fam')
+  redis.call('ZREM', P .. ':q:' .. f[3], pick)
   redis.call('ZREM', P .. ':due', pick)
-  local fam = h[3] or ''
+  local fam = f[11] or ''
   local d = famd[fam] or { 0, 0 }
-  d[1], d[2] = d[1] + 1, d[2] + num(h[2]) - BASE
+  d[1], d[2] = d[1] + 1, d[2] + num(f[4]) - BASE
   famd[fam] = d
-  sumd = sumd + num(h[2]) - BASE
+  sumd = sumd + num(f[4]) - BASE
   lid = lid + 1
   local dl = now + pol.ls
-  redis.call('HINCRBY', k, 'att', 1)
-  redis.call('HSET', k, 'st', 2, 'start', now, 'lease', lid, 'sess', sess)
+  local att = num(f[7]) + 1
+  redis.call('HSET', k, 'st', 2, 'start', now, 'lease', lid, 'sess', sess, 'att', att)
   redis.call('ZADD', P .. ':leases', dl, lid)
   redis.call('HSET', P .. ':lmap', lid, pick)
   redis.call('SADD', P .. ':sess:' .. sess, lid)
   notify(pick)
-  out[#out + 1] = { lid, dl, pick, fields(pick) }
+  f[2], f[5], f[7], f[11] = 2, now, att, nil
+  out[#out + 1] = { lid, dl, pick, f }
 end
 if #out > 0 then
   redis.call('INCRBY', P .. ':sumenq', -sumd)
