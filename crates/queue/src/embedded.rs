@@ -9,7 +9,7 @@
 use crate::index::{AdKey, Index, MAX_PRIORITY, PartitionMask, Rules};
 use crate::journal::Journal;
 use crate::policy::{self, QueueConfig};
-use crate::{AdQueue, Expired, FamilyStats, Leased, QueueError};
+use crate::{AdQueue, Expired, FamilyStats, Leased, QueueError, parse_id};
 use adflow_proto::v1::{self as pb, AdStatus};
 use async_trait::async_trait;
 use prost::Message;
@@ -78,10 +78,6 @@ pub struct EmbeddedQueue {
     journal: Journal,
     recent_cap: usize,
     signal: watch::Sender<u64>,
-}
-
-fn parse_id(id: &str) -> Result<AdKey, QueueError> {
-    uuid::Uuid::parse_str(id).map(|u| u.as_u128()).map_err(|_| QueueError::BadId(id.to_owned()))
 }
 
 /// The lower-case name of a status, for messages.
@@ -364,16 +360,7 @@ impl AdQueue for EmbeddedQueue {
     }
 
     async fn list(&self, req: &pb::ListAdsRequest, now: i64) -> Result<pb::ListAdsResponse, QueueError> {
-        let size = match req.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(QueueError::Invalid {
-                    field: "page_size",
-                    message: format!("{n} is above 1000"),
-                });
-            }
-        };
+        let size = crate::page_size(req.page_size)?;
         let before = if req.page_token.is_empty() { None } else { Some(parse_id(&req.page_token)?) };
         let family = req.game_family.to_lowercase();
         let mut ads = Vec::new();
@@ -523,12 +510,7 @@ impl AdQueue for EmbeddedQueue {
     }
 
     async fn extend(&self, session: u64, lease_id: u64, seconds: u32, now: i64) -> Result<i64, QueueError> {
-        if !(1..=3600).contains(&seconds) {
-            return Err(QueueError::Invalid {
-                field: "seconds",
-                message: format!("{seconds} is outside 1..=3600"),
-            });
-        }
+        crate::check_extension(seconds)?;
         let mut st = self.lock();
         Self::current_lease(&st, session, lease_id)?;
         let mut l = st.drop_lease(lease_id).expect("current lease exists");
@@ -820,7 +802,7 @@ impl AdQueue for EmbeddedQueue {
                 f
             })
             .collect();
-        out.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.family.cmp(&b.family)));
+        crate::sort_families(&mut out);
         Ok(out)
     }
 

@@ -109,6 +109,36 @@ pub struct Expired {
     pub traceparent: String,
 }
 
+/// Parses an ad id (a UUID) into its queue key.
+pub(crate) fn parse_id(id: &str) -> Result<index::AdKey, QueueError> {
+    uuid::Uuid::parse_str(id).map(|u| u.as_u128()).map_err(|_| QueueError::BadId(id.to_owned()))
+}
+
+/// A ListAds page size: 0 means 100, at most 1000.
+pub(crate) fn page_size(n: u32) -> Result<usize, QueueError> {
+    match n {
+        0 => Ok(100),
+        1..=1000 => Ok(n as usize),
+        _ => Err(QueueError::Invalid { field: "page_size", message: format!("{n} is above 1000") }),
+    }
+}
+
+/// A lease extension is 1 s to 1 h.
+pub(crate) fn check_extension(seconds: u32) -> Result<(), QueueError> {
+    if !(1..=3600).contains(&seconds) {
+        return Err(QueueError::Invalid {
+            field: "seconds",
+            message: format!("{seconds} is outside 1..=3600"),
+        });
+    }
+    Ok(())
+}
+
+/// Families in report order: largest queue first, then by name.
+pub(crate) fn sort_families(v: &mut [FamilyStats]) {
+    v.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.family.cmp(&b.family)));
+}
+
 /// Whether an ad's status counts toward an estimated completion (queued or leased).
 pub(crate) fn is_pending(status: i32) -> bool {
     matches!(AdStatus::try_from(status), Ok(AdStatus::Queued | AdStatus::Processing))

@@ -55,10 +55,6 @@ fn backend(e: impl std::fmt::Display) -> QueueError {
     QueueError::Backend(format!("mongodb: {e}"))
 }
 
-fn check_id(id: &str) -> Result<(), QueueError> {
-    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| QueueError::BadId(id.to_owned()))
-}
-
 fn geti(d: &Document, k: &str) -> i64 {
     match d.get(k) {
         Some(Bson::Int32(n)) => *n as i64,
@@ -188,15 +184,21 @@ impl Inner {
     }
 
     async fn snapshot(&self, d: &Document, now: i64) -> Result<pb::Ad, QueueError> {
+        let pending = crate::is_pending(geti(d, "st") as i32);
+        let per_s = if pending { self.rate(now).await? as f64 / 60.0 } else { 0.0 };
+        self.snapshot_at(d, per_s, now).await
+    }
+
+    /// `snapshot` with the completion rate already read (one read for a whole page).
+    async fn snapshot_at(&self, d: &Document, per_s: f64, now: i64) -> Result<pb::Ad, QueueError> {
         let mut ad = to_ad(d);
         let position = if ad.status == QUEUED { self.position(&ad, geti(d, "seq")).await? } else { 0 };
-        let per_s = if crate::is_pending(ad.status) { self.rate(now).await? as f64 / 60.0 } else { 0.0 };
         crate::fill_computed(&mut ad, position, per_s, now);
         Ok(ad)
     }
 
     async fn find(&self, id: &str) -> Result<Document, QueueError> {
-        check_id(id)?;
+        crate::parse_id(id)?;
         self.ads
             .find_one(doc! {"_id": id})
             .await
@@ -534,16 +536,7 @@ impl AdQueue for MongoQueue {
     }
 
     async fn list(&self, req: &pb::ListAdsRequest, now: i64) -> Result<pb::ListAdsResponse, QueueError> {
-        let size = match req.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(QueueError::Invalid {
-                    field: "page_size",
-                    message: format!("{n} is above 1000"),
-                });
-            }
-        };
+        let size = crate::page_size(req.page_size)?;
         let mut filter = Document::new();
         if req.status != 0 {
             filter.insert("st", req.status);
@@ -561,6 +554,7 @@ impl AdQueue for MongoQueue {
             })?;
             filter.insert("seq", doc! {"$lt": geti(&d, "seq")});
         }
+        let per_s = self.inner.rate(now).await? as f64 / 60.0;
         let mut cur = self
             .inner
             .ads
@@ -576,7 +570,7 @@ impl AdQueue for MongoQueue {
                 more = true;
                 break;
             }
-            ads.push(self.inner.snapshot(&d, now).await?);
+            ads.push(self.inner.snapshot_at(&d, per_s, now).await?);
         }
         let next_page_token =
             if more { ads.last().map(|a| a.id.clone()).unwrap_or_default() } else { String::new() };
@@ -690,12 +684,7 @@ impl AdQueue for MongoQueue {
     }
 
     async fn extend(&self, session: u64, lease_id: u64, seconds: u32, now: i64) -> Result<i64, QueueError> {
-        if !(1..=3600).contains(&seconds) {
-            return Err(QueueError::Invalid {
-                field: "seconds",
-                message: format!("{seconds} is outside 1..=3600"),
-            });
-        }
+        crate::check_extension(seconds)?;
         let sess = self.session(session);
         let deadline = now + seconds as i64 * 1000;
         let r = self
@@ -1002,7 +991,7 @@ impl AdQueue for MongoQueue {
 
     async fn requeue_dead(&self, ids: &[String], now: i64) -> Result<u64, QueueError> {
         for id in ids {
-            check_id(id)?;
+            crate::parse_id(id)?;
         }
         let pol = self.inner.policy().await?;
         let f = if ids.is_empty() {
@@ -1084,12 +1073,12 @@ impl AdQueue for MongoQueue {
                 f
             })
             .collect();
-        out.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.family.cmp(&b.family)));
+        crate::sort_families(&mut out);
         Ok(out)
     }
 
     async fn audit_append(&self, entry: &pb::AuditEntry) -> Result<(), QueueError> {
-        check_id(&entry.command_id)?;
+        crate::parse_id(&entry.command_id)?;
         let seq = self.inner.counter("auditseq", 1).await?;
         self.inner
             .audit
@@ -1106,7 +1095,7 @@ impl AdQueue for MongoQueue {
     ) -> Result<Vec<pb::AuditEntry>, QueueError> {
         let mut f = Document::new();
         if let Some(b) = before {
-            check_id(b)?;
+            crate::parse_id(b)?;
             let Some(d) = self.inner.audit.find_one(doc! {"_id": b}).await.map_err(backend)? else {
                 return Ok(Vec::new());
             };

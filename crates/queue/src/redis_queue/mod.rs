@@ -57,6 +57,10 @@ impl RedisQueueConfig {
     }
 }
 
+/// Enqueue times are summed as offsets from this instant (Unix ms) so the sums of many
+/// queued ads stay exact integers; the scripts get it as `BASE`.
+const ENQ_BASE_MS: i64 = 1_700_000_000_000;
+
 struct Scripts {
     submit: Script,
     lease: Script,
@@ -81,7 +85,7 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{}{body}", scripts::PRELUDE));
+        let s = |body: &str| Script::new(&format!("local BASE = {ENQ_BASE_MS}\n{}{body}", scripts::PRELUDE));
         Self {
             submit: s(scripts::SUBMIT),
             lease: s(scripts::LEASE),
@@ -155,10 +159,6 @@ fn status_name(s: i32) -> &'static str {
     crate::embedded::status_name(s)
 }
 
-fn check_id(id: &str) -> Result<(), QueueError> {
-    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| QueueError::BadId(id.to_owned()))
-}
-
 fn build_ad(id: &str, f: Fields) -> Option<pb::Ad> {
     let (raw, st, pr, enq, start, fin, att, err, an, _trace) = f;
     let mut ad = pb::Ad::decode(raw?.as_slice()).ok()?;
@@ -225,7 +225,7 @@ impl Inner {
     }
 
     async fn get(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
-        check_id(id)?;
+        crate::parse_id(id)?;
         let v: Vec<Value> = self.run(&self.scripts.get, &[a(&id)]).await?;
         let mut it = v.into_iter();
         let (Some(f), Some(pos)) = (it.next(), it.next()) else {
@@ -250,7 +250,7 @@ impl Inner {
             })
             .collect();
         let n = partitions.iter().map(|p| p.queued).sum::<u64>();
-        let avg_enq = if n > 0 { 1_700_000_000_000 + sum / n as i64 } else { now };
+        let avg_enq = if n > 0 { ENQ_BASE_MS + sum / n as i64 } else { now };
         Ok(pb::QueueStats {
             total_queued: n,
             oldest_wait_ms: partitions.iter().map(|p| p.oldest_wait_ms).max().unwrap_or(0),
@@ -272,17 +272,10 @@ impl Inner {
         if !self.watchers.wants(id, status) {
             return;
         }
-        let Ok(mut ad) = self.get(id, now_ms()).await else { return };
+        let Ok(mut ad) = self.get(id, adflow_domain::now_ms()).await else { return };
         ad.status = status;
         self.watchers.deliver(id, ad);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Listens on the wake and watch channels; reconnects with backoff when the link drops.
@@ -457,21 +450,12 @@ impl AdQueue for RedisQueue {
     }
 
     async fn list(&self, req: &pb::ListAdsRequest, now: i64) -> Result<pb::ListAdsResponse, QueueError> {
-        let size = match req.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(QueueError::Invalid {
-                    field: "page_size",
-                    message: format!("{n} is above 1000"),
-                });
-            }
-        };
+        let size = crate::page_size(req.page_size)?;
         let mut con = self.inner.con.clone();
         let all = self.inner.key("all");
         let mut max = "+inf".to_owned();
         if !req.page_token.is_empty() {
-            check_id(&req.page_token)?;
+            crate::parse_id(&req.page_token)?;
             let score: Option<i64> = redis::cmd("ZSCORE")
                 .arg(&all)
                 .arg(&req.page_token)
@@ -547,7 +531,7 @@ impl AdQueue for RedisQueue {
     }
 
     async fn cancel(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
-        check_id(id)?;
+        crate::parse_id(id)?;
         let v: Vec<Value> =
             self.inner.run(&self.inner.scripts.cancel, &[a(&id), a(&now), a(&self.inner.ttl)]).await?;
         let mut it = v.into_iter();
@@ -568,7 +552,7 @@ impl AdQueue for RedisQueue {
     }
 
     async fn watch(&self, id: &str, now: i64) -> Result<(pb::Ad, mpsc::Receiver<pb::Ad>), QueueError> {
-        check_id(id)?;
+        crate::parse_id(id)?;
         // Mark the ad watched before reading it, so no change falls between the two.
         let mut con = self.inner.con.clone();
         let mut p = redis::pipe();
@@ -681,12 +665,7 @@ impl AdQueue for RedisQueue {
     }
 
     async fn extend(&self, session: u64, lease_id: u64, seconds: u32, now: i64) -> Result<i64, QueueError> {
-        if !(1..=3600).contains(&seconds) {
-            return Err(QueueError::Invalid {
-                field: "seconds",
-                message: format!("{seconds} is outside 1..=3600"),
-            });
-        }
+        crate::check_extension(seconds)?;
         let sess = self.inner.session(session);
         let deadline = now + seconds as i64 * 1000;
         let v: Vec<i64> =
@@ -764,7 +743,7 @@ impl AdQueue for RedisQueue {
 
     async fn set_priority(&self, id: &str, priority: u8, _now: i64) -> Result<(u8, u8), QueueError> {
         crate::embedded::check_priority(priority)?;
-        check_id(id)?;
+        crate::parse_id(id)?;
         let v: Vec<Value> = self.inner.run(&self.inner.scripts.set_priority, &[a(&id), a(&priority)]).await?;
         let mut it = v.into_iter();
         match parse::<i64>(it.next().unwrap_or(Value::Nil))? {
@@ -878,7 +857,7 @@ impl AdQueue for RedisQueue {
 
     async fn requeue_dead(&self, ids: &[String], now: i64) -> Result<u64, QueueError> {
         for id in ids {
-            check_id(id)?;
+            crate::parse_id(id)?;
         }
         let mut inv = self.inner.scripts.requeue_dead.key(&self.inner.prefix);
         inv.arg(now);
@@ -918,16 +897,16 @@ impl AdQueue for RedisQueue {
             .filter(|(f, _)| f.queued + f.processing + f.dead_letters > 0)
             .map(|(mut f, sum)| {
                 f.average_wait_ms =
-                    if f.queued > 0 { (now - (1_700_000_000_000 + sum / f.queued as i64)).max(0) } else { 0 };
+                    if f.queued > 0 { (now - (ENQ_BASE_MS + sum / f.queued as i64)).max(0) } else { 0 };
                 f
             })
             .collect();
-        out.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.family.cmp(&b.family)));
+        crate::sort_families(&mut out);
         Ok(out)
     }
 
     async fn audit_append(&self, entry: &pb::AuditEntry) -> Result<(), QueueError> {
-        check_id(&entry.command_id)?;
+        crate::parse_id(&entry.command_id)?;
         let bytes = entry.encode_to_vec();
         self.inner.run::<i64>(&self.inner.scripts.audit, &[a(&entry.command_id), a(&bytes)]).await?;
         Ok(())
@@ -942,7 +921,7 @@ impl AdQueue for RedisQueue {
         let key = self.inner.key("audit");
         let max = match before {
             Some(b) => {
-                check_id(b)?;
+                crate::parse_id(b)?;
                 let s: Option<i64> =
                     redis::cmd("ZSCORE").arg(&key).arg(b).query_async(&mut con).await.map_err(backend)?;
                 match s {

@@ -22,7 +22,6 @@
 /// Helpers every script starts with.
 pub const PRELUDE: &str = r#"
 local P = KEYS[1]
-local BASE = 1700000000000
 local function adk(id) return P .. ':ad:' .. id end
 local function num(x) return tonumber(x) or 0 end
 local function policy()
