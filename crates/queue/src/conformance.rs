@@ -24,6 +24,54 @@ pub trait Harness: Send + Sync {
     fn leases_survive_restart(&self) -> bool;
 }
 
+/// How to open a shared backend (Redis, MongoDB) on a named, isolated namespace.
+#[async_trait]
+pub trait Opener: Send + Sync {
+    /// Opens (a handle on) the queue in namespace `space` with `cfg`.
+    async fn open(&self, cfg: &QueueConfig, space: &str) -> Arc<dyn AdQueue>;
+}
+
+/// The harness of every shared backend: a fresh namespace per queue, a restart or a peer
+/// gateway is another handle on the same namespace, and leases survive restarts.
+pub struct Shared<O> {
+    opener: O,
+    last: std::sync::Mutex<Option<(QueueConfig, String)>>,
+}
+
+impl<O: Opener> Shared<O> {
+    /// A harness over `opener`.
+    pub fn new(opener: O) -> Self {
+        Self { opener, last: std::sync::Mutex::new(None) }
+    }
+
+    async fn open(&self) -> Arc<dyn AdQueue> {
+        let (cfg, space) = self.last.lock().unwrap().clone().expect("a fresh queue first");
+        self.opener.open(&cfg, &space).await
+    }
+}
+
+#[async_trait]
+impl<O: Opener> Harness for Shared<O> {
+    async fn fresh(&self, cfg: QueueConfig) -> Arc<dyn AdQueue> {
+        *self.last.lock().unwrap() = Some((cfg, uuid::Uuid::new_v4().simple().to_string()));
+        self.open().await
+    }
+
+    async fn reopen(&self, q: Arc<dyn AdQueue>) -> Arc<dyn AdQueue> {
+        q.close().await;
+        drop(q);
+        self.open().await
+    }
+
+    async fn peer(&self) -> Option<Arc<dyn AdQueue>> {
+        Some(self.open().await)
+    }
+
+    fn leases_survive_restart(&self) -> bool {
+        true
+    }
+}
+
 /// Settings the suite uses: 3 attempts, 10 s leases.
 pub fn config() -> QueueConfig {
     QueueConfig { max_attempts: 3, lease_seconds: 10, ..Default::default() }

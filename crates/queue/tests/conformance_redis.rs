@@ -2,46 +2,20 @@
 //! three-node Redis Cluster (ADFLOW_TEST_REDIS_CLUSTER, comma-separated seed URLs); both
 //! are started by .ci/run. Each fresh queue gets its own hash-tagged prefix.
 
-use adflow_queue::conformance::{Harness, run_all};
+use adflow_queue::conformance::{Opener, Shared, run_all};
 use adflow_queue::{AdQueue, QueueConfig, RedisQueue, RedisQueueConfig};
 use async_trait::async_trait;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 struct Redis {
     base: RedisQueueConfig,
-    last: Mutex<Option<(QueueConfig, RedisQueueConfig)>>,
-}
-
-impl Redis {
-    async fn open(&self) -> Arc<dyn AdQueue> {
-        let (cfg, rcfg) = self.last.lock().unwrap().clone().expect("a fresh queue first");
-        Arc::new(RedisQueue::open(&cfg, &rcfg).await.expect("open redis queue"))
-    }
 }
 
 #[async_trait]
-impl Harness for Redis {
-    async fn fresh(&self, cfg: QueueConfig) -> Arc<dyn AdQueue> {
-        let rcfg = RedisQueueConfig {
-            prefix: format!("{{adflow-test-{}}}", uuid::Uuid::new_v4()),
-            ..self.base.clone()
-        };
-        *self.last.lock().unwrap() = Some((cfg, rcfg));
-        self.open().await
-    }
-
-    async fn reopen(&self, q: Arc<dyn AdQueue>) -> Arc<dyn AdQueue> {
-        q.close().await;
-        drop(q);
-        self.open().await
-    }
-
-    async fn peer(&self) -> Option<Arc<dyn AdQueue>> {
-        Some(self.open().await)
-    }
-
-    fn leases_survive_restart(&self) -> bool {
-        true
+impl Opener for Redis {
+    async fn open(&self, cfg: &QueueConfig, space: &str) -> Arc<dyn AdQueue> {
+        let rcfg = RedisQueueConfig { prefix: format!("{{adflow-test-{space}}}"), ..self.base.clone() };
+        Arc::new(RedisQueue::open(cfg, &rcfg).await.expect("open redis queue"))
     }
 }
 
@@ -52,7 +26,7 @@ async fn redis_queue_passes_the_conformance_suite() {
         return;
     };
     let base = RedisQueueConfig { url, ..Default::default() };
-    run_all(&Redis { base, last: Mutex::new(None) }).await;
+    run_all(&Shared::new(Redis { base })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +41,7 @@ async fn redis_queue_passes_the_conformance_suite_on_a_cluster() {
         cluster_nodes: nodes.split(',').map(|s| s.trim().to_owned()).collect(),
         ..Default::default()
     };
-    run_all(&Redis { base, last: Mutex::new(None) }).await;
+    run_all(&Shared::new(Redis { base })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
