@@ -13,7 +13,15 @@
 //! insert and one removal over its life, never a scan. The memory bound (`max_ids`) pops
 //! the oldest generation early when exceeded; a generation also closes when it holds its
 //! share of the bound, so the bound drops a slice of the oldest ids, never all of them.
-//! Early evictions are counted so operators can size the window.
+//! Early evictions are counted, and the age of the oldest id still remembered when the
+//! bound forced an eviction is reported as the *effective window*, so operators see when
+//! the window holds less than it says.
+//!
+//! "Duplicate" means "stored": an id is *pending* from its first acceptance until the
+//! commit holding it ends. A repeat of a pending id gets the first copy's pending token
+//! (`Seen::Pending`) and the caller waits for that commit and shares its outcome. The
+//! pending set lives under the same shard lock as the ids, so "seen and committed" and
+//! "seen and still pending" can never be confused by a commit ending in between.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -51,6 +59,19 @@ impl Hasher for FoldHasher {
 
 /// Key -> number of the generation that holds it.
 type IdMap = HashMap<u64, u32, BuildHasherDefault<FoldHasher>>;
+/// Key -> token of the commit that will store it.
+type PendingMap<P> = HashMap<u64, P, BuildHasherDefault<FoldHasher>>;
+
+/// What the window knows about an id that is being accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen<P> {
+    /// Not seen inside the window: now remembered and pending with the caller's token.
+    New,
+    /// Seen and committed: a duplicate of a stored event.
+    Stored,
+    /// Seen, but its first copy's commit has not ended: wait for this token's outcome.
+    Pending(P),
+}
 
 struct Generation {
     seq: u32,
@@ -58,14 +79,20 @@ struct Generation {
     keys: Vec<u64>,
 }
 
-#[derive(Default)]
-struct Shard {
+struct Shard<P> {
     ids: IdMap,
+    pending: PendingMap<P>,
     gens: VecDeque<Generation>,
     next_seq: u32,
 }
 
-impl Shard {
+impl<P> Default for Shard<P> {
+    fn default() -> Self {
+        Self { ids: IdMap::default(), pending: PendingMap::default(), gens: VecDeque::new(), next_seq: 0 }
+    }
+}
+
+impl<P> Shard<P> {
     /// Drops the oldest generation; returns how many ids it still held.
     fn pop_oldest(&mut self) -> usize {
         let Some(g) = self.gens.pop_front() else {
@@ -82,16 +109,33 @@ impl Shard {
     }
 }
 
-/// A time-windowed, memory-bounded set of recently accepted event ids.
-pub struct DedupWindow {
-    shards: Box<[Mutex<Shard>]>,
+/// Bytes of memory one remembered id costs at most: a map slot (u64 key + u32
+/// generation, padded to 16, + 1 control byte) at hashbrown's lowest load factor after
+/// a resize (7/16), plus its 8-byte entry in the generation list with `Vec` doubling
+/// slack. Measured by `memory_per_id_is_within_the_stated_bound`.
+pub const MAX_BYTES_PER_ID: usize = 56;
+
+/// A time-windowed, memory-bounded set of recently accepted event ids, with the ids whose
+/// commit is still in flight marked pending with a token of type `P`.
+pub struct DedupWindow<P = ()> {
+    shards: Box<[Mutex<Shard<P>>]>,
     window_ms: i64,
     gen_ms: i64,
     max_per_shard: usize,
     evicted_early: AtomicU64,
+    /// Age in ms of the oldest ids dropped early by the memory bound, most recently
+    /// (0 = the bound never forced an eviction: the whole window is held).
+    effective_ms: AtomicU64,
+    /// When the memory bound last forced an eviction (ms, 0 = never).
+    last_early_at: std::sync::atomic::AtomicI64,
 }
 
-impl DedupWindow {
+/// Which shard holds `key`: the top bits (hashbrown uses the low bits and the top 7 inside it).
+fn shard_of(key: u64) -> usize {
+    (key >> 50) as usize % SHARDS
+}
+
+impl<P: Clone> DedupWindow<P> {
     /// A window remembering ids for `window_ms`, holding at most about `max_ids` ids.
     pub fn new(window_ms: i64, max_ids: usize) -> Self {
         let window_ms = window_ms.max(GENERATIONS);
@@ -101,18 +145,39 @@ impl DedupWindow {
             gen_ms: window_ms / GENERATIONS,
             max_per_shard: (max_ids / SHARDS).max(1),
             evicted_early: AtomicU64::new(0),
+            effective_ms: AtomicU64::new(0),
+            last_early_at: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
-        // The top bits pick the shard; hashbrown uses the low bits and the top 7 inside it.
-        let i = (key >> 50) as usize % SHARDS;
+    /// A window whose bound is a memory budget in bytes (see `MAX_BYTES_PER_ID`).
+    pub fn with_budget(window_ms: i64, budget_bytes: usize) -> Self {
+        Self::new(window_ms, (budget_bytes / MAX_BYTES_PER_ID).max(SHARDS))
+    }
+
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard<P>> {
         // A poisoned lock only means another thread panicked mid-insert; the set is still usable.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `key` as accepted at `now_ms`; false when it was already inside the window.
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard<P>> {
+        self.lock(shard_of(key))
+    }
+
+    /// Records `key` as accepted (and stored) at `now_ms`; false when it was already
+    /// inside the window. Used for ids read back from the store.
     pub fn insert(&self, key: u64, now_ms: i64) -> bool {
+        matches!(self.admit(key, now_ms, None), Seen::New)
+    }
+
+    /// Records `key` as accepted at `now_ms` and pending until `settle` (or `remove`):
+    /// `New` when it was not inside the window; a repeat gets `Stored` or the token of
+    /// the pending first copy.
+    pub fn claim(&self, key: u64, now_ms: i64, token: &P) -> Seen<P> {
+        self.admit(key, now_ms, Some(token))
+    }
+
+    fn admit(&self, key: u64, now_ms: i64, token: Option<&P>) -> Seen<P> {
         let mut guard = self.shard(key);
         let s = &mut *guard;
         while s.gens.front().is_some_and(|g| g.start_ms + self.gen_ms <= now_ms - self.window_ms) {
@@ -127,22 +192,103 @@ impl DedupWindow {
         }
         let newest = s.gens.back_mut().expect("a generation exists");
         match s.ids.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => return false,
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return match s.pending.get(&key) {
+                    Some(p) => Seen::Pending(p.clone()),
+                    None => Seen::Stored,
+                };
+            }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(newest.seq);
             }
         }
         newest.keys.push(key);
+        if let Some(t) = token {
+            s.pending.insert(key, t.clone());
+        }
         while s.ids.len() > self.max_per_shard && s.gens.len() > 1 {
+            let oldest = s.gens.front().map(|g| g.start_ms).unwrap_or(now_ms);
             let n = s.pop_oldest();
             self.evicted_early.fetch_add(n as u64, Ordering::Relaxed);
+            // Ids younger than the next generation's start are still held.
+            let held = s.gens.front().map(|g| g.start_ms).unwrap_or(oldest);
+            self.effective_ms.store((now_ms - held).max(1) as u64, Ordering::Relaxed);
+            self.last_early_at.store(now_ms, Ordering::Relaxed);
         }
-        true
+        Seen::New
+    }
+
+    /// Marks `keys` committed: repeats of them are now plain duplicates.
+    pub fn settle(&self, keys: &[u64]) {
+        self.each_shard(keys, |s, k| {
+            s.pending.remove(&k);
+        });
     }
 
     /// Forgets `key` (used when the write holding it failed, so a retry is not refused).
     pub fn remove(&self, key: u64) {
-        self.shard(key).ids.remove(&key);
+        let mut s = self.shard(key);
+        s.ids.remove(&key);
+        s.pending.remove(&key);
+    }
+
+    /// Forgets every key of `keys` (one lock per shard touched, not per key).
+    pub fn remove_all(&self, keys: &[u64]) {
+        self.each_shard(keys, |s, k| {
+            s.ids.remove(&k);
+            s.pending.remove(&k);
+        });
+    }
+
+    /// Runs `f` on every key, taking each shard's lock once.
+    fn each_shard(&self, keys: &[u64], mut f: impl FnMut(&mut Shard<P>, u64)) {
+        if keys.len() < 2 * SHARDS {
+            keys.iter().for_each(|&k| f(&mut self.shard(k), k));
+            return;
+        }
+        let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); SHARDS];
+        keys.iter().for_each(|&k| by_shard[shard_of(k)].push(k));
+        for (i, ks) in by_shard.into_iter().enumerate().filter(|(_, ks)| !ks.is_empty()) {
+            let mut s = self.lock(i);
+            ks.into_iter().for_each(|k| f(&mut s, k));
+        }
+    }
+
+    /// Ids whose commit has not ended yet.
+    pub fn pending(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|s| s.pending.len()).unwrap_or(0)).sum()
+    }
+
+    /// The window actually held at `now_ms`, in ms: `window_ms` unless the memory bound
+    /// forced an early eviction within the last window, then the age of the oldest id
+    /// still remembered at the last such eviction.
+    pub fn effective_window_ms(&self, now_ms: i64) -> i64 {
+        let at = self.last_early_at.load(Ordering::Relaxed);
+        match self.effective_ms.load(Ordering::Relaxed) {
+            0 => self.window_ms,
+            _ if now_ms - at > self.window_ms => self.window_ms,
+            e => (e as i64).min(self.window_ms),
+        }
+    }
+
+    /// Bytes the window's tables hold now (allocated capacity, not only the used part).
+    pub fn memory_bytes(&self) -> usize {
+        let slot = 16 + 1;
+        let pslot = 8 + std::mem::size_of::<P>() + 1;
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|p| p.into_inner());
+                s.ids.capacity() * slot
+                    + s.pending.capacity() * pslot
+                    + s.gens.iter().map(|g| g.keys.capacity() * 8).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Most ids the bound lets the window hold.
+    pub fn capacity(&self) -> usize {
+        self.max_per_shard * SHARDS
     }
 
     /// How many ids are remembered now.
@@ -170,9 +316,11 @@ impl DedupWindow {
 mod tests {
     use super::*;
 
+    type Plain = DedupWindow<()>;
+
     #[test]
     fn a_second_insert_inside_the_window_is_a_duplicate() {
-        let d = DedupWindow::new(60_000, 1_000_000);
+        let d = Plain::new(60_000, 1_000_000);
         assert!(d.insert(key("a"), 1_000));
         assert!(!d.insert(key("a"), 50_000));
         assert!(d.insert(key("b"), 50_000));
@@ -181,7 +329,7 @@ mod tests {
 
     #[test]
     fn ids_are_forgotten_after_the_window() {
-        let d = DedupWindow::new(80_000, 1_000_000);
+        let d = Plain::new(80_000, 1_000_000);
         assert!(d.insert(key("a"), 0));
         assert!(!d.insert(key("a"), 79_000));
         // The generation holding "a" (started at 0, spanning 10 s) is fully older than 80 s at 90 s.
@@ -190,7 +338,7 @@ mod tests {
 
     #[test]
     fn removed_ids_can_be_inserted_again() {
-        let d = DedupWindow::new(60_000, 1_000);
+        let d = Plain::new(60_000, 1_000);
         assert!(d.insert(key("a"), 0));
         d.remove(key("a"));
         assert!(d.is_empty());
@@ -199,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_removed_then_reinserted_id_survives_expiry_of_its_old_generation() {
-        let d = DedupWindow::new(80_000, 1_000_000);
+        let d = Plain::new(80_000, 1_000_000);
         assert!(d.insert(key("a"), 0));
         d.remove(key("a"));
         assert!(d.insert(key("a"), 50_000));
@@ -209,7 +357,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_by_dropping_the_oldest_generation() {
-        let d = DedupWindow::new(8_000, 64 * 100);
+        let d = Plain::new(8_000, 64 * 100);
         for t in 0..8 {
             for i in 0..2_000 {
                 d.insert(key(&format!("{t}-{i}")), t * 1_000);
@@ -219,5 +367,80 @@ mod tests {
         assert!(d.evicted_early() > 0);
         // The newest ids are still remembered.
         assert!(!d.insert(key("7-1999"), 7_500));
+    }
+
+    #[test]
+    fn a_repeat_of_a_pending_id_gets_the_first_copys_token_until_it_settles() {
+        let d: DedupWindow<u32> = DedupWindow::new(60_000, 1_000_000);
+        assert_eq!(d.claim(key("a"), 0, &7), Seen::New);
+        assert_eq!(d.claim(key("a"), 1, &8), Seen::Pending(7));
+        assert_eq!(d.pending(), 1);
+        d.settle(&[key("a")]);
+        assert_eq!(d.claim(key("a"), 2, &9), Seen::Stored);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn a_failed_commit_forgets_its_ids_and_their_pending_marks() {
+        let d: DedupWindow<u32> = DedupWindow::new(60_000, 1_000_000);
+        let keys: Vec<u64> = (0..500).map(|i| key(&format!("k{i}"))).collect();
+        for k in &keys {
+            assert_eq!(d.claim(*k, 0, &1), Seen::New);
+        }
+        d.remove_all(&keys);
+        assert_eq!((d.len(), d.pending()), (0, 0));
+        assert_eq!(d.claim(keys[3], 1, &2), Seen::New, "a retry after the failure is new");
+    }
+
+    #[test]
+    fn ids_read_back_from_the_store_are_stored_not_pending() {
+        let d: DedupWindow<u32> = DedupWindow::new(60_000, 1_000_000);
+        assert!(d.insert(key("s"), 0));
+        assert_eq!(d.claim(key("s"), 1, &1), Seen::Stored);
+    }
+
+    #[test]
+    fn the_effective_window_is_reported_when_the_bound_evicts_early() {
+        let d = Plain::new(80_000, 64 * 800);
+        assert_eq!(d.effective_window_ms(0), 80_000);
+        // 100 ids per second for 80 s is 8,000 ids: well inside the bound of 51,200.
+        for t in 0..80 {
+            for i in 0..100 {
+                d.insert(key(&format!("{t}-{i}")), t * 1_000);
+            }
+        }
+        assert_eq!(d.effective_window_ms(80_000), 80_000, "the bound was not reached");
+        // 10,000 ids per second overflows it within seconds.
+        for t in 80..90 {
+            for i in 0..10_000 {
+                d.insert(key(&format!("{t}-{i}")), t * 1_000);
+            }
+        }
+        let eff = d.effective_window_ms(90_000);
+        assert!(eff < 80_000 && eff > 0, "effective window {eff} ms");
+        assert!(d.evicted_early() > 0);
+        // Once the load is gone for a whole window, the full window is held again.
+        assert_eq!(d.effective_window_ms(90_000 + 80_001), 80_000);
+    }
+
+    #[test]
+    fn memory_per_id_is_within_the_stated_bound() {
+        let d = Plain::new(600_000, 10_000_000);
+        for n in [10_000usize, 100_000, 300_000, 1_000_000] {
+            while d.len() < n {
+                let i = d.len();
+                d.insert(key(&format!("id-{i}")), i as i64 / 1000);
+            }
+            let per_id = d.memory_bytes() / n;
+            assert!(per_id <= MAX_BYTES_PER_ID, "{per_id} bytes per id at {n} ids");
+        }
+    }
+
+    #[test]
+    fn no_false_duplicates_among_a_million_distinct_ids() {
+        // n ids make a new id look seen with probability n / 2^64 (~5e-14 here): zero expected.
+        let d = Plain::new(600_000, 2_000_000);
+        let fresh = (0..1_000_000).filter(|i| d.insert(key(&format!("{i:x}-evt")), 0)).count();
+        assert_eq!(fresh, 1_000_000);
     }
 }

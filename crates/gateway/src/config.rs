@@ -221,15 +221,19 @@ pub struct DedupConfig {
     /// Keep the ids in Redis (`storage.redis`), shared by every gateway, instead of in this
     /// gateway's memory. Unset (the default): on exactly when the storage backend is redis.
     pub shared: Option<bool>,
-    /// Most ids remembered (about 40-70 bytes each with hash-table slack; default 500000).
-    /// When reached, the
-    /// oldest ids are forgotten early and counted as early evictions.
-    pub max_ids: usize,
+    /// Memory budget of the window in MiB (default 256: at most 56 bytes per id, so at
+    /// least 4.8M ids). When full, the oldest ids are forgotten early: counted, logged
+    /// (WARN) and reported as `dedup_effective_window_seconds` and in the health detail.
+    pub max_memory_mb: usize,
+    /// How long a claim of a shared (Redis) id may stay pending without its commit
+    /// settling it, in seconds (default 30): a gateway that dies mid-commit holds its
+    /// ids at most this long; a repeat waits at most this long before UNAVAILABLE.
+    pub claim_secs: u64,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self { enabled: true, shared: None, window_secs: 600, max_ids: 500_000 }
+        Self { enabled: true, shared: None, window_secs: 600, max_memory_mb: 256, claim_secs: 30 }
     }
 }
 
@@ -330,8 +334,13 @@ impl Config {
         if i.store_retry_attempts == 0 {
             return Err(invalid("ingest.store_retry_attempts", "must be > 0"));
         }
-        if i.dedup.enabled && (i.dedup.window_secs == 0 || i.dedup.max_ids == 0) {
-            return Err(invalid("ingest.dedup", "window_secs and max_ids must be > 0 when enabled"));
+        if i.dedup.enabled
+            && (i.dedup.window_secs == 0 || i.dedup.max_memory_mb == 0 || i.dedup.claim_secs == 0)
+        {
+            return Err(invalid(
+                "ingest.dedup",
+                "window_secs, max_memory_mb and claim_secs must be > 0 when enabled",
+            ));
         }
         if self.server.max_message_bytes < 1024 {
             return Err(invalid("server.max_message_bytes", "must be at least 1024"));

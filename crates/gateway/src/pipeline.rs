@@ -7,19 +7,34 @@
 //! fsync), retries failed writes with backoff, updates analytics after each commit, and
 //! answers durable waiters. Room is given back only when the events are committed, so
 //! the queue plus the batch in flight never exceed `ingest.queue_capacity_events`.
+//!
+//! "Duplicate" means "stored". Every submission carries an `Outcome` channel that the
+//! batcher resolves when the commit holding it ends. The dedup window marks the ids of a
+//! submission pending with that channel until then; a repeat of a pending id (a client's
+//! retry racing its first attempt, on any connection) is counted as a duplicate, and in
+//! durable mode its reply waits for the first copy's commit and shares its outcome: a
+//! failed first commit fails the repeat too, so its client retries instead of trusting a
+//! copy that was never written.
 
 mod batcher;
 
 use crate::config::{AckMode, IngestConfig};
 use adflow_domain::analytics::Analytics;
-use adflow_domain::dedup::{self, DedupWindow};
+use adflow_domain::dedup::{self, DedupWindow, Seen};
 use adflow_domain::validate::Limits;
 use adflow_domain::{EventView, StoredEvent, now_ms, pb};
 use adflow_store::EventStore;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+/// The end of a commit as seen by waiters: `None` while in flight, then its result.
+pub type CommitState = Option<Result<(), Arc<str>>>;
+/// Where a submission's commit outcome is published (the batcher holds the sender).
+pub type Outcome = watch::Receiver<CommitState>;
+/// The local dedup window, with pending ids marked by their commit's outcome.
+pub type Window = DedupWindow<Outcome>;
 
 /// Why a request could not be taken in.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +69,11 @@ pub enum IngestError {
     /// The store could not commit the batch holding the events; none of them was stored.
     #[error("the event store could not commit the batch ({0}); none of these events was stored, retry")]
     CommitFailed(String),
+    /// Another gateway holds the first copy of some events and has not committed it yet.
+    #[error(
+        "{0} of these events are being committed by another gateway and did not finish in time; retry"
+    )]
+    FirstCopyPending(usize),
 }
 
 /// Counters of the pipeline, for logs, tests and (later) metrics.
@@ -90,7 +110,12 @@ pub(crate) struct Submission {
     keys: Vec<u64>,
     /// Event ids claimed in the shared (Redis) dedup set.
     ids: Vec<String>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Ids accepted while the shared dedup could not answer: recorded after the commit.
+    unchecked: Vec<String>,
+    /// Resolved by the batcher when the commit holding these events ends.
+    outcome: watch::Sender<CommitState>,
+    /// Whether a client waits for the commit (durable mode).
+    durable: bool,
     _room: Option<OwnedSemaphorePermit>,
 }
 
@@ -98,18 +123,28 @@ pub(crate) struct Submission {
 #[derive(Debug)]
 pub struct Pending {
     reply: pb::IngestReply,
-    commit: Option<oneshot::Receiver<Result<(), String>>>,
+    /// Commits to wait for: this request's own, and those of pending first copies of its
+    /// duplicates (durable mode only).
+    commits: Vec<Outcome>,
+}
+
+/// Waits until `rx` is resolved; the commit's error, or shutdown when its batcher is gone.
+pub(crate) async fn resolved(mut rx: Outcome) -> Result<(), IngestError> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => match v.as_ref() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(IngestError::CommitFailed(e.to_string())),
+            None => Err(IngestError::ShuttingDown),
+        },
+        Err(_) => Err(IngestError::ShuttingDown),
+    }
 }
 
 impl Pending {
-    /// Waits for the commit (durable mode) and returns the reply.
+    /// Waits for the commits (durable mode) and returns the reply.
     pub async fn wait(self) -> Result<pb::IngestReply, IngestError> {
-        if let Some(rx) = self.commit {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(IngestError::CommitFailed(e)),
-                Err(_) => return Err(IngestError::ShuttingDown),
-            }
+        for rx in self.commits {
+            resolved(rx).await?;
         }
         Ok(self.reply)
     }
@@ -121,7 +156,7 @@ pub struct Pipeline {
     limits: Limits,
     tx: mpsc::Sender<Submission>,
     room: Arc<Semaphore>,
-    dedup: Option<Arc<DedupWindow>>,
+    dedup: Option<Arc<Window>>,
     shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
     batcher: batcher::Handle,
@@ -136,8 +171,9 @@ impl Pipeline {
         limits: Limits,
         store: Arc<dyn EventStore>,
         analytics: Option<Arc<RwLock<Analytics>>>,
-        dedup: Option<Arc<DedupWindow>>,
+        dedup: Option<Arc<Window>>,
         shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
+        resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity_events);
         let counters = Arc::new(Counters::default());
@@ -150,6 +186,7 @@ impl Pipeline {
             analytics,
             dedup: dedup.clone(),
             shared: shared.clone(),
+            resilient,
             counters: counters.clone(),
             max_batch: max_batch.clone(),
             in_flight: match cfg.commits_in_flight {
@@ -214,6 +251,10 @@ impl Pipeline {
         // Room first (for every event that could be new), dedup second: a refused request
         // then leaves no trace in the window. Validation is cheap and runs in the same pass.
         let mut room = self.reserve(received, when_full).await?;
+        let durable = mode == pb::AckMode::Durable;
+        let (outcome, mine) = watch::channel(None);
+        // Commits of pending first copies this request's duplicates must wait for.
+        let mut firsts: Vec<Outcome> = Vec::new();
         let mut fresh = Vec::with_capacity(received);
         let mut by_type = [0u64; 9]; // EventType values 0..=7, 8 = not parseable
         let mut keys = Vec::with_capacity(if self.dedup.is_some() { received } else { 0 });
@@ -246,19 +287,33 @@ impl Pipeline {
             }
             if let Some(window) = &self.dedup {
                 let k = dedup::key(view.event_id);
-                if !window.insert(k, now) {
-                    reply.duplicates += 1;
-                    continue;
+                match window.claim(k, now, &mine) {
+                    Seen::New => keys.push(k),
+                    Seen::Stored => {
+                        reply.duplicates += 1;
+                        continue;
+                    }
+                    Seen::Pending(first) => {
+                        reply.duplicates += 1;
+                        // A repeat inside this request shares its own commit.
+                        if durable
+                            && !first.same_channel(&mine)
+                            && !firsts.iter().any(|f| f.same_channel(&first))
+                        {
+                            firsts.push(first);
+                        }
+                        continue;
+                    }
                 }
-                keys.push(k);
             } else if self.shared.is_some() {
                 ids.push(view.event_id.to_owned());
             }
             let raw = if view.timestamp_ms == 0 { adflow_proto::raw::with_timestamp(&raw, now) } else { raw };
             fresh.push(StoredEvent { received_at_ms: now, raw });
         }
+        let mut unchecked = Vec::new();
         if let Some(shared) = &self.shared {
-            match shared.claim(&ids).await {
+            match shared.admit(&ids, durable).await {
                 Ok(new) => {
                     let mut it = new.iter();
                     fresh.retain(|_| *it.next().unwrap_or(&true));
@@ -266,8 +321,16 @@ impl Pipeline {
                     ids.retain(|_| *it.next().unwrap_or(&true));
                     reply.duplicates += new.iter().filter(|n| !**n).count() as u32;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "shared dedup unavailable; accepting the events unchecked")
+                Err(crate::shared_dedup::AdmitError::StillPending(n)) => {
+                    drop(room);
+                    return Err(IngestError::FirstCopyPending(n));
+                }
+                Err(crate::shared_dedup::AdmitError::Redis(e)) => {
+                    // Availability first: the events are taken, and their ids are recorded
+                    // in Redis after the commit (or when the spill replays them).
+                    tracing::warn!(error = %e, "shared dedup unavailable; ids are recorded once Redis answers");
+                    metrics::counter!("dedup_unchecked_events_total").increment(ids.len() as u64);
+                    unchecked = std::mem::take(&mut ids);
                 }
             }
         }
@@ -280,7 +343,7 @@ impl Pipeline {
         c.accepted.fetch_add(fresh.len() as u64, Ordering::Relaxed);
         record_metrics(&by_type, &reply);
         if fresh.is_empty() {
-            return Ok(Pending { reply, commit: None });
+            return Ok(Pending { reply, commits: firsts });
         }
         // Give back the room of events that turned out invalid or duplicate.
         if let Some(r) = room.as_mut()
@@ -289,14 +352,7 @@ impl Pipeline {
             drop(extra);
         }
         let events = fresh;
-        let (done, commit) = match mode {
-            pb::AckMode::Durable => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            _ => (None, None),
-        };
-        let sub = Submission { events, keys, ids, done, _room: room };
+        let sub = Submission { events, keys, ids, unchecked, outcome, durable, _room: room };
         if let Err(e) = self.tx.try_send(sub) {
             // Room was reserved, so the channel can only be closed (shutdown), not full.
             let sub = e.into_inner();
@@ -306,7 +362,10 @@ impl Pipeline {
             }
             return Err(IngestError::ShuttingDown);
         }
-        Ok(Pending { reply, commit })
+        if durable {
+            firsts.insert(0, mine);
+        }
+        Ok(Pending { reply, commits: firsts })
     }
 
     async fn reserve(
@@ -333,7 +392,7 @@ impl Pipeline {
 
     fn forget(&self, keys: &[u64]) {
         if let Some(w) = &self.dedup {
-            keys.iter().for_each(|k| w.remove(*k));
+            w.remove_all(keys);
         }
     }
 

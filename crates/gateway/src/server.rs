@@ -5,7 +5,7 @@
 //! pipeline -> close the store.
 
 use crate::config::Config;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Window};
 use crate::services::ads::AdsService;
 use crate::services::agent::AgentSvc;
 use crate::services::queue_control::QueueControlService;
@@ -13,7 +13,7 @@ use crate::services::workers::{WorkerHub, WorkersService};
 use crate::services::{analytics::AnalyticsService, ingest::IngestService};
 use crate::worker_pool::WorkerPool;
 use adflow_domain::analytics::Analytics;
-use adflow_domain::dedup::{self, DedupWindow};
+use adflow_domain::dedup;
 use adflow_domain::now_ms;
 use adflow_domain::pb::ad_service_server::AdServiceServer;
 use adflow_domain::pb::agent_service_server::AgentServiceServer;
@@ -54,7 +54,7 @@ const REBUILD_PAGE: usize = 16_384;
 async fn rebuild(
     store: &dyn EventStore,
     analytics: Option<&RwLock<Analytics>>,
-    dedup: Option<&DedupWindow>,
+    dedup: Option<&Window>,
 ) -> anyhow::Result<u64> {
     if analytics.is_none() && dedup.is_none() {
         return Ok(0);
@@ -120,10 +120,76 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Follows the store's health into grpc.health.v1 until `stop` turns true.
-async fn watch_health(store: Arc<dyn EventStore>, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
+/// A stable token for this gateway's shared-dedup claims, kept beside its spill buffer
+/// (a random one when the directory cannot be written).
+fn node_token(spill_dir: &std::path::Path) -> String {
+    let path = spill_dir.join("node.token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return t.trim().to_owned();
+    }
+    let t = uuid::Uuid::new_v4().simple().to_string();
+    if let Err(e) = std::fs::create_dir_all(spill_dir).and_then(|_| std::fs::write(&path, &t)) {
+        tracing::warn!(error = %e, path = %path.display(), "could not keep the dedup token; using a new one per run");
+    }
+    t
+}
+
+/// The dedup part of the health report, the effective window gauge, and a WARN when the
+/// memory bound starts (or stops) cutting the window short.
+fn dedup_health(w: &Window, warned: &mut bool) -> String {
+    let now = now_ms();
+    let eff = w.effective_window_ms(now);
+    metrics::gauge!("dedup_effective_window_seconds").set(eff as f64 / 1000.0);
+    metrics::gauge!("dedup_ids").set(w.len() as f64);
+    metrics::gauge!("dedup_memory_bytes").set(w.memory_bytes() as f64);
+    metrics::counter!("dedup_evicted_early_total").absolute(w.evicted_early());
+    let short = eff < w.window_ms();
+    if short && !*warned {
+        tracing::warn!(
+            effective_window_secs = eff / 1000,
+            window_secs = w.window_ms() / 1000,
+            capacity_ids = w.capacity(),
+            "dedup window cut short by its memory budget (ingest.dedup.max_memory_mb): retries older than the effective window are stored again"
+        );
+    } else if !short && *warned {
+        tracing::info!(window_secs = w.window_ms() / 1000, "dedup window holds its full length again");
+    }
+    *warned = short;
+    format!(
+        "dedup: {} ids, window {} s, effective {} s{}",
+        w.len(),
+        w.window_ms() / 1000,
+        eff / 1000,
+        if short { " (cut short by max_memory_mb)" } else { "" }
+    )
+}
+
+async fn watch_health(
+    store: Arc<dyn EventStore>,
+    dedup: Option<Arc<Window>>,
+    shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
+    text: adflow_telemetry::HealthText,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut last = None;
+    let mut warned = false;
     loop {
         let h = store.health().await;
+        let mut report = format!("store ({}): {}\n", store.backend(), h.detail);
+        if let Some(w) = &dedup {
+            report += &dedup_health(w, &mut warned);
+            report.push('\n');
+        }
+        if let Some(s) = &shared {
+            s.flush_backlog().await;
+            let b = s.backlog();
+            metrics::gauge!("dedup_backlog_ids").set(b as f64);
+            report += &format!("shared dedup: {b} ids of stored events waiting to be recorded in Redis\n");
+        }
+        *text.write().unwrap_or_else(|p| p.into_inner()) = report;
         if last.as_ref() != Some(&h.ok) {
             if h.ok {
                 tracing::info!(backend = store.backend(), detail = %h.detail, "event store healthy: SERVING");
@@ -220,8 +286,16 @@ pub async fn serve(
     };
     let d = &cfg.ingest.dedup;
     let share_ids = d.shared.unwrap_or(cfg.storage.backend == adflow_store::Backend::Redis);
-    let dedup =
-        (d.enabled && !share_ids).then(|| Arc::new(DedupWindow::new(d.window_secs as i64 * 1000, d.max_ids)));
+    let dedup = (d.enabled && !share_ids)
+        .then(|| Arc::new(Window::with_budget(d.window_secs as i64 * 1000, d.max_memory_mb << 20)));
+    if let Some(w) = &dedup {
+        tracing::info!(
+            window_secs = d.window_secs,
+            max_memory_mb = d.max_memory_mb,
+            capacity_ids = w.capacity(),
+            "dedup window: holds window_secs up to capacity_ids / window_secs events per second"
+        );
+    }
     let shared = if d.enabled && share_ids {
         let s = crate::shared_dedup::SharedDedup::connect(
             &cfg.storage.redis.target(),
@@ -231,9 +305,15 @@ pub async fn serve(
         .await
         .with_context(|| {
             format!("connecting the shared dedup to {} (storage.redis.url)", cfg.storage.redis.url)
-        })?;
+        })?
+        .with_token(&node_token(&cfg.storage.resilience.spill_dir))
+        .with_claim_secs(d.claim_secs);
         tracing::info!(url = %cfg.storage.redis.url, "dedup ids are shared through Redis");
-        Some(Arc::new(s))
+        let s = Arc::new(s);
+        if let Some(r) = &resilient {
+            r.set_replay_guard(s.clone());
+        }
+        Some(s)
     } else {
         None
     };
@@ -252,7 +332,8 @@ pub async fn serve(
         store.clone(),
         local_analytics,
         dedup.clone(),
-        shared,
+        shared.clone(),
+        resilient.clone(),
     ));
     let qcfg = queue_config(&cfg);
     let queue: Arc<dyn AdQueue> = match qcfg.backend {
@@ -287,6 +368,7 @@ pub async fn serve(
         resilient.clone(),
         stop_rx.clone(),
     ));
+    let health_text: adflow_telemetry::HealthText = Default::default();
     let metrics_task = if cfg.metrics.listen.is_empty() {
         None
     } else {
@@ -294,10 +376,23 @@ pub async fn serve(
             .await
             .with_context(|| format!("binding {} (metrics.listen)", cfg.metrics.listen))?;
         tracing::info!(addr = %l.local_addr()?, "Prometheus metrics on /metrics");
-        Some(tokio::spawn(adflow_telemetry::serve_metrics(l, prometheus, stop_rx.clone())))
+        tracing::info!(addr = %l.local_addr()?, "health report on /healthz");
+        Some(tokio::spawn(adflow_telemetry::serve_metrics_and_health(
+            l,
+            prometheus,
+            Some(health_text.clone()),
+            stop_rx.clone(),
+        )))
     };
     let (reporter, health) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(watch_health(store.clone(), reporter.clone(), stop_rx.clone()));
+    let health_task = tokio::spawn(watch_health(
+        store.clone(),
+        dedup.clone(),
+        shared.clone(),
+        health_text.clone(),
+        reporter.clone(),
+        stop_rx.clone(),
+    ));
 
     let max = cfg.server.max_message_bytes;
     let ingest =

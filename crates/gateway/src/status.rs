@@ -25,7 +25,9 @@ impl From<IngestError> for Status {
                 Status::invalid_argument(msg)
             }
             IngestError::Full { .. } => Status::resource_exhausted(msg),
-            IngestError::ShuttingDown | IngestError::CommitFailed(_) => Status::unavailable(msg),
+            IngestError::ShuttingDown | IngestError::CommitFailed(_) | IngestError::FirstCopyPending(_) => {
+                Status::unavailable(msg)
+            }
         }
     }
 }

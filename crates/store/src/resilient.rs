@@ -7,6 +7,11 @@
 //! durable. While the spill holds events, new batches also go there, keeping their order.
 //! A drain task replays the spill into the backend in order, page by page, persisting its
 //! position after each page, and empties the spill once it has caught up.
+//!
+//! A `ReplayGuard` (set by the gateway when event ids are deduplicated in a shared set)
+//! sees every replayed page before it is written: it drops events that another writer
+//! stored meanwhile and records the ids of the events it lets through once they are
+//! written, so a resend after an outage is a duplicate and never a second copy.
 
 use crate::file::{FileConfig, FileStore};
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
@@ -53,6 +58,25 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a committed batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// In the backend itself.
+    Backend,
+    /// In the local spill buffer, to be replayed into the backend later.
+    Spill,
+}
+
+/// Decides which spilled events are still to be written when the spill replays.
+#[async_trait]
+pub trait ReplayGuard: Send + Sync {
+    /// For each event of a page about to be replayed, whether to write it (false: the
+    /// same event id is already stored, e.g. by another gateway while this one spilled).
+    async fn admit(&self, events: &[StoredEvent]) -> Result<Vec<bool>>;
+    /// The admitted events were written to the backend.
+    async fn written(&self, events: &[StoredEvent]);
+}
+
 struct Spill {
     store: FileStore,
     /// Events written to the spill and not yet replayed.
@@ -69,6 +93,7 @@ pub struct Resilient {
     open_until_ms: AtomicI64,
     spilled: AtomicU64,
     replayed: AtomicU64,
+    guard: std::sync::OnceLock<Arc<dyn ReplayGuard>>,
 }
 
 fn cursor_file(cfg: &ResilienceConfig) -> PathBuf {
@@ -110,7 +135,13 @@ impl Resilient {
             open_until_ms: AtomicI64::new(0),
             spilled: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            guard: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Installs the guard that filters replayed pages (once; later calls are ignored).
+    pub fn set_replay_guard(&self, guard: Arc<dyn ReplayGuard>) {
+        let _ = self.guard.set(guard);
     }
 
     /// Events waiting in the spill buffer.
@@ -163,10 +194,32 @@ impl Resilient {
             s.pending = 0;
             return Ok(0);
         }
-        if let Err(e) = self.backend.append(&page.events).await {
+        let keep = match self.guard.get() {
+            Some(g) => match g.admit(&page.events).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.trip();
+                    tracing::warn!(error = %e, "dedup set not answering; spill replay paused");
+                    return Ok(0);
+                }
+            },
+            None => None,
+        };
+        let write: Vec<StoredEvent> = match &keep {
+            Some(k) => page.events.iter().zip(k).filter(|(_, k)| **k).map(|(e, _)| e.clone()).collect(),
+            None => page.events.clone(),
+        };
+        if let Err(e) = self.backend.append(&write).await {
             self.trip();
             tracing::warn!(error = %e, "backend still failing; spill replay paused");
             return Ok(0);
+        }
+        if let Some(g) = self.guard.get() {
+            g.written(&write).await;
+            let dropped = page.events.len() - write.len();
+            if dropped > 0 {
+                tracing::info!(dropped, "spill replay skipped events another writer had already stored");
+            }
         }
         let n = page.events.len();
         s.pending = s.pending.saturating_sub(n as u64);
@@ -199,6 +252,32 @@ impl Resilient {
         Ok(n)
     }
 
+    /// Appends like `EventStore::append` and says where the batch landed.
+    pub async fn append_placed(&self, events: &[StoredEvent]) -> Result<Placement> {
+        if events.is_empty() {
+            return Ok(Placement::Backend);
+        }
+        {
+            let s = self.spill.lock().await;
+            let must_spill = s.pending > 0 || self.breaker_open();
+            drop(s);
+            if !must_spill {
+                match self.try_backend(events).await {
+                    Ok(()) => return Ok(Placement::Backend),
+                    Err(e) => {
+                        self.trip();
+                        tracing::warn!(error = %e, events = events.len(), "backend down: spilling to the local buffer");
+                    }
+                }
+            }
+        }
+        let mut s = self.spill.lock().await;
+        s.store.append(events).await?;
+        s.pending += events.len() as u64;
+        self.spilled.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(Placement::Spill)
+    }
+
     /// Drains the spill every `every` until `stop` turns true.
     pub async fn drain_loop(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
@@ -222,28 +301,7 @@ impl EventStore for Resilient {
     }
 
     async fn append(&self, events: &[StoredEvent]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        {
-            let s = self.spill.lock().await;
-            let must_spill = s.pending > 0 || self.breaker_open();
-            drop(s);
-            if !must_spill {
-                match self.try_backend(events).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        self.trip();
-                        tracing::warn!(error = %e, events = events.len(), "backend down: spilling to the local buffer");
-                    }
-                }
-            }
-        }
-        let mut s = self.spill.lock().await;
-        s.store.append(events).await?;
-        s.pending += events.len() as u64;
-        self.spilled.fetch_add(events.len() as u64, Ordering::Relaxed);
-        Ok(())
+        self.append_placed(events).await.map(|_| ())
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {

@@ -6,7 +6,7 @@
 pub mod metrics_http;
 pub mod trace;
 
-pub use metrics_http::{prometheus, serve_metrics};
+pub use metrics_http::{HealthText, prometheus, serve_metrics, serve_metrics_and_health};
 pub use trace::{TracingConfig, current_traceparent, set_parent};
 
 use opentelemetry::trace::TracerProvider as _;

@@ -40,7 +40,20 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` turns true.
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, mut stop: watch::Receiver<bool>) {
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, stop: watch::Receiver<bool>) {
+    serve_metrics_and_health(listener, handle, None, stop).await
+}
+
+/// A health report that the process keeps current (one line per component).
+pub type HealthText = std::sync::Arc<std::sync::RwLock<String>>;
+
+/// Serves `GET /metrics` and, when `health` is given, `GET /healthz` (the report as text).
+pub async fn serve_metrics_and_health(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    health: Option<HealthText>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
@@ -53,14 +66,21 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, mut 
             _ = stop.changed() => return,
         };
         let handle = handle.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let handle = handle.clone();
+                let health = health.clone();
                 async move {
                     if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(handle.render())))
+                    } else if let (Some(h), "/healthz") = (&health, req.uri().path()) {
+                        let text = h.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        Response::builder()
+                            .header("content-type", "text/plain; charset=utf-8")
+                            .body(Full::new(Bytes::from(text)))
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

@@ -12,19 +12,19 @@
 //! from the dedup window so the retry is accepted), but events acked in `accepted` mode
 //! are kept and retried until the store takes them: those clients were promised storage.
 
-use super::{Counters, Submission};
+use super::{CommitState, Counters, Submission, Window};
 use crate::config::IngestConfig;
 use adflow_domain::analytics::Analytics;
-use adflow_domain::dedup::DedupWindow;
 use adflow_domain::{StoredEvent, now_ms};
 use adflow_store::EventStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use adflow_store::resilient::Placement;
 use tracing::Instrument;
 
 /// Stops and joins the batcher.
@@ -52,8 +52,9 @@ struct Batcher {
     cfg: IngestConfig,
     store: Arc<dyn EventStore>,
     analytics: Option<Arc<RwLock<Analytics>>>,
-    dedup: Option<Arc<DedupWindow>>,
+    dedup: Option<Arc<Window>>,
     shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
+    resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     counters: Arc<Counters>,
     stopping: AtomicBool,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
@@ -67,7 +68,9 @@ struct Waiter {
     range: std::ops::Range<usize>,
     keys: Vec<u64>,
     ids: Vec<String>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    unchecked: Vec<String>,
+    outcome: watch::Sender<CommitState>,
+    durable: bool,
 }
 
 /// What the batcher works with.
@@ -75,8 +78,10 @@ pub(super) struct Parts {
     pub cfg: IngestConfig,
     pub store: Arc<dyn EventStore>,
     pub analytics: Option<Arc<RwLock<Analytics>>>,
-    pub dedup: Option<Arc<DedupWindow>>,
+    pub dedup: Option<Arc<Window>>,
     pub shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
+    /// The spill wrapper of a remote store, to learn where a commit landed.
+    pub resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     pub counters: Arc<Counters>,
     pub max_batch: Arc<std::sync::atomic::AtomicUsize>,
     /// Commits that may be in flight at once (>= 1).
@@ -91,6 +96,7 @@ pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
         analytics: p.analytics,
         dedup: p.dedup,
         shared: p.shared,
+        resilient: p.resilient,
         counters: p.counters,
         stopping: AtomicBool::new(false),
         max_batch: p.max_batch,
@@ -168,7 +174,14 @@ impl Batcher {
         for s in subs {
             let start = events.len();
             events.extend(s.events);
-            waiters.push(Waiter { range: start..events.len(), keys: s.keys, ids: s.ids, done: s.done });
+            waiters.push(Waiter {
+                range: start..events.len(),
+                keys: s.keys,
+                ids: s.ids,
+                unchecked: s.unchecked,
+                outcome: s.outcome,
+                durable: s.durable,
+            });
             rooms.push(s._room);
         }
         let started = Instant::now();
@@ -185,10 +198,15 @@ impl Batcher {
             tracing::Span::none()
         };
         let mut attempt = 0u32;
-        loop {
+        let placement = loop {
             attempt += 1;
-            let Err(e) = self.store.append(&events).instrument(span.clone()).await else {
-                break;
+            let res = match &self.resilient {
+                Some(r) => r.append_placed(&events).instrument(span.clone()).await,
+                None => self.store.append(&events).instrument(span.clone()).await.map(|()| Placement::Backend),
+            };
+            let e = match res {
+                Ok(p) => break p,
+                Err(e) => e,
             };
             self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("processing_errors_total").increment(1);
@@ -208,7 +226,7 @@ impl Batcher {
                 return;
             }
             tokio::time::sleep(backoff(&self.cfg, attempt)).await;
-        }
+        };
         let n = events.len() as u64;
         let took = started.elapsed();
         span.record("duration_ms", took.as_secs_f64() * 1000.0);
@@ -227,10 +245,20 @@ impl Batcher {
         }
         self.counters.committed.fetch_add(n, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = &self.dedup {
+            let keys: Vec<u64> = waiters.iter().flat_map(|w| w.keys.iter().copied()).collect();
+            d.settle(&keys);
+        }
+        if let Some(shared) = &self.shared {
+            // A claim is final only once its batch is stored: mark the ids stored (or, for a
+            // batch parked in the spill, held by this gateway until the replay) before any
+            // client hears "stored".
+            let ids: Vec<&str> =
+                waiters.iter().flat_map(|w| w.ids.iter().chain(&w.unchecked)).map(String::as_str).collect();
+            shared.settle(&ids, placement == Placement::Spill).await;
+        }
         for w in waiters {
-            if let Some(tx) = w.done {
-                let _ = tx.send(Ok(()));
-            }
+            w.outcome.send_replace(Some(Ok(())));
         }
         drop(rooms);
     }
@@ -244,21 +272,24 @@ impl Batcher {
     ) -> (Vec<StoredEvent>, Vec<Waiter>) {
         let mut slots: Vec<Option<StoredEvent>> = events.into_iter().map(Some).collect();
         let (mut kept, mut kept_waiters) = (Vec::new(), Vec::new());
+        let err: Arc<str> = Arc::from(err);
         for w in waiters {
-            if let Some(tx) = w.done {
+            if w.durable {
+                // Repeats waiting on this commit fail with it; then the ids are forgotten so
+                // the client's retry is taken as new.
+                w.outcome.send_replace(Some(Err(err.clone())));
                 if let Some(d) = &self.dedup {
-                    w.keys.iter().for_each(|k| d.remove(*k));
+                    d.remove_all(&w.keys);
                 }
                 if let Some(shared) = &self.shared {
                     let (shared, ids) = (shared.clone(), w.ids.clone());
                     tokio::spawn(async move { shared.forget(&ids).await });
                 }
-                let _ = tx.send(Err(err.to_owned()));
                 continue;
             }
             let start = kept.len();
-            kept.extend(slots[w.range].iter_mut().filter_map(Option::take));
-            kept_waiters.push(Waiter { range: start..kept.len(), keys: w.keys, ids: w.ids, done: None });
+            kept.extend(slots[w.range.clone()].iter_mut().filter_map(Option::take));
+            kept_waiters.push(Waiter { range: start..kept.len(), ..w });
         }
         if !kept.is_empty() {
             tracing::error!(

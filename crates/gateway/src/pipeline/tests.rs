@@ -6,11 +6,26 @@ use adflow_store::{Cursor, Health, Page, StoreError};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
 
-/// An in-memory store whose next `fail` appends fail.
-#[derive(Default)]
+/// An in-memory store whose next `fail` appends fail; while `gated`, each append first
+/// waits for a permit of `gate` (a commit held in flight).
 struct FlakyStore {
     events: Mutex<Vec<StoredEvent>>,
     fail: AtomicU32,
+    gated: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Semaphore,
+    appends: AtomicU32,
+}
+
+impl Default for FlakyStore {
+    fn default() -> Self {
+        Self {
+            events: Mutex::default(),
+            fail: AtomicU32::new(0),
+            gated: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            appends: AtomicU32::new(0),
+        }
+    }
 }
 
 #[async_trait]
@@ -19,6 +34,10 @@ impl EventStore for FlakyStore {
         "flaky"
     }
     async fn append(&self, events: &[StoredEvent]) -> adflow_store::Result<()> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.gated.load(Ordering::SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
         if self.fail.load(Ordering::SeqCst) > 0 {
             self.fail.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Io {
@@ -63,8 +82,8 @@ fn ev(id: &str) -> Bytes {
 
 fn start(store: Arc<FlakyStore>) -> Pipeline {
     let analytics = Arc::new(RwLock::new(Analytics::default()));
-    let dedup = Some(Arc::new(DedupWindow::new(60_000, 10_000)));
-    Pipeline::start(cfg(), Limits::default(), store, Some(analytics), dedup, None)
+    let dedup = Some(Arc::new(Window::new(60_000, 10_000)));
+    Pipeline::start(cfg(), Limits::default(), store, Some(analytics), dedup, None, None)
 }
 
 #[tokio::test]
@@ -113,4 +132,74 @@ async fn the_receive_time_fills_a_missing_timestamp() {
     assert!(e.event().unwrap().timestamp_ms > 0);
     assert_eq!(e.event().unwrap().timestamp_ms, e.received_at_ms);
     p.shutdown().await;
+}
+
+/// Waits until the store has seen `n` append attempts (the first commit is in flight).
+async fn appends_reach(store: &FlakyStore, n: u32) {
+    while store.appends.load(Ordering::SeqCst) < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_racing_a_failing_first_commit_fails_with_it_and_its_retry_is_stored() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    store.fail.store(3, Ordering::SeqCst); // the whole retry budget
+    let p = start(store.clone());
+    let first = p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    appends_reach(&store, 1).await;
+    // The same batch again, while the first commit is in flight: duplicates, but pending.
+    let repeat = p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    store.gate.add_permits(3);
+    assert!(matches!(first.wait().await, Err(IngestError::CommitFailed(_))));
+    let err = repeat.wait().await.expect_err("a duplicate of an unstored event is not 'stored'");
+    assert!(matches!(err, IngestError::CommitFailed(_)), "{err}");
+    assert!(store.events.lock().unwrap().is_empty());
+    // Both clients retry: the first retry is stored, the second is a duplicate.
+    store.gated.store(false, Ordering::SeqCst);
+    let r = p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(r.wait().await.unwrap().accepted, 2);
+    let r = p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(r.wait().await.unwrap().duplicates, 2);
+    assert_eq!(store.events.lock().unwrap().len(), 2);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_repeat_racing_a_commit_is_answered_only_after_that_commit() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    let p = Arc::new(start(store.clone()));
+    let first = p.enqueue(vec![ev("y1")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    appends_reach(&store, 1).await;
+    // A repeat plus a new event: its reply needs both commits.
+    let repeat = p.enqueue(vec![ev("y1"), ev("y2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    let waiting = tokio::spawn(repeat.wait());
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "the repeat was answered while the first copy was not stored");
+    assert!(store.events.lock().unwrap().is_empty());
+    store.gate.add_permits(10);
+    assert_eq!(first.wait().await.unwrap().accepted, 1);
+    let reply = waiting.await.unwrap().unwrap();
+    assert_eq!((reply.accepted, reply.duplicates), (1, 1));
+    let ids: Vec<_> = store.events.lock().unwrap().iter().map(|e| e.event().unwrap().event_id).collect();
+    assert_eq!(ids, vec!["y1", "y2"]);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_accepted_mode_repeat_of_a_pending_id_is_answered_at_once() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    let p = start(store.clone());
+    let _first = p.enqueue(vec![ev("z")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+    appends_reach(&store, 1).await;
+    let r = p.enqueue(vec![ev("z")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(r.wait().await.unwrap().duplicates, 1);
+    store.gate.add_permits(10);
+    p.shutdown().await;
+    assert_eq!(store.events.lock().unwrap().len(), 1);
 }
