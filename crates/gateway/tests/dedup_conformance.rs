@@ -19,7 +19,7 @@ trait Ids: Send + Sync {
 }
 
 struct Memory {
-    w: DedupWindow,
+    w: DedupWindow<()>,
     start: Instant,
 }
 
@@ -40,6 +40,7 @@ impl Ids for Memory {
 #[async_trait]
 impl Ids for SharedDedup {
     async fn claim(&self, ids: &[String]) -> Vec<bool> {
+        // Claims stay pending here (no commit settles them); they expire after claim_secs = 1.
         SharedDedup::claim(self, ids).await.expect("redis answers")
     }
 
@@ -81,7 +82,8 @@ async fn redis_keeps_the_dedup_contract() {
     };
     let d = SharedDedup::connect(&Target { url, cluster_nodes: Vec::new() }, "{adflow-test}:dedup:", 1)
         .await
-        .unwrap();
+        .unwrap()
+        .with_claim_secs(1);
     suite("redis", &d).await;
 }
 
@@ -94,6 +96,105 @@ async fn a_redis_cluster_keeps_the_dedup_contract() {
     let cluster_nodes = nodes.split(',').map(|s| s.trim().to_owned()).collect();
     let d = SharedDedup::connect(&Target { url: String::new(), cluster_nodes }, "{adflow-test}:dedup:", 1)
         .await
-        .unwrap();
+        .unwrap()
+        .with_claim_secs(1);
     suite("redis cluster", &d).await;
+}
+
+/// Two gateways' handles on one Redis (distinct claim tokens), or None when not configured.
+async fn two_gateways(claim_secs: u64) -> Option<(SharedDedup, SharedDedup)> {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the shared dedup protocol tests");
+        return None;
+    };
+    let t = Target { url, cluster_nodes: Vec::new() };
+    let open = |tok: &'static str| {
+        let t = t.clone();
+        async move {
+            SharedDedup::connect(&t, "{adflow-test}:dedup:", 60)
+                .await
+                .unwrap()
+                .with_token(&format!("{tok}-{}", uuid::Uuid::new_v4().simple()))
+                .with_claim_secs(claim_secs)
+        }
+    };
+    Some((open("a").await, open("b").await))
+}
+
+fn ids(n: usize) -> Vec<String> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    (0..n).map(|i| format!("{run}-{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_durable_repeat_on_another_gateway_waits_for_the_first_commit() {
+    let Some((a, b)) = two_gateways(30).await else { return };
+    let x = ids(3);
+    assert_eq!(a.admit(&x, true).await.unwrap(), vec![true; 3]);
+    // B sees the ids pending: an accepted-mode repeat is a duplicate at once ...
+    assert_eq!(b.admit(&x, false).await.unwrap(), vec![false; 3]);
+    // ... a durable one waits until A's commit settles them.
+    let b = std::sync::Arc::new(b);
+    let (b2, x2) = (b.clone(), x.clone());
+    let waiting = tokio::spawn(async move { b2.admit(&x2, true).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "B answered before A's commit ended");
+    let refs: Vec<&str> = x.iter().map(String::as_str).collect();
+    a.settle(&refs, false).await;
+    assert_eq!(waiting.await.unwrap(), vec![false; 3], "stored by A: duplicates on B");
+}
+
+#[tokio::test]
+async fn a_repeat_of_a_failed_first_commit_is_taken_as_new() {
+    let Some((a, b)) = two_gateways(30).await else { return };
+    let x = ids(2);
+    assert_eq!(a.admit(&x, true).await.unwrap(), vec![true, true]);
+    let b = std::sync::Arc::new(b);
+    let (b2, x2) = (b.clone(), x.clone());
+    let waiting = tokio::spawn(async move { b2.admit(&x2, true).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.forget(&x).await; // A's commit failed
+    assert_eq!(waiting.await.unwrap(), vec![true, true], "B now holds the only copy");
+    // A's client retries on A: B's claim is pending, so A's durable retry waits; B stores.
+    let refs: Vec<&str> = x.iter().map(String::as_str).collect();
+    b.settle(&refs, false).await;
+    assert_eq!(a.admit(&x, true).await.unwrap(), vec![false, false]);
+}
+
+#[tokio::test]
+async fn a_claim_of_a_dead_gateway_expires_and_a_durable_repeat_then_stores() {
+    let Some((a, b)) = two_gateways(1).await else { return };
+    let x = ids(1);
+    assert_eq!(a.admit(&x, true).await.unwrap(), vec![true]);
+    drop(a); // killed mid-commit: never settles, never forgets
+    assert_eq!(b.admit(&x, true).await.unwrap(), vec![true], "claimed by B once A's claim expired");
+}
+
+#[tokio::test]
+async fn the_spill_replay_skips_what_another_gateway_stored_and_records_the_rest() {
+    use adflow_store::resilient::ReplayGuard;
+    let Some((a, b)) = two_gateways(30).await else { return };
+    let x = ids(3);
+    // A took x0 and x1 and parked them in its spill; x2 arrived while Redis was down.
+    assert_eq!(a.admit(&x[..2], true).await.unwrap(), vec![true, true]);
+    a.settle(&[&x[0], &x[1]], true).await;
+    // A held claim is pending for everyone else: B's accepted-mode repeat is a duplicate.
+    assert_eq!(b.admit(&x[..1], false).await.unwrap(), vec![false]);
+    // Meanwhile a client resent x2 to B, which stored it.
+    assert_eq!(b.admit(&x[2..], true).await.unwrap(), vec![true]);
+    b.settle(&[&x[2]], false).await;
+    let ev = |id: &str| {
+        adflow_store::StoredEvent::encode(
+            1,
+            &adflow_domain::pb::AdEvent { event_id: id.into(), ad_id: "a".into(), r#type: 1, ..Default::default() },
+        )
+    };
+    // The spill holds x0, x1, x2 and x0 again (the client retried on A during the outage).
+    let page = vec![ev(&x[0]), ev(&x[1]), ev(&x[2]), ev(&x[0])];
+    let keep = ReplayGuard::admit(&a, &page).await.unwrap();
+    assert_eq!(keep, vec![true, true, false, false]);
+    ReplayGuard::written(&a, &[ev(&x[0]), ev(&x[1])]).await;
+    // After the replay every id is a plain duplicate, on both gateways, without waiting.
+    assert_eq!(b.admit(&x, true).await.unwrap(), vec![false; 3]);
+    assert_eq!(a.admit(&x, true).await.unwrap(), vec![false; 3]);
 }
