@@ -1,6 +1,41 @@
 //! The `file` backend, adflow's embedded default: append-only segment files of framed
-//! records (see `framing`), one `write` + `fdatasync` per committed batch, rotation when a
-//! segment reaches its size, and recovery at open that truncates a torn tail.
+//! records (format in `framing`: magic, length, payload CRC, header CRC, payload), one
+//! `write` + `fdatasync` per committed batch, rotation when a segment reaches its size.
+//!
+//! Layout of `dir`: `segment-<n, 20 digits>.log`, numbered from 1; the highest is the
+//! newest (the one appended to), the others are sealed and never written again;
+//! `quarantine/segment-<n>-offset-<m>.bin` holds copies of damaged bytes.
+//!
+//! Damage costs only the damaged bytes. Every reader (recovery, `scan`, `scan_since`, so
+//! the gateway's start-up rebuild of analytics and of the dedup window) goes through
+//! `reader::SegmentReader`: at an offset where no valid record starts, it searches forward
+//! for the next offset where a whole valid record does, and skips the bytes in between.
+//! Scans never return `Corrupt`; each damaged range is copied to `quarantine/`, logged at
+//! ERROR with segment, offset, byte count and reason, and counted in
+//! `store_corrupt_records_total`, once per process (see `damage`); `health()` stays ok and
+//! names it ("ok, segment 7; 1 damaged range (310 bytes) skipped and quarantined (see
+//! log)"). Appends are never affected: they go to the end of the newest segment.
+//!
+//! Recovery at open reads the newest segment and tells a torn tail from damage: bytes at
+//! its end with no valid record after them (a write cut by a crash, or a damaged last
+//! record, which cannot be told apart) are copied to `quarantine/` and cut off, with a WARN
+//! and `store_torn_tails_total`; damaged bytes followed by valid records are left in
+//! place and skipped like damage in a sealed segment. Valid records are never cut. If the
+//! tail cannot be quarantined (disk full), it is not cut either: it stays as a skipped
+//! damaged range and appends go after it.
+//!
+//! Sealed segments are not checked at open: opening stays O(newest segment). Every record
+//! carries its own checks, and the gateway scans the whole store at start to rebuild its
+//! analytics, so damage in a sealed segment is found, skipped and reported then, at no
+//! extra cost. There is no per-segment footer: it would only speed up a check that the
+//! rebuild scan already makes, and would be one more structure for a crash to tear.
+//!
+//! Segments of the first on-disk format (`[len][crc][payload]`, before format 2; never
+//! released) do not decode: they are treated as damage, skipped and quarantined whole (the
+//! newest one as a torn tail), so they cannot stop a start.
+//!
+//! Cursors are "<segment>:<offset>" of the next record to read. A cursor at a damaged
+//! offset (or inside a damaged range) resynchronises like any reader, so it always moves on.
 //!
 //! Blocking file I/O runs on tokio's blocking pool so a 0.2-1 ms fsync never stalls the
 //! RPC threads. The writer sits behind a `std::sync::Mutex`: only the batcher appends, so
@@ -8,12 +43,19 @@
 //! the writer's file handle: they open segments themselves and stop at the committed
 //! length, so a scan cannot see a half-written batch.
 
-use crate::framing::{self, Decoded};
+mod damage;
+mod reader;
+
+pub use damage::{Damage, Kind};
+
+use crate::framing;
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
 use async_trait::async_trait;
+use damage::Segment;
+use reader::{Item, SegmentReader};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -64,19 +106,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync dir", dir))
 }
 
-/// Length of the valid prefix of `bytes` and, when shorter, why it stops there.
-fn valid_prefix(bytes: &[u8]) -> (u64, Option<String>) {
-    let mut off = 0;
-    while off < bytes.len() {
-        match framing::decode(&bytes[off..]) {
-            Decoded::Record(_, n) => off += n,
-            Decoded::Incomplete => return (off as u64, Some("incomplete record".into())),
-            Decoded::Bad(why) => return (off as u64, Some(why)),
-        }
-    }
-    (off as u64, None)
-}
-
 struct Writer {
     file: Option<File>,
     segment: u64,
@@ -89,49 +118,63 @@ struct Writer {
 pub struct FileStore {
     cfg: FileConfig,
     writer: Arc<Mutex<Writer>>,
+    damage: Arc<damage::Log>,
 }
 
 impl FileStore {
-    /// Opens (or creates) the store in `cfg.dir`, recovering a torn tail of the newest segment.
+    /// Opens (or creates) the store in `cfg.dir`, recovering the newest segment: a torn
+    /// tail is quarantined and cut, damage followed by valid records is quarantined and
+    /// skipped.
     pub async fn open(cfg: FileConfig) -> Result<Self> {
         let c = cfg.clone();
-        let writer = tokio::task::spawn_blocking(move || Self::recover(&c)).await.map_err(|e| {
+        let damage = Arc::new(damage::Log::default());
+        let d = damage.clone();
+        let writer = tokio::task::spawn_blocking(move || Self::recover(&c, &d)).await.map_err(|e| {
             StoreError::Io { op: "recover", path: cfg.dir.clone(), source: std::io::Error::other(e) }
         })??;
-        Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)) })
+        Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)), damage })
     }
 
-    fn recover(cfg: &FileConfig) -> Result<Writer> {
+    fn recover(cfg: &FileConfig, damage: &damage::Log) -> Result<Writer> {
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir).map_err(io("create dir", dir))?;
         let segments = list_segments(dir)?;
         let segment = segments.last().copied().unwrap_or(1);
         let path = segment_path(dir, segment);
-        let mut file =
+        let file =
             OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io("open", &path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io("read", &path))?;
-        let (valid, why) = valid_prefix(&bytes);
-        if let Some(why) = why {
-            tracing::warn!(
-                segment = %path.display(),
-                kept_bytes = valid,
-                dropped_bytes = bytes.len() as u64 - valid,
-                reason = %why,
-                "recovery truncated a torn tail of the newest segment; every record before it is kept"
-            );
-            file.set_len(valid).map_err(io("truncate", &path))?;
-            file.sync_all().map_err(io("fsync", &path))?;
+        let len = file.metadata().map_err(io("stat", &path))?.len();
+        let mut committed = len;
+        let reading = file.try_clone().map_err(io("open", &path))?;
+        let mut r = SegmentReader::new(reading, &path, 0, len, Vec::new());
+        let seg = Segment { dir, path: &path, file: &file, number: segment };
+        while let Some(item) = r.next_item()? {
+            let Item::Damage { start, end, reason, valid_after } = item else { continue };
+            if valid_after {
+                damage.report(&seg, (start, end), reason, Kind::Skipped);
+            } else if damage.report(&seg, (start, end), reason, Kind::TornTail).is_some() {
+                file.set_len(start).map_err(io("truncate", &path))?;
+                file.sync_all().map_err(io("fsync", &path))?;
+                committed = start;
+            } else {
+                // Not quarantined: keep the bytes; readers skip them, appends go after them.
+                damage.kept_in_place(segment, start);
+            }
         }
         if segments.is_empty() {
             sync_dir(dir)?;
         }
         tracing::info!(dir = %dir.display(), segments = segments.len().max(1), "file event store opened");
-        Ok(Writer { file: Some(file), segment, committed: valid, last_error: None })
+        Ok(Writer { file: Some(file), segment, committed, last_error: None })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every damaged range this store has met (at open and in scans so far).
+    pub fn damage(&self) -> Vec<Damage> {
+        self.damage.all()
     }
 }
 
@@ -175,7 +218,13 @@ fn parse_cursor(c: &Cursor) -> Result<(u64, u64)> {
     Ok((s.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?))
 }
 
-fn scan_blocking(dir: &Path, active: (u64, u64), from: (u64, u64), limit: usize) -> Result<Page> {
+fn scan_blocking(
+    dir: &Path,
+    damage: &damage::Log,
+    active: (u64, u64),
+    from: (u64, u64),
+    limit: usize,
+) -> Result<Page> {
     let mut page = Page::default();
     let (first, mut off) = from;
     for s in list_segments(dir)?.into_iter().filter(|&s| s >= first && s <= active.0) {
@@ -183,34 +232,23 @@ fn scan_blocking(dir: &Path, active: (u64, u64), from: (u64, u64), limit: usize)
             off = 0;
         }
         let path = segment_path(dir, s);
-        let mut f = File::open(&path).map_err(io("open", &path))?;
+        let f = File::open(&path).map_err(io("open", &path))?;
         let end = if s == active.0 { active.1 } else { f.metadata().map_err(io("stat", &path))?.len() };
         if off >= end {
             continue;
         }
-        f.seek(SeekFrom::Start(off)).map_err(io("seek", &path))?;
-        let mut bytes = Vec::with_capacity((end - off).min(8 << 20) as usize);
-        f.take(end - off).read_to_end(&mut bytes).map_err(io("read", &path))?;
-        let mut pos = 0;
-        while pos < bytes.len() {
-            if page.events.len() == limit {
-                page.next = Some(Cursor(format!("{s}:{}", off + pos as u64)));
+        let mut r = SegmentReader::new(f, &path, off, end, damage.known(s));
+        loop {
+            if page.events.len() == limit && r.pos() < r.end() {
+                page.next = Some(Cursor(format!("{s}:{}", r.pos())));
                 return Ok(page);
             }
-            match framing::decode(&bytes[pos..]) {
-                Decoded::Record(e, n) => {
-                    page.events.push(*e);
-                    pos += n;
-                }
-                Decoded::Incomplete => {
-                    return Err(StoreError::Corrupt {
-                        path,
-                        offset: off + pos as u64,
-                        reason: "incomplete record".into(),
-                    });
-                }
-                Decoded::Bad(reason) => {
-                    return Err(StoreError::Corrupt { path, offset: off + pos as u64, reason });
+            match r.next_item()? {
+                None => break,
+                Some(Item::Record(event)) => page.events.push(event),
+                Some(Item::Damage { start, end, reason, .. }) => {
+                    let seg = Segment { dir, path: &path, file: r.file(), number: s };
+                    damage.report(&seg, (start, end), reason, Kind::Skipped);
                 }
             }
         }
@@ -253,13 +291,18 @@ impl EventStore for FileStore {
             let w = self.lock();
             (w.segment, w.committed)
         };
-        let dir = self.cfg.dir.clone();
-        tokio::task::spawn_blocking(move || scan_blocking(&dir, active, from, limit.max(1))).await.map_err(
-            |e| StoreError::Io { op: "scan", path: self.cfg.dir.clone(), source: std::io::Error::other(e) },
-        )?
+        let (dir, damage) = (self.cfg.dir.clone(), self.damage.clone());
+        tokio::task::spawn_blocking(move || scan_blocking(&dir, &damage, active, from, limit.max(1)))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "scan",
+                path: self.cfg.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     async fn health(&self) -> Health {
+        damage::publish();
         let w = self.lock();
         match (&w.file, &w.last_error) {
             (None, _) => Health { ok: false, detail: "closed".into(), degraded: true },
@@ -267,7 +310,11 @@ impl EventStore for FileStore {
                 Health { ok: false, detail: format!("last write failed: {e}"), degraded: true }
             }
             (Some(_), None) => {
-                Health { ok: true, detail: format!("ok, segment {}", w.segment), degraded: false }
+                let mut detail = format!("ok, segment {}", w.segment);
+                if let Some(d) = self.damage.summary() {
+                    detail = format!("{detail}; {d}");
+                }
+                Health { ok: true, detail, degraded: false }
             }
         }
     }
