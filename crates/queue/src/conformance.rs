@@ -1,7 +1,10 @@
 //! The queue conformance suite: the semantics every `AdQueue` backend must keep (order,
 //! leases, expiry, dead letters, sessions, restart, operator controls, watches, and no
-//! double lease under concurrency). A backend's test implements `Harness` and calls
-//! `run_all`; each check panics with a message naming the broken guarantee.
+//! double lease under concurrency), and what a restart or a crash must keep
+//! (`durability`). A backend's test implements `Harness` and calls `run_all`; each check
+//! panics with a message naming the broken guarantee.
+
+pub mod durability;
 
 use crate::index::ALL_PARTITIONS;
 use crate::{AdQueue, QueueConfig, QueueError};
@@ -18,6 +21,9 @@ pub trait Harness: Send + Sync {
     async fn fresh(&self, cfg: QueueConfig) -> Arc<dyn AdQueue>;
     /// The same data opened again after `close` (a gateway restart).
     async fn reopen(&self, q: Arc<dyn AdQueue>) -> Arc<dyn AdQueue>;
+    /// The same data opened again after a kill -9 of the gateway holding `q`: no `close`,
+    /// and only what the backend had committed survives.
+    async fn crash(&self, q: Arc<dyn AdQueue>) -> Arc<dyn AdQueue>;
     /// A second handle on the same data, as another gateway sees it (None: one process only).
     async fn peer(&self) -> Option<Arc<dyn AdQueue>>;
     /// Whether leases survive a restart (shared backends) or come back queued (embedded).
@@ -63,6 +69,12 @@ impl<O: Opener> Harness for Shared<O> {
         self.open().await
     }
 
+    async fn crash(&self, q: Arc<dyn AdQueue>) -> Arc<dyn AdQueue> {
+        // The state lives in the server: a gateway that dies just stops talking to it.
+        drop(q);
+        self.open().await
+    }
+
     async fn peer(&self) -> Option<Arc<dyn AdQueue>> {
         Some(self.open().await)
     }
@@ -77,19 +89,19 @@ pub fn config() -> QueueConfig {
     QueueConfig { max_attempts: 3, lease_seconds: 10, ..Default::default() }
 }
 
-fn spec(title: &str, family: &str, priority: u32) -> pb::AdSpec {
+pub(crate) fn spec(title: &str, family: &str, priority: u32) -> pb::AdSpec {
     pb::AdSpec { title: title.into(), game_family: family.into(), priority, ..Default::default() }
 }
 
-fn result() -> pb::AnalysisResult {
+pub(crate) fn result() -> pb::AnalysisResult {
     pb::AnalysisResult { score: 80, verdict: pb::Verdict::Approved as i32, ..Default::default() }
 }
 
-async fn titles(q: &dyn AdQueue, n: usize, now: i64) -> Vec<String> {
+pub(crate) async fn titles(q: &dyn AdQueue, n: usize, now: i64) -> Vec<String> {
     q.lease(1, ALL_PARTITIONS, n, now).await.into_iter().map(|l| l.ad.spec.unwrap().title).collect()
 }
 
-async fn ids(q: &dyn AdQueue, specs: Vec<pb::AdSpec>, now: i64) -> Vec<String> {
+pub(crate) async fn ids(q: &dyn AdQueue, specs: Vec<pb::AdSpec>, now: i64) -> Vec<String> {
     q.submit(specs, "", now).await.expect("submit").into_iter().map(|r| r.id).collect()
 }
 
@@ -104,6 +116,7 @@ pub async fn run_all(h: &dyn Harness) {
     overdue_ads_jump_the_queue(h).await;
     concurrent_leases_never_share_an_ad(h).await;
     audit_log_pages_newest_first(h).await;
+    durability::run_all(h).await;
 }
 
 /// Strict priority, FIFO inside a priority; ids, positions and the trace travel.
