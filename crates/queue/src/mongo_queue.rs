@@ -55,12 +55,35 @@ fn backend(e: impl std::fmt::Display) -> QueueError {
     QueueError::Backend(format!("mongodb: {e}"))
 }
 
+/// A stored number or flag as an integer, whichever BSON type the server returns it as:
+/// MongoDB-wire servers differ (a `bool` or an `int64` written by `$set` can read back as
+/// an int32, an int64 or a double), so every numeric and boolean field is read through
+/// this one function. None when the field is missing or not a number.
+fn number(v: Option<&Bson>) -> Option<i64> {
+    match v? {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        Bson::Double(n) if n.is_finite() => Some(*n as i64),
+        Bson::Boolean(b) => Some(i64::from(*b)),
+        Bson::Decimal128(d) => d.to_string().parse::<f64>().ok().map(|n| n as i64),
+        _ => None,
+    }
+}
+
+/// A stored number (0 when missing).
 fn geti(d: &Document, k: &str) -> i64 {
-    match d.get(k) {
-        Some(Bson::Int32(n)) => *n as i64,
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(n)) => *n as i64,
-        _ => 0,
+    number(d.get(k)).unwrap_or(0)
+}
+
+/// A stored number, or `default` (with a warning when a value is there but unreadable).
+fn get_or(d: &Document, k: &str, default: i64) -> i64 {
+    match (d.get(k), number(d.get(k))) {
+        (_, Some(n)) => n,
+        (None, None) => default,
+        (Some(v), None) => {
+            tracing::warn!(field = k, value = %v, "unreadable stored queue setting; using the default");
+            default
+        }
     }
 }
 
@@ -133,9 +156,10 @@ impl Inner {
     async fn policy(&self) -> Result<pb::Policy, QueueError> {
         let d = self.meta.find_one(doc! {"_id": "policy"}).await.map_err(backend)?.unwrap_or_default();
         let dflt = QueueConfig::default().policy();
-        let get = |k: &str, dv: u32| d.get(k).map(|_| geti(&d, k) as u32).unwrap_or(dv);
+        let get = |k: &str, dv: u32| get_or(&d, k, dv.into()).clamp(0, u32::MAX.into()) as u32;
         Ok(pb::Policy {
-            anti_starvation: d.get_bool("as").unwrap_or(dflt.anti_starvation),
+            // A bool, or 0/1 from servers that store booleans as numbers.
+            anti_starvation: get_or(&d, "as", dflt.anti_starvation.into()) != 0,
             max_wait_seconds: get("mw", dflt.max_wait_seconds),
             aging_step_seconds: get("ag", dflt.aging_step_seconds),
             max_attempts: get("ma", dflt.max_attempts),
@@ -146,9 +170,7 @@ impl Inner {
     async fn paused(&self) -> Result<Vec<u8>, QueueError> {
         let d = self.meta.find_one(doc! {"_id": "paused"}).await.map_err(backend)?.unwrap_or_default();
         Ok(d.get_array("p")
-            .map(|a| {
-                a.iter().filter_map(|b| b.as_i64().or(b.as_i32().map(i64::from))).map(|p| p as u8).collect()
-            })
+            .map(|a| a.iter().filter_map(|b| number(Some(b))).map(|p| p as u8).collect())
             .unwrap_or_default())
     }
 
