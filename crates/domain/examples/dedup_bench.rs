@@ -3,7 +3,7 @@ use adflow_domain::dedup::{DedupWindow, key};
 use std::time::Instant;
 
 fn main() {
-    let d = DedupWindow::new(600_000, 2_000_000);
+    let d = DedupWindow::<()>::new(600_000, 2_000_000);
     let ids: Vec<String> =
         (0..4_000_000u64).map(|i| format!("{:032x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
     for (round, chunk) in ids.chunks(1_000_000).enumerate() {

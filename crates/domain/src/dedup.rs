@@ -1,21 +1,21 @@
 //! The dedup window: remembers which event ids were accepted recently, so a client's
 //! retry is counted as a duplicate instead of being stored twice.
 //!
-//! Ids are kept as 64-bit xxh3 hashes (8 bytes each, whatever the id's length). With n
-//! ids remembered, a new id is mistaken for a duplicate with probability n / 2^64: about
-//! 3e-14 at the default 500k ids, i.e. about once per 4*10^13 events. Half-size keys keep the map
-//! small enough that the per-event probe stays cheap (measured: see BENCHMARKS.md).
-//! The set is split into shards, each behind its own `std::sync::Mutex` that is held only
-//! for one hash-map probe (no `.await` inside), so contention stays negligible. Within a
-//! shard one map answers "seen?" with a single probe; alongside it a ring of time
-//! generations lists which keys arrived when. Expiry pops whole generations once they are
-//! older than the window and removes their keys from the map, so each id costs one
-//! insert and one removal over its life, never a scan. The memory bound (`max_ids`) pops
-//! the oldest generation early when exceeded; a generation also closes when it holds its
-//! share of the bound, so the bound drops a slice of the oldest ids, never all of them.
-//! Early evictions are counted, and the age of the oldest id still remembered when the
-//! bound forced an eviction is reported as the *effective window*, so operators see when
-//! the window holds less than it says.
+//! Ids are kept as 64-bit xxh3 fingerprints (whatever the id's length). With n ids
+//! remembered, a new id is mistaken for a duplicate with probability n / 2^64: at the
+//! default budget's 22M ids about 1.2e-12 per event, i.e. once per ~7*10^11 events
+//! (`no_false_duplicates_among_a_million_distinct_ids` checks a million).
+//! The set is split into 64 shards, each behind its own `std::sync::Mutex` held only for
+//! one probe (no `.await` inside). A shard is a flat open-addressing table (`table`): 8
+//! bytes of fingerprint + 1 byte of generation per slot, at most 3/4 full, so an id costs
+//! 12-24 bytes (`MAX_BYTES_PER_ID`), against ~40 for a `HashMap` plus expiry lists.
+//! Time is cut into generations (window / 8 each, and a generation also closes once it
+//! holds its share of the bound). Expiry drops whole generations once they are older
+//! than the window by rebuilding the shard's table without them (one pass per
+//! generation). The memory budget (`ingest.dedup.max_memory_mb`) caps each table; a full
+//! table first grows, then drops its oldest generation early. Early evictions are counted,
+//! and the age of the oldest id still remembered at the last forced eviction is reported
+//! as the *effective window*, so operators see when the window holds less than it says.
 //!
 //! "Duplicate" means "stored": an id is *pending* from its first acceptance until the
 //! commit holding it ends. A repeat of a pending id gets the first copy's pending token
@@ -23,7 +23,10 @@
 //! pending set lives under the same shard lock as the ids, so "seen and committed" and
 //! "seen and still pending" can never be confused by a commit ending in between.
 
+mod table;
+
 use std::collections::{HashMap, VecDeque};
+use table::Table;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,8 +60,6 @@ impl Hasher for FoldHasher {
     }
 }
 
-/// Key -> number of the generation that holds it.
-type IdMap = HashMap<u64, u32, BuildHasherDefault<FoldHasher>>;
 /// Key -> token of the commit that will store it.
 type PendingMap<P> = HashMap<u64, P, BuildHasherDefault<FoldHasher>>;
 
@@ -73,47 +74,59 @@ pub enum Seen<P> {
     Pending(P),
 }
 
+/// A generation of one shard: ids that arrived from `start_ms` on.
 struct Generation {
-    seq: u32,
+    id: u8,
     start_ms: i64,
-    keys: Vec<u64>,
+    count: usize,
 }
 
+/// Slots a shard's table starts with.
+const INITIAL_SLOTS: usize = 64;
+
 struct Shard<P> {
-    ids: IdMap,
+    table: Table,
     pending: PendingMap<P>,
+    /// Live generations, oldest first (fewer than 256, so their ids are unique).
     gens: VecDeque<Generation>,
-    next_seq: u32,
+    next_id: u8,
 }
 
 impl<P> Default for Shard<P> {
     fn default() -> Self {
-        Self { ids: IdMap::default(), pending: PendingMap::default(), gens: VecDeque::new(), next_seq: 0 }
+        Self {
+            table: Table::with_slots(INITIAL_SLOTS),
+            pending: PendingMap::default(),
+            gens: VecDeque::new(),
+            next_id: 0,
+        }
     }
 }
 
 impl<P> Shard<P> {
-    /// Drops the oldest generation; returns how many ids it still held.
-    fn pop_oldest(&mut self) -> usize {
-        let Some(g) = self.gens.pop_front() else {
+    /// Rebuilds the table with `slots` slots, keeping only the live generations.
+    fn rebuild(&mut self, slots: usize) {
+        let mut live = [false; 256];
+        self.gens.iter().for_each(|g| live[g.id as usize] = true);
+        self.table = self.table.rebuilt(slots, |g| live[g as usize]);
+    }
+
+    /// Drops the `n` oldest generations; returns how many ids that forgot.
+    fn drop_oldest(&mut self, n: usize) -> usize {
+        if n == 0 {
             return 0;
-        };
-        let mut n = 0;
-        for k in g.keys {
-            if self.ids.get(&k) == Some(&g.seq) {
-                self.ids.remove(&k);
-                n += 1;
-            }
         }
-        n
+        let before = self.table.len();
+        self.gens.drain(..n.min(self.gens.len()));
+        let slots = self.table.slots();
+        self.rebuild(slots);
+        before - self.table.len()
     }
 }
 
-/// Bytes of memory one remembered id costs at most: a map slot (u64 key + u32
-/// generation, padded to 16, + 1 control byte) at hashbrown's lowest load factor after
-/// a resize (7/16), plus its 8-byte entry in the generation list with `Vec` doubling
-/// slack. Measured by `memory_per_id_is_within_the_stated_bound`.
-pub const MAX_BYTES_PER_ID: usize = 56;
+/// Bytes of memory one remembered id costs at most: a 9-byte slot at the lowest load
+/// after a table doubles (3/8). Checked by `memory_per_id_is_within_the_stated_bound`.
+pub const MAX_BYTES_PER_ID: usize = 24;
 
 /// A time-windowed, memory-bounded set of recently accepted event ids, with the ids whose
 /// commit is still in flight marked pending with a token of type `P`.
@@ -121,7 +134,8 @@ pub struct DedupWindow<P = ()> {
     shards: Box<[Mutex<Shard<P>>]>,
     window_ms: i64,
     gen_ms: i64,
-    max_per_shard: usize,
+    /// Largest table of one shard, in slots.
+    max_slots: usize,
     evicted_early: AtomicU64,
     /// Age in ms of the oldest ids dropped early by the memory bound, most recently
     /// (0 = the bound never forced an eviction: the whole window is held).
@@ -130,9 +144,9 @@ pub struct DedupWindow<P = ()> {
     last_early_at: std::sync::atomic::AtomicI64,
 }
 
-/// Which shard holds `key`: the top bits (hashbrown uses the low bits and the top 7 inside it).
+/// Which shard holds `key`: its low bits (the table uses the high bits).
 fn shard_of(key: u64) -> usize {
-    (key >> 50) as usize % SHARDS
+    (key as usize) % SHARDS
 }
 
 impl<P: Clone> DedupWindow<P> {
@@ -143,16 +157,17 @@ impl<P: Clone> DedupWindow<P> {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             window_ms,
             gen_ms: window_ms / GENERATIONS,
-            max_per_shard: (max_ids / SHARDS).max(1),
+            max_slots: (max_ids.div_ceil(SHARDS) * table::LOAD_DEN).div_ceil(table::LOAD_NUM).max(INITIAL_SLOTS),
             evicted_early: AtomicU64::new(0),
             effective_ms: AtomicU64::new(0),
             last_early_at: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
-    /// A window whose bound is a memory budget in bytes (see `MAX_BYTES_PER_ID`).
+    /// A window whose tables together take at most `budget_bytes` (plus the pending ids).
     pub fn with_budget(window_ms: i64, budget_bytes: usize) -> Self {
-        Self::new(window_ms, (budget_bytes / MAX_BYTES_PER_ID).max(SHARDS))
+        let slots = (budget_bytes / table::SLOT_BYTES / SHARDS).max(INITIAL_SLOTS);
+        Self::new(window_ms, slots * table::LOAD_NUM / table::LOAD_DEN * SHARDS)
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard<P>> {
@@ -178,42 +193,54 @@ impl<P: Clone> DedupWindow<P> {
     }
 
     fn admit(&self, key: u64, now_ms: i64, token: Option<&P>) -> Seen<P> {
+        let key = table::nonzero(key);
         let mut guard = self.shard(key);
         let s = &mut *guard;
-        while s.gens.front().is_some_and(|g| g.start_ms + self.gen_ms <= now_ms - self.window_ms) {
-            s.pop_oldest();
+        let expired =
+            s.gens.iter().take_while(|g| g.start_ms + self.gen_ms <= now_ms - self.window_ms).count();
+        s.drop_oldest(expired);
+        if s.table.find(key).is_some() {
+            return match s.pending.get(&key) {
+                Some(p) => Seen::Pending(p.clone()),
+                None => Seen::Stored,
+            };
         }
-        let gen_cap = (self.max_per_shard / GENERATIONS as usize).max(1);
+        let gen_cap = (self.max_slots * table::LOAD_NUM / table::LOAD_DEN / GENERATIONS as usize).max(1);
         let needs_new =
-            s.gens.back().is_none_or(|g| now_ms >= g.start_ms + self.gen_ms || g.keys.len() >= gen_cap);
+            s.gens.back().is_none_or(|g| now_ms >= g.start_ms + self.gen_ms || g.count >= gen_cap);
         if needs_new {
-            s.gens.push_back(Generation { seq: s.next_seq, start_ms: now_ms, keys: Vec::new() });
-            s.next_seq = s.next_seq.wrapping_add(1);
+            let id = s.next_id;
+            s.next_id = s.next_id.wrapping_add(1);
+            s.gens.push_back(Generation { id, start_ms: now_ms, count: 0 });
+        }
+        if s.table.len() >= s.table.room() {
+            if s.table.slots() < self.max_slots {
+                let slots = (s.table.slots() * 2).min(self.max_slots);
+                s.rebuild(slots);
+            } else {
+                // The budget is reached: forget the oldest generation early (the newest
+                // one, just opened, always stays).
+                let oldest = s.gens.front().map(|g| g.start_ms).unwrap_or(now_ms);
+                let n = s.drop_oldest(1.min(s.gens.len() - 1));
+                let n = if n == 0 && s.table.len() >= s.table.room() {
+                    // Everything is in the newest generation: start it over.
+                    let all = s.table.len();
+                    s.table = Table::with_slots(self.max_slots);
+                    all
+                } else {
+                    n
+                };
+                self.evicted_early.fetch_add(n as u64, Ordering::Relaxed);
+                let held = s.gens.front().map(|g| g.start_ms).unwrap_or(oldest);
+                self.effective_ms.store((now_ms - held).max(1) as u64, Ordering::Relaxed);
+                self.last_early_at.store(now_ms, Ordering::Relaxed);
+            }
         }
         let newest = s.gens.back_mut().expect("a generation exists");
-        match s.ids.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                return match s.pending.get(&key) {
-                    Some(p) => Seen::Pending(p.clone()),
-                    None => Seen::Stored,
-                };
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(newest.seq);
-            }
-        }
-        newest.keys.push(key);
+        newest.count += 1;
+        s.table.insert_new(key, newest.id);
         if let Some(t) = token {
             s.pending.insert(key, t.clone());
-        }
-        while s.ids.len() > self.max_per_shard && s.gens.len() > 1 {
-            let oldest = s.gens.front().map(|g| g.start_ms).unwrap_or(now_ms);
-            let n = s.pop_oldest();
-            self.evicted_early.fetch_add(n as u64, Ordering::Relaxed);
-            // Ids younger than the next generation's start are still held.
-            let held = s.gens.front().map(|g| g.start_ms).unwrap_or(oldest);
-            self.effective_ms.store((now_ms - held).max(1) as u64, Ordering::Relaxed);
-            self.last_early_at.store(now_ms, Ordering::Relaxed);
         }
         Seen::New
     }
@@ -227,15 +254,15 @@ impl<P: Clone> DedupWindow<P> {
 
     /// Forgets `key` (used when the write holding it failed, so a retry is not refused).
     pub fn remove(&self, key: u64) {
-        let mut s = self.shard(key);
-        s.ids.remove(&key);
-        s.pending.remove(&key);
+        self.remove_all(&[key]);
     }
 
     /// Forgets every key of `keys` (one lock per shard touched, not per key).
     pub fn remove_all(&self, keys: &[u64]) {
         self.each_shard(keys, |s, k| {
-            s.ids.remove(&k);
+            if let Some(i) = s.table.find(k) {
+                s.table.remove_at(i);
+            }
             s.pending.remove(&k);
         });
     }
@@ -243,11 +270,11 @@ impl<P: Clone> DedupWindow<P> {
     /// Runs `f` on every key, taking each shard's lock once.
     fn each_shard(&self, keys: &[u64], mut f: impl FnMut(&mut Shard<P>, u64)) {
         if keys.len() < 2 * SHARDS {
-            keys.iter().for_each(|&k| f(&mut self.shard(k), k));
+            keys.iter().map(|&k| table::nonzero(k)).for_each(|k| f(&mut self.shard(k), k));
             return;
         }
         let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); SHARDS];
-        keys.iter().for_each(|&k| by_shard[shard_of(k)].push(k));
+        keys.iter().map(|&k| table::nonzero(k)).for_each(|k| by_shard[shard_of(k)].push(k));
         for (i, ks) in by_shard.into_iter().enumerate().filter(|(_, ks)| !ks.is_empty()) {
             let mut s = self.lock(i);
             ks.into_iter().for_each(|k| f(&mut s, k));
@@ -273,27 +300,24 @@ impl<P: Clone> DedupWindow<P> {
 
     /// Bytes the window's tables hold now (allocated capacity, not only the used part).
     pub fn memory_bytes(&self) -> usize {
-        let slot = 16 + 1;
         let pslot = 8 + std::mem::size_of::<P>() + 1;
         self.shards
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap_or_else(|p| p.into_inner());
-                s.ids.capacity() * slot
-                    + s.pending.capacity() * pslot
-                    + s.gens.iter().map(|g| g.keys.capacity() * 8).sum::<usize>()
+                s.table.bytes() + s.pending.capacity() * pslot
             })
             .sum()
     }
 
     /// Most ids the bound lets the window hold.
     pub fn capacity(&self) -> usize {
-        self.max_per_shard * SHARDS
+        self.max_slots * table::LOAD_NUM / table::LOAD_DEN * SHARDS
     }
 
     /// How many ids are remembered now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|s| s.ids.len()).unwrap_or(0)).sum()
+        self.shards.iter().map(|s| s.lock().map(|s| s.table.len()).unwrap_or(0)).sum()
     }
 
     /// True when no id is remembered.
