@@ -222,9 +222,12 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     move |source| StoreError::Io { op, path: path.to_path_buf(), source }
 }
 
-/// Copies `[start, end)` of `file` to `<dir>/quarantine/segment-N-offset-M.bin`, fsynced
-/// with its directory. The same bytes quarantined by an earlier run are not written again;
-/// different bytes at the same place (a second torn tail there) get a `.2`, `.3`... name.
+/// Writes the damaged `bytes` found at `start` of a segment to
+/// `<dir>/quarantine/segment-N-offset-M.bin`: through a temporary file, fsynced, renamed,
+/// directory fsynced, so a crash never leaves a partial copy under the final name (the
+/// caller cuts a torn tail only after this returns). The same bytes quarantined by an
+/// earlier run are not written again; different bytes at the same place (a second torn
+/// tail there) get a `.2`, `.3`... name.
 fn quarantine(seg: &Segment<'_>, start: u64, bytes: &[u8]) -> Result<PathBuf> {
     let (dir, segment) = (seg.dir, seg.number);
     let qdir = quarantine_dir(dir);
@@ -237,20 +240,24 @@ fn quarantine(seg: &Segment<'_>, start: u64, bytes: &[u8]) -> Result<PathBuf> {
             1 => format!("segment-{segment}-offset-{start}.bin"),
             n => format!("segment-{segment}-offset-{start}.{n}.bin"),
         };
-        let path = qdir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io("write", &path))?;
-                sync_dir(&qdir)?;
-                return Ok(path);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if std::fs::read(&path).map_err(io("read", &path))? == bytes {
-                    return Ok(path);
-                }
-            }
-            Err(e) => return Err(io("create", &path)(e)),
+        let path = qdir.join(&name);
+        match std::fs::read(&path) {
+            Ok(held) if held == bytes => return Ok(path),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", &path)(e)),
         }
+        let tmp = qdir.join(format!("{name}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        sync_dir(&qdir)?;
+        return Ok(path);
     }
     unreachable!("u32 names run out")
 }
