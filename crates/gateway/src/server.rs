@@ -270,6 +270,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    // Install the recorder before anything records (the store's recovery and the
+    // start-up rebuild report damage; metrics recorded earlier would be lost).
+    let prometheus = adflow_telemetry::prometheus();
+    crate::metrics::describe();
     let shared_counters = cfg.analytics.shared.then(|| cfg.analytics.clone());
     let opened =
         adflow_store::open(&cfg.storage, shared_counters).await.context("opening the event store")?;
@@ -358,9 +362,6 @@ pub async fn serve(
         resilient.clone().map(|r| tokio::spawn(r.drain_loop(Duration::from_millis(250), drain_stop_rx)));
     let expiry = tokio::spawn(expire_leases(queue.clone(), stop_rx.clone()));
     let hub = Arc::new(WorkerHub::new(queue.clone(), counters.clone(), stop_rx.clone()));
-    // Install the recorder before anything records (metrics recorded earlier would be lost).
-    let prometheus = adflow_telemetry::prometheus();
-    crate::metrics::describe();
     let sampler = tokio::spawn(crate::metrics::sample(
         queue.clone(),
         hub.clone(),

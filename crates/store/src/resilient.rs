@@ -237,6 +237,14 @@ impl Resilient {
                 // Caught up: start a fresh, empty spill.
                 s.store.close().await?;
                 let dir = spill_cfg(&self.cfg).dir;
+                // Damaged spill records were kept aside: keep them past the reset.
+                let quarantine = dir.join("quarantine");
+                if quarantine.exists() {
+                    let keep = self.cfg.spill_dir.join(format!("quarantine-{}", now_ms()));
+                    if let Err(e) = std::fs::rename(&quarantine, &keep) {
+                        tracing::error!(error = %e, path = %quarantine.display(), "could not keep the spill's quarantine");
+                    }
+                }
                 std::fs::remove_dir_all(&dir).map_err(|source| StoreError::Io {
                     op: "remove",
                     path: dir.clone(),
