@@ -16,6 +16,9 @@
 //! handed out, so lease ids never repeat across restarts and attempts taken before a
 //! crash count. At start every stored ad that was leased comes back queued, or
 //! dead-lettered when its interrupted lease was its last attempt (as if it had expired).
+//! Worker session ids (which authorise acks) come from the gateway and restart at 1 in
+//! every process; that is safe here because leases live in memory only: no session of a
+//! new process can name a lease of an old one, and the old lease ids are refused as stale.
 //!
 //! Memory holds only what is active (queued, leased, dead-lettered) plus a bounded set
 //! of recently finished ads; everything else is read from redb.

@@ -187,6 +187,9 @@ impl Journal {
         ads: &[(u128, Ad)],
         meta: &[(&'static str, Vec<u8>)],
     ) -> Result<(), JournalError> {
+        if ads.is_empty() && meta.is_empty() {
+            return Ok(());
+        }
         let mut ops: Vec<(u64, Op)> = ads.iter().map(|(k, a)| (0, Op::Put(*k, a.encode_to_vec()))).collect();
         ops.extend(meta.iter().map(|(k, v)| (0, Op::Meta(k, v.clone()))));
         commit(&self.db, &ops).map_err(JournalError::Db)

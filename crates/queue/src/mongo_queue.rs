@@ -378,6 +378,9 @@ impl MongoQueue {
         Ok(Self { inner, poller })
     }
 
+    /// A worker session as stored on a leased ad: scoped by this handle's random instance
+    /// id, as gateways number their sessions from 1 in every process. (Lease ids come from
+    /// the shared `lseq` counter, so they never repeat across gateways or restarts.)
     fn session(&self, s: u64) -> String {
         format!("{}-{s}", self.inner.instance)
     }

@@ -197,6 +197,11 @@ impl Inner {
         format!("{}:{suffix}", self.prefix)
     }
 
+    /// A worker session as the scripts store it. Gateways number their sessions from 1
+    /// in every process; the random instance id of this handle keeps the session of
+    /// another gateway, or of this one before a restart, from settling this one's leases.
+    /// (Lease ids come from `P:lseq`, one counter for every gateway, so they never repeat
+    /// while Redis keeps its data.)
     fn session(&self, session: u64) -> String {
         format!("{}-{session}", self.instance)
     }
