@@ -69,7 +69,7 @@ impl ClientConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The endpoint or TLS settings are invalid, or connecting failed.
-    #[error("connecting to {endpoint}: {source}")]
+    #[error("connecting to {endpoint}: {}", causes(source))]
     Connect {
         /// The endpoint.
         endpoint: String,
@@ -83,6 +83,22 @@ pub enum ClientError {
     /// The gateway answered with an error status.
     #[error(transparent)]
     Status(#[from] Status),
+}
+
+/// An error and every cause under it ("transport error: invalid peer certificate: ..."),
+/// so a certificate problem is named instead of hidden behind "transport error".
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// Adds the API key (and, when asked, a new trace's `traceparent`) to every request.

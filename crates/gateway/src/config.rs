@@ -131,6 +131,10 @@ pub struct ServerConfig {
     pub tls_key_path: String,
     /// Name the in-process workers verify in the certificate (default "localhost").
     pub tls_domain: String,
+    /// PEM certificate(s) of the CA that signed `tls_cert_path`, which the in-process
+    /// workers trust (empty: they trust `tls_cert_path` itself, which only works for a
+    /// self-signed end-entity certificate).
+    pub tls_ca_path: String,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +149,7 @@ impl Default for ServerConfig {
             tls_cert_path: String::new(),
             tls_key_path: String::new(),
             tls_domain: "localhost".into(),
+            tls_ca_path: String::new(),
         }
     }
 }

@@ -254,8 +254,14 @@ fn worker_connection(cfg: &Config, addr: std::net::SocketAddr, key: &str) -> adf
     let tls = !cfg.server.tls_cert_path.is_empty();
     let mut c = adflow_client::ClientConfig::new(format!("{}://{host}", if tls { "https" } else { "http" }));
     if tls {
+        // Trust the CA that signed the certificate when given; a self-signed
+        // certificate can be its own trust anchor.
+        let ca = match cfg.server.tls_ca_path.as_str() {
+            "" => &cfg.server.tls_cert_path,
+            ca => ca,
+        };
         c.tls = Some(adflow_client::TlsOptions {
-            ca_pem: std::fs::read(&cfg.server.tls_cert_path).ok(),
+            ca_pem: std::fs::read(ca).ok(),
             domain: Some(cfg.server.tls_domain.clone()),
         });
     }
@@ -467,6 +473,14 @@ pub async fn serve(
         );
     }
     let tls = load_tls(&cfg)?;
+    if tls.is_some() && !cfg.server.tls_ca_path.is_empty() {
+        std::fs::metadata(&cfg.server.tls_ca_path)
+            .with_context(|| format!("reading {} (server.tls_ca_path)", cfg.server.tls_ca_path))?;
+    } else if tls.is_some() && cfg.workers.in_process > 0 {
+        tracing::info!(
+            "in-process workers trust server.tls_cert_path itself; if it is signed by a CA, set server.tls_ca_path"
+        );
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = Server::builder();
     if let Some(identity) = tls {

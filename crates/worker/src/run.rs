@@ -72,7 +72,7 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>, stats: Arc<
                 tracing::info!(worker = %cfg.worker_id, "gateway closed the session; reconnecting")
             }
             Err(e) => {
-                tracing::warn!(worker = %cfg.worker_id, error = %e, "worker session failed; reconnecting")
+                tracing::warn!(worker = %cfg.worker_id, error = format!("{e:#}"), "worker session failed; reconnecting")
             }
         }
         if started.elapsed() > Duration::from_secs(10) {
