@@ -263,7 +263,14 @@ impl EventStore for MongoStore {
         let mut page = Page::default();
         let mut last = None;
         while let Some(d) = cur.try_next().await.map_err(err("find"))? {
-            let r = d.get_i64("r").unwrap_or(0);
+            // Read the receive time whatever integer width the server chose to return.
+            let r = match d.get("r") {
+                Some(Bson::Int64(v)) => *v,
+                Some(Bson::Int32(v)) => i64::from(*v),
+                Some(Bson::Double(v)) => *v as i64,
+                Some(Bson::DateTime(v)) => v.timestamp_millis(),
+                _ => 0,
+            };
             let raw = match d.get("e") {
                 Some(Bson::Binary(b)) => Bytes::from(b.bytes.clone()),
                 _ => Bytes::new(),
