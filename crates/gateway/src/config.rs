@@ -125,6 +125,11 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Most requests served at once per connection (default 1024).
     pub concurrency_limit_per_connection: usize,
+    /// Most connections open at once; beyond it new ones are closed (default 10000).
+    pub max_connections: usize,
+    /// A new connection must send its first bytes (HTTP/2 preface or TLS hello) within
+    /// this many ms, or it is closed (default 10000).
+    pub handshake_timeout_ms: u64,
     /// PEM certificate chain for TLS (empty: plain text).
     pub tls_cert_path: String,
     /// PEM private key for TLS.
@@ -150,6 +155,8 @@ impl Default for ServerConfig {
             tls_key_path: String::new(),
             tls_domain: "localhost".into(),
             tls_ca_path: String::new(),
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

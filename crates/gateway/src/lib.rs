@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod auth;
 pub mod config;
+pub mod conn_guard;
 pub mod metrics;
 pub mod pipeline;
 mod rpc_layer;

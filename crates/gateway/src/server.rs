@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -481,7 +480,13 @@ pub async fn serve(
             "in-process workers trust server.tls_cert_path itself; if it is signed by a CA, set server.tls_ca_path"
         );
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::conn_guard::incoming(
+        listener,
+        crate::conn_guard::Limits {
+            max_connections: cfg.server.max_connections,
+            handshake_timeout: Duration::from_millis(cfg.server.handshake_timeout_ms),
+        },
+    );
     let mut builder = Server::builder();
     if let Some(identity) = tls {
         builder = builder
@@ -499,6 +504,8 @@ pub async fn serve(
         .initial_stream_window_size(Some(2 << 20))
         .max_concurrent_streams(Some(cfg.server.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A peer that does not answer a keepalive ping within 20 s is dropped.
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
