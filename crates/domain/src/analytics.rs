@@ -55,23 +55,24 @@ impl Counters {
     fn add_event(&mut self, e: &Facts<'_>) {
         let t = e.r#type as usize;
         if t < self.by_type.len() {
-            self.by_type[t] += 1;
+            self.by_type[t] = self.by_type[t].saturating_add(1);
         }
         self.revenue_usd += e.revenue_usd.unwrap_or(0.0);
         if matches!(
             EventType::try_from(e.r#type),
             Ok(EventType::VideoStart | EventType::VideoProgress | EventType::VideoComplete)
         ) {
-            self.video_ms += e.video_position_ms.max(0) as u64;
+            // Validation only requires >= 0: three events at i64::MAX would overflow a sum.
+            self.video_ms = self.video_ms.saturating_add(e.video_position_ms.max(0) as u64);
         }
     }
 
     fn merge(&mut self, o: &Counters) {
         for (a, b) in self.by_type.iter_mut().zip(o.by_type) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
         self.revenue_usd += o.revenue_usd;
-        self.video_ms += o.video_ms;
+        self.video_ms = self.video_ms.saturating_add(o.video_ms);
     }
 
     /// Number of events of type `t`.
@@ -81,7 +82,7 @@ impl Counters {
 
     /// All events.
     pub fn total(&self) -> u64 {
-        self.by_type.iter().sum()
+        self.by_type.iter().fold(0u64, |a, b| a.saturating_add(*b))
     }
 
     /// clicks / impressions, 0 without impressions.
@@ -179,6 +180,12 @@ fn split(from: i64, to: i64, minute_floor: i64) -> (std::ops::Range<i64>, std::o
     (hours, minutes)
 }
 
+/// The start of the hour `hours` before the hour holding `now_ms` (saturating: the
+/// retention settings are u32 and a clock may be anywhere).
+fn hours_back(now_ms: i64, hours: i64) -> i64 {
+    now_ms.div_euclid(HOUR).saturating_sub(hours).saturating_mul(HOUR)
+}
+
 /// Which scope a shared counter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -233,19 +240,24 @@ pub const MINUTES_PER_HOUR: i64 = HOUR / MINUTE;
 impl Retention {
     /// Hour and minute bucket indexes a shared backend sums for [from, to) at `now_ms`.
     pub fn plan(&self, from: i64, to: i64, now_ms: i64) -> (std::ops::Range<i64>, std::ops::Range<i64>) {
-        let floor = (now_ms.div_euclid(HOUR) - self.minute_retention_hours as i64) * HOUR;
-        let oldest = (now_ms.div_euclid(HOUR) - self.retention_days as i64 * 24) * HOUR;
-        split(from.max(oldest), to, floor)
+        split(from.max(hours_back(now_ms, self.retention_days as i64 * 24)), to, self.minute_floor(now_ms))
+    }
+
+    /// Where minute buckets start at `now_ms`: the hour boundary `minute_retention_hours` back.
+    fn minute_floor(&self, now_ms: i64) -> i64 {
+        hours_back(now_ms, self.minute_retention_hours as i64)
     }
 
     /// When a minute bucket may be dropped, Unix ms.
     pub fn minute_expiry(&self, minute: i64) -> i64 {
-        (minute + 1) * MINUTE + (self.minute_retention_hours as i64 + 1) * HOUR
+        let keep = (self.minute_retention_hours as i64 + 1) * HOUR;
+        minute.saturating_add(1).saturating_mul(MINUTE).saturating_add(keep)
     }
 
     /// When an hour bucket may be dropped, Unix ms.
     pub fn hour_expiry(&self, hour: i64) -> i64 {
-        (hour + 1) * HOUR + self.retention_days as i64 * 24 * HOUR
+        let keep = self.retention_days as i64 * 24 * HOUR;
+        hour.saturating_add(1).saturating_mul(HOUR).saturating_add(keep)
     }
 }
 
@@ -256,8 +268,10 @@ impl Counters {
     }
 }
 
+/// `a / b` rounded up, for `b > 0`; defined for every `a` (negating `a` would overflow
+/// at `i64::MIN`, a value a query range may carry).
 fn ceil_div(a: i64, b: i64) -> i64 {
-    -((-a).div_euclid(b))
+    a.div_euclid(b) + i64::from(a.rem_euclid(b) != 0)
 }
 
 /// Which series a query reads.
@@ -288,11 +302,11 @@ impl Analytics {
     }
 
     fn minute_floor(&self, now_ms: i64) -> i64 {
-        (now_ms.div_euclid(HOUR) - self.retention.minute_retention_hours as i64) * HOUR
+        self.retention.minute_floor(now_ms)
     }
 
     fn hour_floor(&self, now_ms: i64) -> i64 {
-        (now_ms.div_euclid(HOUR) - self.retention.retention_days as i64 * 24) * HOUR
+        hours_back(now_ms, self.retention.retention_days as i64 * 24)
     }
 
     /// Counts committed events; events older than the retention are skipped.
@@ -434,6 +448,68 @@ mod tests {
         assert_eq!(a.sum(Scope::Ad("a"), NOW - 24 * HOUR, NOW, NOW).total(), 1);
         a.prune(NOW + 9 * 24 * HOUR);
         assert!(a.ads_in(0, i64::MAX, NOW).is_empty());
+    }
+
+    #[test]
+    fn ceil_div_is_defined_for_every_value() {
+        assert_eq!(ceil_div(i64::MIN, HOUR), i64::MIN.div_euclid(HOUR) + 1);
+        assert_eq!(ceil_div(i64::MAX, MINUTE), i64::MAX / MINUTE + 1);
+        assert_eq!((ceil_div(-1, HOUR), ceil_div(0, HOUR), ceil_div(1, HOUR)), (0, 0, 1));
+        assert_eq!((ceil_div(-HOUR, HOUR), ceil_div(HOUR, HOUR), ceil_div(-HOUR - 1, HOUR)), (-1, 1, -1));
+    }
+
+    #[test]
+    fn extreme_ranges_are_answered_not_panicked() {
+        let mut a = Analytics::new(Retention::default());
+        a.record(&[ev("a", "c", EventType::Click, NOW - 3 * HOUR, None)], NOW);
+        a.record(&[ev("a", "c", EventType::Click, NOW - 5 * MINUTE, None)], NOW);
+        let cases = [
+            (i64::MIN, i64::MAX, 2),
+            (i64::MIN, NOW, 2),
+            (i64::MIN, i64::MIN + 1, 0),
+            (i64::MAX - 1, i64::MAX, 0),
+            (i64::MIN, NOW - 2 * HOUR, 1),
+            (NOW - HOUR, i64::MAX, 1),
+            (-1, 1, 0),
+        ];
+        for (from, to, n) in cases {
+            assert_eq!(a.sum(Scope::Ad("a"), from, to, NOW).total(), n, "[{from}, {to})");
+            assert_eq!(a.sum(Scope::All, from, to, NOW).total(), n, "[{from}, {to})");
+            assert_eq!(a.ads_in(from, to, NOW).len(), usize::from(n > 0), "[{from}, {to})");
+            assert_eq!(a.campaigns_in(from, to, NOW).len(), usize::from(n > 0), "[{from}, {to})");
+        }
+        // Any clock, any retention: the plan of a shared backend is computed too.
+        let wide = Retention { shared: true, minute_retention_hours: u32::MAX, retention_days: u32::MAX };
+        for now in [i64::MIN, 0, i64::MAX] {
+            for r in [Retention::default(), wide.clone()] {
+                let (h, m) = r.plan(i64::MIN, i64::MAX, now);
+                assert!(h.start <= h.end && m.start <= m.end, "{h:?} {m:?}");
+                let mut x = Analytics::new(r.clone());
+                x.record(&[ev("a", "", EventType::Click, NOW, None)], now);
+                let _ = x.sum(Scope::All, i64::MIN, i64::MAX, now);
+                x.prune(now);
+            }
+        }
+        assert_eq!(Retention::default().minute_expiry(i64::MAX), i64::MAX);
+        assert_eq!(Retention::default().hour_expiry(i64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn video_sums_saturate_instead_of_overflowing() {
+        let mut c = Counters::default();
+        let e = crate::pb::AdEvent {
+            r#type: EventType::VideoProgress as i32,
+            video_position_ms: i64::MAX,
+            ..Default::default()
+        };
+        let raw = prost::Message::encode_to_vec(&e);
+        let f = Facts::parse(&raw).unwrap();
+        for _ in 0..3 {
+            c.add_event(&f);
+        }
+        assert_eq!(c.video_ms, u64::MAX);
+        c.merge(&c.clone());
+        assert_eq!((c.video_ms, c.total()), (u64::MAX, 6));
     }
 
     #[test]
