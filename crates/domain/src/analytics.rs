@@ -234,13 +234,22 @@ pub fn aggregate(events: &[StoredEvent]) -> HashMap<(Kind, &[u8], i64), Counters
     out
 }
 
+/// How far ahead of the current hour a shared backend looks for buckets: events are at
+/// most `validation.max_future_skew_secs` (at most a day, checked at start) in the future.
+pub const FUTURE_HORIZON_HOURS: i64 = 25;
+
 /// Minutes per hour bucket.
 pub const MINUTES_PER_HOUR: i64 = HOUR / MINUTE;
 
 impl Retention {
     /// Hour and minute bucket indexes a shared backend sums for [from, to) at `now_ms`.
+    /// Both ends are clipped to where buckets can exist (the retention behind, the
+    /// [`FUTURE_HORIZON_HOURS`] ahead), so a request for `[i64::MIN, i64::MAX)` names at
+    /// most `(minute_retention_hours + 25) * 60` minute and `retention_days * 24` hour buckets.
     pub fn plan(&self, from: i64, to: i64, now_ms: i64) -> (std::ops::Range<i64>, std::ops::Range<i64>) {
-        split(from.max(hours_back(now_ms, self.retention_days as i64 * 24)), to, self.minute_floor(now_ms))
+        let oldest = hours_back(now_ms, self.retention_days as i64 * 24);
+        let newest = hours_back(now_ms, -FUTURE_HORIZON_HOURS);
+        split(from.max(oldest), to.min(newest), self.minute_floor(now_ms))
     }
 
     /// Where minute buckets start at `now_ms`: the hour boundary `minute_retention_hours` back.
@@ -484,6 +493,11 @@ mod tests {
             for r in [Retention::default(), wide.clone()] {
                 let (h, m) = r.plan(i64::MIN, i64::MAX, now);
                 assert!(h.start <= h.end && m.start <= m.end, "{h:?} {m:?}");
+                if r == Retention::default() && now == 0 {
+                    // Bounded by the retention and the horizon, not by the request.
+                    assert_eq!(h.end - h.start, 8 * 24 - 2, "{h:?}");
+                    assert_eq!(m.end - m.start, (2 + FUTURE_HORIZON_HOURS) * 60, "{m:?}");
+                }
                 let mut x = Analytics::new(r.clone());
                 x.record(&[ev("a", "", EventType::Click, NOW, None)], now);
                 let _ = x.sum(Scope::All, i64::MIN, i64::MAX, now);
