@@ -14,9 +14,23 @@
 //! The run is bounded (`MAX_ROUNDS` rounds or `TIME_BUDGET`, whichever comes first) and
 //! random; the seed is printed and `ADFLOW_CRASH_SEED=<seed>` replays the same choices
 //! (timing still differs between runs); `ADFLOW_CRASH_KEEP=1` keeps the data directory
-//! and the gateway logs. For longer hunts outside CI: `ADFLOW_CRASH_ROUNDS`,
-//! `ADFLOW_CRASH_SECS` (round budget) and `ADFLOW_CRASH_SEGMENT_BYTES` (>= 4096: small
-//! segments put most kills next to a rotation).
+//! and the gateway logs.
+//!
+//! Knobs for longer hunts outside CI (environment; none is set in CI):
+//! - `ADFLOW_CRASH_ROUNDS`, `ADFLOW_CRASH_SECS` (round budget), `ADFLOW_CRASH_LOAD_MS_MIN`
+//!   and `ADFLOW_CRASH_LOAD_MS` (load before each kill), `ADFLOW_CRASH_CLIENTS` (fresh
+//!   batch clients), `ADFLOW_CRASH_RESENDERS` (acked-id resenders per resending round);
+//! - `ADFLOW_CRASH_SEGMENT_BYTES` (>= 4096: small segments put most kills next to a
+//!   rotation); `ADFLOW_CRASH_EXTRA_TOML` (appended to the gateway's config, `\n` for
+//!   newlines);
+//! - `ADFLOW_CRASH_EAGER=1`: load starts as soon as the port accepts TCP, so kills and
+//!   SIGTERMs land during start-up; `ADFLOW_CRASH_TERM_THEN_KILL_MS=<ms>`: every stop is
+//!   a SIGTERM followed by kill -9 within that many ms (mid-drain);
+//! - `ADFLOW_CRASH_DISKFULL=1` (root): the events directory is a 64 MiB tmpfs that a
+//!   filler file fills again and again during the load;
+//! - `ADFLOW_CRASH_LIVE_READER=1`: the store is opened with the project's reader in a
+//!   loop while the gateway writes; `ADFLOW_CRASH_INTRUDER_MS=<ms>`: a second gateway is
+//!   started on the same data directory every <ms> (each is killed after 60 ms).
 
 use adflow_domain::pb::{self, AckMode, AdEvent, EventType};
 use adflow_store::EventStore;
@@ -99,6 +113,8 @@ struct Book {
     acked_resent: u64,
     /// Batches sent twice at once on two connections, both answered.
     twins_both_ok: u64,
+    /// Batches refused UNAVAILABLE while the disk was full.
+    refused_full: u64,
     /// Failed RPCs before the kill (not expected on a healthy gateway).
     early_errors: Vec<String>,
     /// Broken promises seen in replies.
@@ -115,7 +131,9 @@ impl Book {
     }
 
     fn unknown(&mut self, ids: Vec<String>, err: String, killed: bool) {
-        if !killed {
+        if !killed && diskfull() && err.contains("Unavailable") {
+            self.refused_full += 1;
+        } else if !killed {
             self.early_errors.push(format!("batch of {} ({}..): {err}", ids.len(), ids[0]));
         }
         self.unknown_ever.extend(ids.iter().cloned());
@@ -199,12 +217,27 @@ impl Gateway {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Waits only until the port accepts TCP (bound before recovery).
+    async fn bound(&mut self) -> Duration {
+        let t0 = Instant::now();
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(t0.elapsed() < START_TIMEOUT, "the gateway did not bind; log:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        t0.elapsed()
+    }
+
     /// Waits until grpc.health.v1 says EventIngest is SERVING; panics if the process
-    /// exits first or it takes longer than `START_TIMEOUT`.
-    async fn serving(&mut self) -> Duration {
+    /// exits first or it takes longer than `START_TIMEOUT`. `None` when it exited because
+    /// another process took its port first (the port is picked free, then released for
+    /// the child to bind).
+    async fn serving(&mut self) -> Option<Duration> {
         let t0 = Instant::now();
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
+                if std::fs::read_to_string(&self.log).unwrap_or_default().contains("(server.listen)") {
+                    return None;
+                }
                 panic!(
                     "the gateway exited ({st}) before serving; log {}:\n{}",
                     self.log.display(),
@@ -222,7 +255,7 @@ impl Gateway {
                     tokio::time::timeout(Duration::from_secs(2), HealthClient::new(ch).check(req)).await
                     && r.into_inner().status() == ServingStatus::Serving
                 {
-                    return t0.elapsed();
+                    return Some(t0.elapsed());
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -261,11 +294,12 @@ impl Harness {
              [queue]\nbackend = \"embedded\"\npath = {:?}\n\
              [workers]\nin_process = 0\n\
              [metrics]\nlisten = \"\"\n\
-             [log]\nlevel = \"info\"\n",
+             [log]\nlevel = \"info\"\n{}",
             dir.join("events").to_str().unwrap(),
             segment_bytes(),
             dir.join("spill").to_str().unwrap(),
             dir.join("queue.redb").to_str().unwrap(),
+            std::env::var("ADFLOW_CRASH_EXTRA_TOML").unwrap_or_default().replace("\\n", "\n"),
         );
         File::create(&config).unwrap().write_all(toml.as_bytes()).unwrap();
         Self { dir: dir.to_path_buf(), config, starts: 0 }
@@ -277,30 +311,20 @@ impl Harness {
 
     /// Starts the binary on a free port (not yet serving: see `Gateway::serving`).
     fn spawn(&mut self) -> Gateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = self.dir.join(format!("gateway-{:02}.log", self.starts));
         self.starts += 1;
-        let out = File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_adflow-gateway"));
-        // Configuration from this test only: no ADFLOW_SECTION__KEY from the environment.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("ADFLOW_") && k.contains("__") {
-                cmd.env_remove(k);
+        spawn_gateway(&self.dir, &self.config, log)
+    }
+
+    /// Starts a gateway and waits until it serves; returns it and how long that took.
+    async fn start(&mut self) -> (Gateway, Duration) {
+        for _ in 0..5 {
+            let mut gw = self.spawn();
+            if let Some(up) = gw.serving().await {
+                return (gw, up);
             }
         }
-        cmd.env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .env("ADFLOW_SERVER__LISTEN", addr.to_string())
-            .arg("--config")
-            .arg(&self.config)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let child = cmd.spawn().expect("starting adflow-gateway");
-        Gateway { child, addr, log }
+        panic!("no free port could be bound in 5 attempts");
     }
 
     /// WARN and ERROR lines of every gateway run so far.
@@ -319,6 +343,106 @@ impl Harness {
         }
         out
     }
+}
+
+/// `ADFLOW_CRASH_DISKFULL=1` (root only): the events directory is a small tmpfs that a
+/// filler file fills now and then during the load.
+fn diskfull() -> bool {
+    knob("ADFLOW_CRASH_DISKFULL", 0) > 0
+}
+
+/// A tmpfs mounted at a path, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the disk for a random moment, again and again, until the kill.
+async fn filler(dir: PathBuf, mut rng: Rng, killed: Arc<AtomicBool>) -> usize {
+    let mut n = 0;
+    while !killed.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.range(50, 300))).await;
+        let path = dir.join("filler");
+        {
+            let mut f = File::create(&path).unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+            let chunk = vec![7u8; 512];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(rng.range(20, 400))).await;
+        let _ = std::fs::remove_file(&path);
+    }
+    n
+}
+
+/// Starts the binary on a free port with `config`, in `dir`, logging to `log`.
+fn spawn_gateway(dir: &Path, config: &Path, log: PathBuf) -> Gateway {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let out = File::create(&log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_adflow-gateway"));
+    // Configuration from this test only: no ADFLOW_SECTION__KEY from the environment.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("ADFLOW_") && k.contains("__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("ADFLOW_SERVER__LISTEN", addr.to_string())
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    let child = cmd.spawn().expect("starting adflow-gateway");
+    Gateway { child, addr, log }
+}
+
+/// A second gateway started on the same data directory every `every_ms` while the first
+/// one serves (an operator's mistake); each is killed 60 ms later (its store recovery
+/// has run by then; it cannot serve while the first one holds the queue's lock).
+async fn intruders(
+    dir: PathBuf,
+    config: PathBuf,
+    every_ms: u64,
+    round: usize,
+    killed: Arc<AtomicBool>,
+) -> usize {
+    let mut n = 0;
+    while !killed.load(Ordering::SeqCst) {
+        let gw = spawn_gateway(&dir, &config, dir.join(format!("intruder-{round:02}-{n:03}.log")));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        drop(gw);
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    }
+    n
+}
+
+/// The store opened (and closed) with the project's reader in a loop while
+/// the gateway writes, as an inspection or backup tool would; returns how many opens.
+async fn live_reader(dir: PathBuf, killed: Arc<AtomicBool>) -> usize {
+    let mut n = 0;
+    while !killed.load(Ordering::SeqCst) {
+        let s = FileStore::open(FileConfig { dir: dir.clone(), segment_bytes: segment_bytes(), fsync: true })
+            .await
+            .expect("opening the live store");
+        let d = s.damage();
+        if !d.is_empty() {
+            eprintln!("crash_events: live open {n}: {d:?}");
+        }
+        drop(s);
+        n += 1;
+    }
+    n
 }
 
 /// Fresh batches of new ids until the kill.
@@ -625,6 +749,17 @@ async fn kill_9_under_durable_load_keeps_every_acked_event_exactly_once() {
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let mut h = Harness::new(tmp.path());
+    let _tmpfs = diskfull().then(|| {
+        std::fs::create_dir_all(h.events_dir()).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(h.events_dir())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        Tmpfs(h.events_dir())
+    });
     let b: Shared = Arc::default();
     let next = Arc::new(AtomicU64::new(0));
     // One timestamp for every send, so a retry is byte-for-byte the same event.
@@ -643,15 +778,20 @@ async fn kill_9_under_durable_load_keeps_every_acked_event_exactly_once() {
             gw.kill9();
             startup_kills += 1;
         }
-        let mut gw = h.spawn();
-        let up = gw.serving().await;
+        let (mut gw, up) = if knob("ADFLOW_CRASH_EAGER", 0) > 0 {
+            let mut gw = h.spawn();
+            let up = gw.bound().await;
+            (gw, up)
+        } else {
+            h.start().await
+        };
         let url = gw.url();
         let killed = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
         let pending = std::mem::take(&mut book(&b).pending);
         let retried = pending.len();
         tasks.spawn(retry_pending(url.clone(), pending, b.clone(), killed.clone(), ts));
-        for c in 0..CLIENTS {
+        for c in 0..knob("ADFLOW_CRASH_CLIENTS", CLIENTS) {
             let r = Rng(rng.next() ^ c);
             tasks.spawn(fresh_load(url.clone(), next.clone(), r, b.clone(), killed.clone(), ts));
         }
@@ -659,14 +799,41 @@ async fn kill_9_under_durable_load_keeps_every_acked_event_exactly_once() {
         tasks.spawn(stream_load(url.clone(), next.clone(), Rng(rng.next()), b.clone(), killed.clone(), ts));
         let resending = rounds % 2 == 1 || rng.range(0, 1) == 0;
         if resending {
-            tasks.spawn(resend_acked(url.clone(), Rng(rng.next()), b.clone(), killed.clone(), ts));
+            for _ in 0..knob("ADFLOW_CRASH_RESENDERS", 1) {
+                tasks.spawn(resend_acked(url.clone(), Rng(rng.next()), b.clone(), killed.clone(), ts));
+            }
         }
-        let load_ms = rng.range(200, 1500);
+        let intruder = (knob("ADFLOW_CRASH_INTRUDER_MS", 0) > 0).then(|| {
+            tokio::spawn(intruders(
+                h.dir.clone(),
+                h.config.clone(),
+                knob("ADFLOW_CRASH_INTRUDER_MS", 0),
+                rounds,
+                killed.clone(),
+            ))
+        });
+        let fill = diskfull().then(|| tokio::spawn(filler(h.events_dir(), Rng(rng.next()), killed.clone())));
+        let reader = (knob("ADFLOW_CRASH_LIVE_READER", 0) > 0)
+            .then(|| tokio::spawn(live_reader(h.events_dir(), killed.clone())));
+        let load_ms = rng.range(knob("ADFLOW_CRASH_LOAD_MS_MIN", 200), knob("ADFLOW_CRASH_LOAD_MS", 1500));
         tokio::time::sleep(Duration::from_millis(load_ms)).await;
         killed.store(true, Ordering::SeqCst);
         // Mostly kill -9; now and then the operator's SIGTERM, under the same load.
         let graceful = rng.range(0, 4) == 0;
-        if graceful {
+        let term_kill = knob("ADFLOW_CRASH_TERM_THEN_KILL_MS", 0);
+        let stop = if term_kill > 0 {
+            "SIGTERM then kill -9"
+        } else if graceful {
+            "SIGTERM"
+        } else {
+            "kill -9"
+        };
+        if term_kill > 0 {
+            // SIGTERM, then kill -9 in the middle of the drain.
+            let _ = Command::new("kill").arg("-TERM").arg(gw.child.id().to_string()).status();
+            tokio::time::sleep(Duration::from_millis(rng.range(0, term_kill))).await;
+            gw.kill9();
+        } else if graceful {
             let status = gw.terminate().await;
             if !status.is_some_and(|s| s.success()) {
                 failures.push(format!(
@@ -684,6 +851,15 @@ async fn kill_9_under_durable_load_keeps_every_acked_event_exactly_once() {
         })
         .await;
         assert!(drained.is_ok(), "clients did not notice the kill within 60 s");
+        if let Some(t) = fill {
+            eprintln!("crash_events: round {}: disk filled {} times", rounds + 1, t.await.unwrap());
+        }
+        if let Some(t) = reader {
+            eprintln!("crash_events: round {}: {} live opens", rounds + 1, t.await.unwrap());
+        }
+        if let Some(t) = intruder {
+            eprintln!("crash_events: round {}: {} intruders started", rounds + 1, t.await.unwrap());
+        }
         rounds += 1;
         let b = book(&b);
         eprintln!(
@@ -691,15 +867,18 @@ async fn kill_9_under_durable_load_keeps_every_acked_event_exactly_once() {
              acked {} ids, {} batches pending",
             up.as_millis(),
             if resending { " + acked resends" } else { "" },
-            if graceful { "SIGTERM" } else { "kill -9" },
+            stop,
             b.acked.len(),
             b.pending.len()
         );
     }
 
+    let _ = std::fs::remove_file(h.events_dir().join("filler"));
+    if diskfull() {
+        eprintln!("crash_events: {} batches refused UNAVAILABLE on a full disk", book(&b).refused_full);
+    }
     // Final start: every batch lost in a crash is retried and must now be answered.
-    let mut gw = h.spawn();
-    gw.serving().await;
+    let (mut gw, _) = h.start().await;
     let pending = std::mem::take(&mut book(&b).pending);
     let never = Arc::new(AtomicBool::new(false));
     retry_pending(gw.url(), pending, b.clone(), never.clone(), ts).await;
@@ -722,8 +901,7 @@ async fn kill_9_under_durable_load_keeps_every_acked_event_exactly_once() {
     let unanswered = book(&b).pending.iter().map(Vec::len).sum::<usize>();
 
     // Restart and resend every acked id: all duplicates, nothing stored.
-    let mut gw = h.spawn();
-    let up = gw.serving().await;
+    let (mut gw, up) = h.start().await;
     let all: Vec<String> = acked.iter().cloned().collect();
     let chunks: Vec<Vec<String>> = all.chunks(MAX_BATCH as usize).map(<[String]>::to_vec).collect();
     let per = chunks.len().div_ceil(4).max(1);
