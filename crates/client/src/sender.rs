@@ -288,6 +288,12 @@ struct Delivery {
     outcomes: Arc<Outcomes>,
 }
 
+/// The delay the gateway asked for in `grpc-retry-pushback-ms`, if any (capped at 30 s).
+pub fn retry_pushback(status: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = status.metadata().get("grpc-retry-pushback-ms")?.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms.min(30_000)))
+}
+
 /// Errors worth another attempt with the same ids.
 fn retryable(code: Code) -> bool {
     matches!(
@@ -341,13 +347,16 @@ impl Delivery {
                     .push(Undelivered { events, error });
                 return;
             }
+            // The gateway's retry hint (gRPC retry pushback) wins over our own guess.
+            let hint = retry_pushback(&status);
             if matches!(code, Code::ResourceExhausted | Code::Unavailable) {
-                let until = now_ms() + self.cfg.busy_pause.as_millis() as i64;
+                let pause = hint.unwrap_or(self.cfg.busy_pause);
+                let until = now_ms() + pause.as_millis() as i64;
                 self.outcomes.paused_until_ms.fetch_max(until, Ordering::Relaxed);
             }
             self.counters.retried.fetch_add(events.len() as u64, Ordering::Relaxed);
             tracing::debug!(%status, attempt, "adflow batch failed; retrying with the same event ids");
-            tokio::time::sleep(self.backoff(attempt)).await;
+            tokio::time::sleep(hint.unwrap_or_else(|| self.backoff(attempt))).await;
         }
     }
 

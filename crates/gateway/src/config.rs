@@ -189,6 +189,10 @@ pub struct IngestConfig {
     /// ...or once the first gathered event has waited this long, in ms (default 0: write
     /// as soon as the previous commit ends; whatever arrived during it joins the batch).
     pub max_batch_delay_ms: u64,
+    /// How long a unary or batch request may wait in line for room when the pipeline is
+    /// full before it is refused with RESOURCE_EXHAUSTED, in ms (default 100). Streams
+    /// wait in the same first-come line without a limit (HTTP/2 flow control).
+    pub admission_wait_ms: u64,
     /// Batches a StreamEvents call may have awaiting their ack (default 32).
     pub stream_max_inflight: usize,
     /// Store commits in flight at once (0, the default: 1 for the file backend, whose
@@ -212,6 +216,7 @@ impl Default for IngestConfig {
             queue_capacity_events: 65_536,
             max_batch_events: 8_192,
             max_batch_delay_ms: 0,
+            admission_wait_ms: 100,
             stream_max_inflight: 32,
             commits_in_flight: 0,
             store_retry_attempts: 5,
@@ -361,8 +366,15 @@ impl Config {
         if self.validation.max_event_id_len == 0 {
             return Err(invalid("validation.max_event_id_len", "must be > 0"));
         }
-        if self.analytics.retention_days == 0 {
-            return Err(invalid("analytics.retention_days", "must be > 0"));
+        if !(1..=366).contains(&self.analytics.retention_days) {
+            return Err(invalid("analytics.retention_days", "must be 1..=366"));
+        }
+        // Shared counters read one key per bucket: these bound the keys of one query.
+        if self.analytics.minute_retention_hours > 168 {
+            return Err(invalid("analytics.minute_retention_hours", "must be at most 168 (7 days)"));
+        }
+        if self.validation.max_future_skew_secs > 86_400 {
+            return Err(invalid("validation.max_future_skew_secs", "must be at most 86400 (1 day)"));
         }
         if self.storage.file.segment_bytes < 4096 {
             return Err(invalid("storage.file.segment_bytes", "must be at least 4096"));

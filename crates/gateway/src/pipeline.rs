@@ -376,16 +376,29 @@ impl Pipeline {
         if n == 0 {
             return Ok(None);
         }
+        let n = n.min(self.cfg.queue_capacity_events) as u32;
         let permit = match when_full {
-            WhenFull::Refuse => self.room.clone().try_acquire_many_owned(n as u32).map_err(|e| match e {
-                tokio::sync::TryAcquireError::Closed => IngestError::ShuttingDown,
-                tokio::sync::TryAcquireError::NoPermits => {
-                    IngestError::Full { queued: self.queued(), capacity: self.cfg.queue_capacity_events }
+            // Unary and batch callers queue for room in the same FIFO line as streams, for
+            // at most `admission_wait_ms`: under overload each caller gets its turn in
+            // arrival order instead of streams (which wait) taking all freed room.
+            WhenFull::Refuse => match self.room.clone().try_acquire_many_owned(n) {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(IngestError::ShuttingDown),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let wait = std::time::Duration::from_millis(self.cfg.admission_wait_ms);
+                    match tokio::time::timeout(wait, self.room.clone().acquire_many_owned(n)).await {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return Err(IngestError::ShuttingDown),
+                        Err(_) => {
+                            return Err(IngestError::Full {
+                                queued: self.queued(),
+                                capacity: self.cfg.queue_capacity_events,
+                            });
+                        }
+                    }
                 }
-            })?,
-            WhenFull::Wait => {
-                self.room.clone().acquire_many_owned(n as u32).await.map_err(|_| IngestError::ShuttingDown)?
-            }
+            },
+            WhenFull::Wait => self.room.clone().acquire_many_owned(n).await.map_err(|_| IngestError::ShuttingDown)?,
         };
         Ok(Some(permit))
     }

@@ -17,6 +17,15 @@ pub(crate) fn from_queue(e: QueueError) -> Status {
     }
 }
 
+/// Response metadata key of gRPC's retry pushback (milliseconds to wait before a retry).
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// A retry delay for a full pipeline: 50 ms, up to 500 ms as the queue fills.
+pub fn retry_after_ms(queued: usize, capacity: usize) -> u64 {
+    let fill = queued as f64 / capacity.max(1) as f64;
+    (50.0 + 450.0 * fill.clamp(0.0, 1.0)) as u64
+}
+
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
         let msg = e.to_string();
@@ -24,7 +33,15 @@ impl From<IngestError> for Status {
             IngestError::Empty | IngestError::TooMany { .. } | IngestError::Invalid(_) => {
                 Status::invalid_argument(msg)
             }
-            IngestError::Full { .. } => Status::resource_exhausted(msg),
+            IngestError::Full { queued, capacity } => {
+                let mut s = Status::resource_exhausted(msg);
+                // gRPC's retry pushback: how long to wait before retrying, by how full we are.
+                let ms = retry_after_ms(queued, capacity);
+                if let Ok(v) = ms.to_string().parse() {
+                    s.metadata_mut().insert(RETRY_PUSHBACK, v);
+                }
+                s
+            }
             IngestError::ShuttingDown | IngestError::CommitFailed(_) | IngestError::FirstCopyPending(_) => {
                 Status::unavailable(msg)
             }
@@ -47,5 +64,13 @@ mod tests {
         );
         assert_eq!(Status::from(IngestError::ShuttingDown).code(), Code::Unavailable);
         assert_eq!(Status::from(IngestError::CommitFailed("disk".into())).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn a_full_pipeline_tells_the_client_when_to_retry() {
+        let s = Status::from(IngestError::Full { queued: 65_536, capacity: 65_536 });
+        assert_eq!(s.metadata().get(RETRY_PUSHBACK).unwrap().to_str().unwrap(), "500");
+        let s = Status::from(IngestError::Full { queued: 0, capacity: 65_536 });
+        assert_eq!(s.metadata().get(RETRY_PUSHBACK).unwrap().to_str().unwrap(), "50");
     }
 }

@@ -203,3 +203,61 @@ async fn an_accepted_mode_repeat_of_a_pending_id_is_answered_at_once() {
     p.shutdown().await;
     assert_eq!(store.events.lock().unwrap().len(), 1);
 }
+
+fn ids(prefix: &str, n: usize) -> Vec<Bytes> {
+    (0..n).map(|i| ev(&format!("{prefix}-{i}"))).collect()
+}
+
+fn small(admission_wait_ms: u64) -> IngestConfig {
+    IngestConfig { queue_capacity_events: 100, admission_wait_ms, ..cfg() }
+}
+
+#[tokio::test]
+async fn under_overload_a_unary_caller_gets_its_turn_in_line_with_streams() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    let analytics = Arc::new(RwLock::new(Analytics::default()));
+    let p = Arc::new(Pipeline::start(small(60_000), Limits::default(), store.clone(), Some(analytics), None, None, None));
+    // The pipeline is full: 100 events held in a commit that does not end yet.
+    let first = p.enqueue(ids("full", 100), pb::AckMode::Durable, 0, WhenFull::Wait).await.unwrap();
+    appends_reach(&store, 1).await;
+    // A stream queues for room, then an ordinary request, then another stream.
+    let spawn = |prefix: &'static str, n: usize, mode: WhenFull| {
+        let p = p.clone();
+        tokio::spawn(async move { p.enqueue(ids(prefix, n), pb::AckMode::Durable, 0, mode).await?.wait().await })
+    };
+    let settle = || async {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let s1 = spawn("s1", 50, WhenFull::Wait);
+    settle().await;
+    let unary = spawn("u", 10, WhenFull::Refuse);
+    settle().await;
+    let s2 = spawn("s2", 50, WhenFull::Wait);
+    settle().await;
+    assert!(!unary.is_finished(), "the ordinary request waits in line instead of being refused");
+    store.gate.add_permits(1_000);
+    first.wait().await.unwrap();
+    assert_eq!(unary.await.unwrap().unwrap().accepted, 10, "served in its turn");
+    assert_eq!(s1.await.unwrap().unwrap().accepted, 50);
+    assert_eq!(s2.await.unwrap().unwrap().accepted, 50);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_waited_its_admission_time_is_refused_with_a_retry_hint() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    let analytics = Arc::new(RwLock::new(Analytics::default()));
+    let p = Pipeline::start(small(20), Limits::default(), store.clone(), Some(analytics), None, None, None);
+    let _first = p.enqueue(ids("full", 100), pb::AckMode::Durable, 0, WhenFull::Wait).await.unwrap();
+    appends_reach(&store, 1).await;
+    let err = p.enqueue(ids("late", 5), pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap_err();
+    assert!(matches!(err, IngestError::Full { queued: 100, capacity: 100 }), "{err}");
+    let status = tonic::Status::from(err);
+    assert_eq!(status.metadata().get(crate::status::RETRY_PUSHBACK).unwrap().to_str().unwrap(), "500");
+    store.gate.add_permits(1_000);
+    p.shutdown().await;
+}
