@@ -6,9 +6,20 @@
 //! exact-size buffer and split into `Bytes` slices of it (one per event, no further copy
 //! or allocation), and each event is read through an
 //! `EventView` that borrows its fields. The store writes the event's original bytes, so
-//! nothing is encoded twice. The parser is at least as strict as prost for every field the
-//! schema declares (wire types, UTF-8, varint and length bounds), so whatever it accepts
-//! decodes with prost later; it refuses groups, which prost would skip.
+//! nothing is encoded twice.
+//!
+//! Since those bytes are stored and later read by other protobuf implementations, the
+//! parser accepts exactly what both prost and the protobuf encoding rules accept (a
+//! differential fuzz test, `raw/fuzz.rs`, holds it to that):
+//! - prost's schema checks for every declared field (wire type, UTF-8);
+//! - the encoding rules that upb and C++ protobuf enforce and prost partly does not: a
+//!   field key is at most 5 bytes and at most 2^32 - 1 (field number 1..=2^29-1), the
+//!   wire type is 0, 1, 2 or 5 (groups are refused, which prost would skip), a varint
+//!   is at most 10 bytes, a length stays inside its message.
+//!
+//! Every pass is linear in the message size, including a `SendEventRequest` whose
+//! `event` field is repeated (protobuf merges the parts: they are checked one by one and
+//! joined in one copy).
 
 use crate::v1::IngestReply;
 use bytes::{Buf, Bytes, BytesMut};
@@ -63,15 +74,34 @@ impl<'a> Wire<'a> {
         bad("varint longer than 10 bytes")
     }
 
-    /// The next field's number and wire type.
+    /// The next field's number and wire type, refused unless the key follows the
+    /// encoding rules (see the module comment).
     #[inline]
     fn key(&mut self) -> Result<(u32, u8), Malformed> {
-        let k = self.varint()?;
-        let (field, wt) = ((k >> 3) as u32, (k & 7) as u8);
-        if field == 0 || k >> 3 > u64::from(u32::MAX >> 3) {
-            return bad(format!("invalid field number {}", k >> 3));
+        let start = self.pos;
+        let k = match self.b.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                u64::from(b)
+            }
+            _ => self.varint()?,
+        };
+        let len = self.pos - start;
+        if len > 5 {
+            return bad(format!("a field key is {len} bytes long; protobuf allows at most 5"));
         }
-        Ok((field, wt))
+        if k > u64::from(u32::MAX) {
+            return bad(format!("field number {} is above the largest, 2^29 - 1", k >> 3));
+        }
+        let (field, wt) = ((k >> 3) as u32, (k & 7) as u8);
+        if field == 0 {
+            return bad("field number 0 is invalid");
+        }
+        match wt {
+            VARINT | I64 | LEN | I32 => Ok((field, wt)),
+            3 | 4 => bad(format!("field {field} has group wire type {wt}, which is not supported")),
+            _ => bad(format!("field {field} has invalid wire type {wt}")),
+        }
     }
 
     #[inline]
@@ -372,24 +402,53 @@ impl RawDecode for RawEvents {
 impl RawDecode for RawEvent {
     fn decode_raw(buf: Bytes) -> Result<Self, Malformed> {
         let mut out = RawEvent::default();
+        // A repeated singular message field merges, which concatenating the parts does;
+        // each part must still be a valid event on its own, as prost decodes each alone.
+        let (mut first, mut parts, mut total) = (0..0, 0usize, 0usize);
         let mut w = Wire::new(&buf);
         while !w.done() {
             match w.key()? {
                 (1, LEN) => {
                     let r = w.len_delimited()?;
-                    // A repeated singular message field merges: concatenating the bytes does that.
-                    out.event = Some(match out.event.take() {
-                        None => buf.slice(r),
-                        Some(prev) => [&prev[..], &buf[r]].concat().into(),
-                    });
+                    parts += 1;
+                    total += r.len();
+                    if parts == 1 {
+                        first = r;
+                    } else {
+                        if parts == 2 {
+                            check_part(&buf[first.clone()], 1)?;
+                        }
+                        check_part(&buf[r], parts)?;
+                    }
                 }
                 (2, VARINT) => out.ack_mode = w.varint()? as i32,
                 (f @ 1..=2, wt) => return bad(format!("SendEventRequest field {f} has wire type {wt}")),
                 (_, wt) => w.skip(wt)?,
             }
         }
+        out.event = match parts {
+            0 => None,
+            1 => Some(buf.slice(first)),
+            _ => {
+                // One pass, one exact-size copy: linear however many parts there are.
+                let mut joined = BytesMut::with_capacity(total);
+                let mut w = Wire::new(&buf);
+                while !w.done() {
+                    match w.key()? {
+                        (1, LEN) => joined.extend_from_slice(&buf[w.len_delimited()?]),
+                        (_, wt) => w.skip(wt)?,
+                    }
+                }
+                Some(joined.freeze())
+            }
+        };
         Ok(out)
     }
+}
+
+/// Part `n` (from 1) of a merged `event` field.
+fn check_part(b: &[u8], n: usize) -> Result<(), Malformed> {
+    EventView::parse(b).map(drop).map_err(|e| Malformed(format!("event (part {n} of a merged field): {e}")))
 }
 
 /// Decodes requests with `RawDecode`, encodes replies with prost.
@@ -433,3 +492,6 @@ impl<D: RawDecode + Send + 'static> Codec for RawCodec<IngestReply, D> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;
