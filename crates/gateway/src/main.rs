@@ -27,21 +27,29 @@ struct Args {
     hash_key: Option<String>,
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is
+/// first polled: a signal that arrives during start-up (store recovery, rebuild) is kept
+/// and stops the gateway gracefully once it is up, instead of killing the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, signal = name, "cannot listen for the signal");
+                    std::future::pending::<()>().await
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
+        };
+        tokio::select! {
+            _ = wait(term, "SIGTERM") => {}
+            _ = wait(int, "SIGINT") => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
@@ -91,10 +99,11 @@ fn run() -> anyhow::Result<()> {
 
 async fn run_server(cfg: Config, threads: usize) -> anyhow::Result<()> {
     {
+        let stop = shutdown_signal();
         let listener = tokio::net::TcpListener::bind(cfg.server.listen)
             .await
             .with_context(|| format!("binding {} (server.listen)", cfg.server.listen))?;
         tracing::info!(worker_threads = threads, "runtime ready");
-        serve(listener, cfg, shutdown_signal()).await
+        serve(listener, cfg, stop).await
     }
 }

@@ -119,6 +119,38 @@ pub struct FileStore {
     cfg: FileConfig,
     writer: Arc<Mutex<Writer>>,
     damage: Arc<damage::Log>,
+    /// `<dir>/LOCK`, exclusively locked until the store is closed or dropped.
+    dir_lock: Mutex<Option<File>>,
+}
+
+/// Takes the directory's exclusive lock: a second process (another gateway on the same
+/// config, a tool) must never run recovery on segments a live gateway is appending to,
+/// where a batch being written looks like a torn tail.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let mut f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io("open", &path))?;
+    match f.try_lock() {
+        Ok(()) => {
+            let _ = f.set_len(0);
+            let _ = writeln!(f, "{}", std::process::id());
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(StoreError::Io {
+                op: "lock",
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "the events directory is in use by another process (pid {}); one gateway per directory",
+                        holder.trim()
+                    ),
+                ),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io("lock", &path)(e)),
+    }
 }
 
 impl FileStore {
@@ -129,10 +161,14 @@ impl FileStore {
         let c = cfg.clone();
         let damage = Arc::new(damage::Log::default());
         let d = damage.clone();
-        let writer = tokio::task::spawn_blocking(move || Self::recover(&c, &d)).await.map_err(|e| {
-            StoreError::Io { op: "recover", path: cfg.dir.clone(), source: std::io::Error::other(e) }
-        })??;
-        Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)), damage })
+        let (writer, lock) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&c.dir).map_err(io("create dir", &c.dir))?;
+            let lock = lock_dir(&c.dir)?;
+            Self::recover(&c, &d).map(|w| (w, lock))
+        })
+        .await
+        .map_err(|e| StoreError::Io { op: "recover", path: cfg.dir.clone(), source: std::io::Error::other(e) })??;
+        Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)), damage, dir_lock: Mutex::new(Some(lock)) })
     }
 
     fn recover(cfg: &FileConfig, damage: &damage::Log) -> Result<Writer> {
@@ -331,6 +367,8 @@ impl EventStore for FileStore {
                 },
             )??;
         }
+        // Everything is synced: another process may open the directory now.
+        self.dir_lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
     }
 }

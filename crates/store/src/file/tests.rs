@@ -120,3 +120,22 @@ async fn a_closed_store_refuses_appends() {
     assert!(matches!(s.append(&[ev(1)]).await, Err(StoreError::Closed)));
     assert!(!s.health().await.ok);
 }
+
+#[tokio::test]
+async fn a_second_open_of_a_live_directory_is_refused_and_cuts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = FileStore::open(cfg(dir.path(), 1 << 20)).await.unwrap();
+    live.append(&[ev(1), ev(2)]).await.unwrap();
+    // A half-written batch at the end, as a concurrent reader could see it mid-write.
+    let seg = segment_path(dir.path(), 1);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[0xAD, 0xF1]).unwrap();
+    let err = FileStore::open(cfg(dir.path(), 1 << 20)).await.err().expect("the directory is locked");
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len + 2, "the refused open cut nothing");
+    live.close().await.unwrap();
+    drop(live);
+    // Once the first store is gone, the directory opens again.
+    let again = FileStore::open(cfg(dir.path(), 1 << 20)).await.unwrap();
+    assert_eq!(read_all(&again).await.len(), 2);
+}
