@@ -12,9 +12,10 @@ fn main() {
             d.insert(key(id), 1_000 + round as i64);
         }
         println!(
-            "round {round}: {:.0} ns/insert, len {}",
+            "round {round}: {:.0} ns/insert, len {}, {:.1} bytes/id",
             t.elapsed().as_nanos() as f64 / chunk.len() as f64,
-            d.len()
+            d.len(),
+            d.memory_bytes() as f64 / d.len() as f64
         );
     }
 }
