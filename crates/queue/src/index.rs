@@ -208,12 +208,14 @@ impl Index {
     }
 
     /// Ads served before `key` under strict priority (ads in higher unpaused partitions
-    /// plus those ahead in its own); an estimate when aging or deadlines reorder the queue.
+    /// plus those ahead in its own; in a paused partition, every ad of every unpaused one
+    /// is served first); an estimate when aging or deadlines reorder the queue.
     /// Costs O(ads ahead of it in its partition).
     pub fn position(&self, key: AdKey) -> Option<u64> {
         let e = self.entries.get(&key)?;
-        let higher: usize = (e.priority + 1..=MAX_PRIORITY)
-            .filter(|&p| !self.paused[slot(p)])
+        let first = if self.paused[slot(e.priority)] { 1 } else { e.priority + 1 };
+        let higher: usize = (first..=MAX_PRIORITY)
+            .filter(|&p| p != e.priority && !self.paused[slot(p)])
             .map(|p| self.parts[slot(p)].len())
             .sum();
         let ahead = self.parts[slot(e.priority)].range(..e.seq).count();

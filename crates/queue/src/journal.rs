@@ -86,11 +86,15 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the database at `path` and starts the writer thread.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
+        // Name the file and its setting: the OS error alone ("File exists") says neither.
+        let at =
+            |e: &dyn std::fmt::Display| JournalError::Db(format!("{} (queue.path): {e}", path.display()));
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(db)?;
+            std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
         }
         // redb caches up to 1 GiB by default; the queue reads little (start-up, old ads).
-        let database = Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(db)?);
+        let database =
+            Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| at(&e))?);
         {
             let w = database.begin_write().map_err(db)?;
             w.open_table(ADS).map_err(db)?;

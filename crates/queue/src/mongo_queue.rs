@@ -184,11 +184,14 @@ impl Inner {
         Ok(n)
     }
 
-    /// Ads ahead of a queued ad under strict priority (an estimate when aging reorders).
+    /// Ads ahead of a queued ad under strict priority (an estimate when aging reorders;
+    /// in a paused partition, every ad of every unpaused one is served first).
     async fn position(&self, ad: &pb::Ad, seq: i64) -> Result<u64, QueueError> {
         let paused = self.paused().await?;
+        let own = ad.priority as u8;
+        let first = if paused.contains(&own) { 1 } else { own + 1 };
         let higher: Vec<i64> =
-            ((ad.priority as u8 + 1)..=MAX_PRIORITY).filter(|p| !paused.contains(p)).map(i64::from).collect();
+            (first..=MAX_PRIORITY).filter(|p| *p != own && !paused.contains(p)).map(i64::from).collect();
         let mut n = 0;
         if !higher.is_empty() {
             n += self
@@ -529,8 +532,11 @@ impl AdQueue for MongoQueue {
             let dl = now + if mw > 0 { mw } else { pol.max_wait_seconds as i64 } * 1000;
             let ad =
                 pb::Ad { spec: Some(spec), priority: pr as u32, created_at_ms: now, ..Default::default() };
-            let higher: u64 =
-                ((pr + 1)..=MAX_PRIORITY).filter(|p| !paused.contains(p)).map(|p| queued[p as usize]).sum();
+            let from = if paused.contains(&pr) { 1 } else { pr + 1 };
+            let higher: u64 = (from..=MAX_PRIORITY)
+                .filter(|p| *p != pr && !paused.contains(p))
+                .map(|p| queued[p as usize])
+                .sum();
             out.push(pb::SubmitAdResponse {
                 id: id.clone(),
                 status: QUEUED,

@@ -70,8 +70,11 @@ local function position(id)
   local r = redis.call('ZRANK', P .. ':q:' .. pr, id)
   if not r then return -1 end
   local n = r
-  for p = pr + 1, 5 do
-    if redis.call('SISMEMBER', P .. ':paused', p) == 0 then n = n + redis.call('ZCARD', P .. ':q:' .. p) end
+  -- In a paused partition, every ad of every unpaused one is served first.
+  local first = pr + 1
+  if redis.call('SISMEMBER', P .. ':paused', pr) == 1 then first = 1 end
+  for p = first, 5 do
+    if p ~= pr and redis.call('SISMEMBER', P .. ':paused', p) == 0 then n = n + redis.call('ZCARD', P .. ':q:' .. p) end
   end
   return n
 end
@@ -137,8 +140,10 @@ for i = 2, #ARGV, 6 do
   redis.call('ZADD', P .. ':q:' .. pr, seq, id)
   redis.call('ZADD', P .. ':due', dl, id)
   local pos = queued[pr]
-  for p = pr + 1, 5 do
-    if not paused[p] then pos = pos + queued[p] end
+  local first = pr + 1
+  if paused[pr] then first = 1 end
+  for p = first, 5 do
+    if p ~= pr and not paused[p] then pos = pos + queued[p] end
   end
   queued[pr] = queued[pr] + 1
   out[#out + 1] = pos
