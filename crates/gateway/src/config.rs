@@ -2,7 +2,10 @@
 //! defaults <- `configs/default.toml` (when present in the working directory) <-
 //! `--config FILE` <- `ADFLOW_SECTION__KEY` environment variables. Every struct denies
 //! unknown keys (figment would silently ignore a typo otherwise) and `validate` checks
-//! ranges, so a bad value stops the gateway at start with the key named.
+//! ranges, so a bad value stops the gateway at start with the key named. A later layer
+//! hides what an earlier one says about the same key (even an invalid value), so
+//! `--print-config` (`Config::explain`) prints every value with the layer it came from
+//! and what it overrode.
 
 use adflow_domain::analytics::Retention;
 use adflow_domain::validate::Limits;
@@ -308,17 +311,41 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
 impl Config {
     /// Loads defaults <- `configs/default.toml` <- `file` <- environment, then validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if Path::new(DEFAULT_FILE).exists() {
-            fig = fig.merge(Toml::file(DEFAULT_FILE));
-        }
-        if let Some(f) = file {
-            if !f.exists() {
-                return Err(ConfigError::MissingFile(f.to_path_buf()));
+        Self::from_figment(merged(&layers(file)?))
+    }
+
+    /// Loads like `load` and renders the result as TOML with one `key = value` line per
+    /// setting and a comment naming the layer it came from, and the values it overrode in
+    /// earlier layers (what `--print-config` prints). The text loads back as a config file.
+    pub fn explain(file: Option<&Path>) -> Result<String, ConfigError> {
+        let layers = layers(file)?;
+        let cfg = Self::from_figment(merged(&layers))?;
+        let mut leaves = Vec::new();
+        flatten("", &serde_json::to_value(&cfg).unwrap_or_default(), &mut leaves);
+        let mut out = String::from(
+            "# adflow-gateway effective configuration: built-in defaults <- configs/default.toml\n\
+             # <- --config FILE <- ADFLOW_SECTION__KEY environment variables (later wins).\n",
+        );
+        for (key, value) in leaves {
+            let from: Vec<(&Layer, figment::value::Value)> =
+                layers.iter().filter_map(|l| Some((l, l.figment.find_value(&key).ok()?))).collect();
+            let source = match from.last() {
+                Some((l, _)) => l.describe(&key),
+                None => "built-in default".into(),
+            };
+            let mut comment = format!("from {source}");
+            // What the winning layer hid (the defaults are implied).
+            for (l, v) in from.iter().rev().skip(1).filter(|(l, _)| l.kind != LayerKind::Defaults) {
+                let v = toml_value(&serde_json::to_value(v).unwrap_or_default());
+                let v = adflow_domain::validate::trunc(&v);
+                comment += &format!("; overrides {v} from {}", l.describe(&key));
             }
-            fig = fig.merge(Toml::file(f));
+            match value {
+                serde_json::Value::Null => out += &format!("# {key} is unset  # {comment}\n"),
+                v => out += &format!("{key} = {}  # {comment}\n", toml_value(&v)),
+            }
         }
-        Self::from_figment(fig.merge(env()))
+        Ok(out)
     }
 
     /// Extracts and validates a configuration from any figment (used by tests too).
@@ -431,6 +458,99 @@ impl Config {
     }
 }
 
+/// What a configuration layer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LayerKind {
+    Defaults,
+    File,
+    Env,
+}
+
+/// One configuration layer and its name in `--print-config`.
+struct Layer {
+    kind: LayerKind,
+    name: String,
+    figment: Figment,
+}
+
+impl Layer {
+    /// Where `key` comes from when this layer sets it.
+    fn describe(&self, key: &str) -> String {
+        match self.kind {
+            LayerKind::Defaults => "built-in default".into(),
+            LayerKind::File => self.name.clone(),
+            LayerKind::Env => format!("environment {}", env_var(key)),
+        }
+    }
+}
+
+/// The layers, lowest precedence first.
+fn layers(file: Option<&Path>) -> Result<Vec<Layer>, ConfigError> {
+    let layer = |kind, name: &str, figment| Layer { kind, name: name.to_owned(), figment };
+    let mut out = vec![layer(
+        LayerKind::Defaults,
+        "built-in default",
+        Figment::from(Serialized::defaults(Config::default())),
+    )];
+    if Path::new(DEFAULT_FILE).exists() {
+        out.push(layer(LayerKind::File, DEFAULT_FILE, Figment::from(Toml::file(DEFAULT_FILE))));
+    }
+    if let Some(f) = file {
+        if !f.exists() {
+            return Err(ConfigError::MissingFile(f.to_path_buf()));
+        }
+        out.push(layer(LayerKind::File, &f.display().to_string(), Figment::from(Toml::file(f))));
+    }
+    out.push(layer(LayerKind::Env, "environment", Figment::from(env())));
+    Ok(out)
+}
+
+fn merged(layers: &[Layer]) -> Figment {
+    layers.iter().fold(Figment::new(), |fig, l| fig.merge(l.figment.clone()))
+}
+
+/// The environment variable that sets `key` (`ingest.dedup.window_secs` ->
+/// `ADFLOW_INGEST__DEDUP__WINDOW_SECS`).
+fn env_var(key: &str) -> String {
+    format!("ADFLOW_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Dotted keys and values of every setting (arrays are single settings).
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        v => out.push((prefix.to_owned(), v.clone())),
+    }
+}
+
+/// A value as a TOML literal (inline arrays and tables; JSON string escapes are TOML's).
+fn toml_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "\"\"".into(),
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => v.to_string(),
+        Value::Array(a) => format!("[{}]", a.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        Value::Object(m) => {
+            let fields: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    let bare =
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    let k = if bare { k.clone() } else { Value::String(k.clone()).to_string() };
+                    format!("{k} = {}", toml_value(v))
+                })
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+    }
+}
+
 /// `ADFLOW_SECTION__KEY=value` variables. Only names with `__` are read: every key lives
 /// in a section, and other `ADFLOW_*` variables (e.g. test settings) are not config.
 fn env() -> Env {
@@ -467,7 +587,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("authorization", "Bearer dev-operator-key".parse().unwrap());
         assert!(
-            authz.check("/adflow.v1.QueueControl/GetStats", &h).is_ok(),
+            authz.check("/adflow.v1.QueueControl/GetStats", &h, None).is_ok(),
             "the documented dev key matches its hash"
         );
     }
@@ -494,6 +614,43 @@ mod tests {
             .merge(Toml::string("[ingest]\nqueue_capacity_events = 10"));
         let err = Config::from_figment(fig).unwrap_err().to_string();
         assert!(err.contains("ingest.queue_capacity_events"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn print_config_names_each_values_source_and_what_it_hid() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "my.toml",
+                "[ingest]\nmax_batch_events = \"many\"\nmax_batch_delay_ms = 3\n\
+                 [auth]\nkeys = [{ name = \"ops\", role = \"operator\", sha256 = \"%s\" }]\n"
+                    .replace("%s", &crate::auth::hash_key("k"))
+                    .as_str(),
+            )?;
+            jail.set_env("ADFLOW_INGEST__MAX_BATCH_EVENTS", "10");
+            let text = Config::explain(Some(Path::new("my.toml"))).map_err(|e| e.to_string())?;
+            let line = |key: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("{key} = ")))
+                    .unwrap_or_else(|| panic!("{key}: {text}"))
+            };
+            assert_eq!(
+                line("ingest.max_batch_events"),
+                "ingest.max_batch_events = 10  # from environment ADFLOW_INGEST__MAX_BATCH_EVENTS; \
+                 overrides \"many\" from my.toml"
+            );
+            assert_eq!(line("ingest.max_batch_delay_ms"), "ingest.max_batch_delay_ms = 3  # from my.toml");
+            assert_eq!(line("server.listen"), "server.listen = \"127.0.0.1:50051\"  # from built-in default");
+            assert!(line("auth.keys").contains("{ name = \"ops\", role = \"operator\", sha256 = "), "{text}");
+            assert!(text.contains("# ingest.dedup.shared is unset  # from built-in default"), "{text}");
+            // What it prints loads back as a config file, to the same configuration.
+            let back = Config::from_figment(
+                Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&text)),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(back, Config::load(Some(Path::new("my.toml"))).map_err(|e| e.to_string())?);
+            Ok(())
+        });
     }
 
     #[test]

@@ -19,7 +19,8 @@ struct Args {
     /// A TOML file merged over the defaults and configs/default.toml.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Print the effective configuration as JSON and exit.
+    /// Print the effective configuration as TOML, each value with the layer it came from
+    /// (default, file, environment variable) and what it overrode, and exit.
     #[arg(long)]
     print_config: bool,
     /// Print the SHA-256 of an API key (for `[[auth.keys]] sha256`) and exit.
@@ -55,15 +56,43 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("adflow-gateway: {e:#}");
+        eprintln!("adflow-gateway: {}", causes(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause once: many errors already include
+/// their source's text in their own message (`create dir X: <os error>`), and anyhow's
+/// `{:#}` would print that source again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(k) = &args.hash_key {
         println!("{}", adflow_gateway::auth::hash_key(k));
+        return Ok(());
+    }
+    if args.print_config {
+        match Config::explain(args.config.as_deref()) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("adflow-gateway: {e}");
+                std::process::exit(2);
+            }
+        }
         return Ok(());
     }
     let cfg = match Config::load(args.config.as_deref()) {
@@ -73,10 +102,6 @@ fn run() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
-        return Ok(());
-    }
     let threads = match cfg.server.worker_threads {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         n => n,
@@ -105,5 +130,24 @@ async fn run_server(cfg: Config, threads: usize) -> anyhow::Result<()> {
             .with_context(|| format!("binding {} (server.listen)", cfg.server.listen))?;
         tracing::info!(worker_threads = threads, "runtime ready");
         serve(listener, cfg, stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let os = std::io::Error::from_raw_os_error(20);
+        #[derive(Debug, thiserror::Error)]
+        #[error("create dir afile/events: {0}")]
+        struct Quoting(#[source] std::io::Error);
+        let e = anyhow::Error::new(Quoting(os)).context("opening the event store");
+        let text = causes(&e);
+        assert_eq!(text.matches("os error 20").count(), 1, "{text}");
+        assert!(text.starts_with("opening the event store: create dir afile/events: "), "{text}");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(causes(&plain), "outer: inner");
     }
 }

@@ -2,9 +2,16 @@
 //! the gauges (queue sizes, dead letters, workers, backend health) once a second.
 //! Counters and histograms are recorded where things happen (pipeline, batcher, worker
 //! sessions, RPC layer); the names are the ones operators know from the seed systems.
+//!
+//! Every documented series exists from the start, at 0: a series that appears only on
+//! first use leaves its dashboard panel saying "no data" on a healthy gateway, and makes
+//! `rate()` and `increase()` miss the first increment. Labelled series are registered
+//! for every label value known up front (event types, reject reasons, ad outcomes, auth
+//! failure reasons, the store's backend).
 
 use crate::services::workers::WorkerHub;
 use adflow_domain::now_ms;
+use adflow_domain::pb;
 use adflow_queue::AdQueue;
 use adflow_store::EventStore;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
@@ -45,7 +52,57 @@ pub fn describe() {
         "Spilled events replayed into the backend after it came back."
     );
     describe_gauge!("backend_up", "1 when the event store backend is healthy, by backend.");
-    gauge!("spill_buffer_events").set(0.0);
+    describe_counter!(
+        "auth_failures_total",
+        "Requests refused by access control, by reason (missing_key, unknown_key, wrong_role, throttled)."
+    );
+    describe_counter!("rpc_panics_total", "RPC handlers that panicked (answered INTERNAL; a bug).");
+    register();
+    adflow_worker::metrics::register();
+}
+
+/// The `snake_case` label of a protobuf enum value name without its prefix.
+fn label(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+/// Creates every documented series at 0 (an increment of 0 never resets a live value).
+fn register() {
+    for name in [
+        "events_processed_total",
+        "events_duplicate_total",
+        "processing_errors_total",
+        "leases_expired_total",
+        "spilled_events_total",
+        "replayed_events_total",
+        "rpc_panics_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for t in (1..).map_while(|i| pb::EventType::try_from(i).ok()) {
+        counter!("events_received_total", "type" => label(t.as_str_name(), "EVENT_TYPE_")).increment(0);
+    }
+    for r in (1..).map_while(|i| pb::RejectReason::try_from(i).ok()) {
+        counter!("events_rejected_total", "reason" => label(r.as_str_name(), "REJECT_REASON_")).increment(0);
+    }
+    for v in (1..).map_while(|i| pb::Verdict::try_from(i).ok()) {
+        counter!("ads_processed_total", "outcome" => label(v.as_str_name(), "VERDICT_")).increment(0);
+    }
+    for outcome in ["nacked_retry", "nacked_dead_letter"] {
+        counter!("ads_processed_total", "outcome" => outcome).increment(0);
+    }
+    for reason in crate::auth::FAILURE_REASONS {
+        counter!("auth_failures_total", "reason" => reason).increment(0);
+    }
+    for name in ["dead_letters", "workers_connected", "queue_oldest_wait_seconds", "spill_buffer_events"] {
+        gauge!(name).increment(0.0);
+    }
+    for p in 1..=5u32 {
+        gauge!("queue_size", "priority" => p.to_string()).increment(0.0);
+    }
+    for name in ["batch_flush_seconds", "queue_wait_seconds"] {
+        let _ = metrics::histogram!(name);
+    }
 }
 
 /// Refreshes the gauges every second until `stop` turns true.
@@ -56,6 +113,7 @@ pub async fn sample(
     resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    counter!("batches_processed_total", "backend" => store.backend()).increment(0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -497,6 +497,7 @@ pub async fn serve(
     let server = builder
         .layer(crate::rpc_layer::RpcLayer { spans: adflow_telemetry::trace::enabled() })
         .layer(crate::auth::AuthLayer(authz))
+        .layer(crate::panic_layer::PanicLayer) // a handler panic becomes INTERNAL, logged
         .concurrency_limit_per_connection(cfg.server.concurrency_limit_per_connection)
         // Windows bound what a client can push ahead of us (memory during disk stalls);
         // 4 MiB / 2 MiB kept batch and stream throughput (measured 700k / 757k ev/s).

@@ -3,4 +3,5 @@
 //! `adflow-worker` binary and the gateway's in-process workers run the same `run`.
 
 pub mod analysis;
+pub mod metrics;
 pub mod run;

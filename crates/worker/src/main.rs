@@ -59,14 +59,12 @@ async fn main() {
     };
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = &args.metrics_listen {
+        let handle = adflow_telemetry::prometheus();
+        adflow_worker::metrics::register();
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "worker metrics on /metrics");
-                tokio::spawn(adflow_telemetry::serve_metrics(
-                    l,
-                    adflow_telemetry::prometheus(),
-                    metrics_stop_rx,
-                ));
+                tokio::spawn(adflow_telemetry::serve_metrics(l, handle, metrics_stop_rx));
             }
             Err(e) => {
                 eprintln!("adflow-worker: binding {addr} (--metrics-listen): {e}");

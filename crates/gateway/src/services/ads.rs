@@ -1,6 +1,7 @@
 //! `adflow.v1.AdService`: submission, lookup, listing, cancel and WatchAd.
 
 use crate::status::from_queue;
+use adflow_domain::validate::trunc;
 use adflow_domain::{ads, now_ms, pb};
 use adflow_queue::AdQueue;
 use pb::ad_service_server::AdService;
@@ -10,6 +11,38 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 const MAX_BATCH: usize = 1000;
+
+/// Longest ad id (or ListAds page token, which is an ad id) that is parsed at all: a
+/// UUID is 36 characters (45 as a URN). A longer one is refused before parsing, so no
+/// error carries a huge input (a 100 KB id echoed in `grpc-message` exceeded the
+/// client's metadata limit and turned INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
+pub(crate) const MAX_AD_ID: usize = 64;
+
+/// Longest game family filter: the longest family an ad can have.
+pub(crate) const MAX_FAMILY: usize = 64;
+
+/// Refuses an over-long ad id; the error quotes only its start (`trunc`).
+pub(crate) fn check_ad_id(field: &str, id: &str) -> Result<(), Status> {
+    if id.len() > MAX_AD_ID {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes; an ad id is a UUID of 36 characters (got {:?}...)",
+            id.len(),
+            trunc(id)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a game family filter longer than any ad's family.
+pub(crate) fn check_family(field: &str, family: &str) -> Result<(), Status> {
+    let n = family.chars().count();
+    if n > MAX_FAMILY {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {n} characters, the limit is {MAX_FAMILY}"
+        )));
+    }
+    Ok(())
+}
 
 /// The AdService.
 pub struct AdsService {
@@ -80,7 +113,9 @@ impl AdService for AdsService {
 
     #[tracing::instrument(level = "debug", skip_all, name = "GetAd")]
     async fn get_ad(&self, req: Request<pb::GetAdRequest>) -> Result<Response<pb::Ad>, Status> {
-        Ok(Response::new(self.queue.get(&req.into_inner().id, now_ms()).await.map_err(from_queue)?))
+        let id = req.into_inner().id;
+        check_ad_id("id", &id)?;
+        Ok(Response::new(self.queue.get(&id, now_ms()).await.map_err(from_queue)?))
     }
 
     #[tracing::instrument(level = "debug", skip_all, name = "ListAds")]
@@ -95,12 +130,16 @@ impl AdService for AdsService {
         if r.priority > 5 {
             return Err(Status::invalid_argument(format!("priority {} is outside 0..=5", r.priority)));
         }
+        check_family("game_family", &r.game_family)?;
+        check_ad_id("page_token", &r.page_token)?;
         Ok(Response::new(self.queue.list(&r, now_ms()).await.map_err(from_queue)?))
     }
 
     #[tracing::instrument(level = "debug", skip_all, name = "CancelAd")]
     async fn cancel_ad(&self, req: Request<pb::CancelAdRequest>) -> Result<Response<pb::Ad>, Status> {
-        Ok(Response::new(self.queue.cancel(&req.into_inner().id, now_ms()).await.map_err(from_queue)?))
+        let id = req.into_inner().id;
+        check_ad_id("id", &id)?;
+        Ok(Response::new(self.queue.cancel(&id, now_ms()).await.map_err(from_queue)?))
     }
 
     type WatchAdStream = ReceiverStream<Result<pb::Ad, Status>>;
@@ -110,8 +149,9 @@ impl AdService for AdsService {
         &self,
         req: Request<pb::WatchAdRequest>,
     ) -> Result<Response<Self::WatchAdStream>, Status> {
-        let (first, mut updates) =
-            self.queue.watch(&req.into_inner().id, now_ms()).await.map_err(from_queue)?;
+        let id = req.into_inner().id;
+        check_ad_id("id", &id)?;
+        let (first, mut updates) = self.queue.watch(&id, now_ms()).await.map_err(from_queue)?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             if tx.send(Ok(first)).await.is_err() {

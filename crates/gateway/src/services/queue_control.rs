@@ -1,5 +1,6 @@
 //! `adflow.v1.QueueControl`: the operator's view and levers on the ad queue.
 
+use super::ads::{check_ad_id, check_family};
 use super::workers::WorkerHub;
 use crate::status::from_queue;
 use adflow_domain::{now_ms, pb};
@@ -20,6 +21,9 @@ impl QueueControlService {
         Self { queue, hub }
     }
 }
+
+/// Most ids in one RequeueDeadLetters request.
+const MAX_REQUEUE_IDS: usize = 1000;
 
 fn priority(p: u32) -> Result<u8, Status> {
     if (1..=5).contains(&p) {
@@ -55,6 +59,7 @@ impl QueueControl for QueueControlService {
         req: Request<pb::SetPriorityRequest>,
     ) -> Result<Response<pb::SetPriorityResponse>, Status> {
         let r = req.into_inner();
+        check_ad_id("id", &r.id)?;
         let (old, new) =
             self.queue.set_priority(&r.id, priority(r.priority)?, now_ms()).await.map_err(from_queue)?;
         Ok(Response::new(pb::SetPriorityResponse {
@@ -71,6 +76,7 @@ impl QueueControl for QueueControlService {
         let r = req.into_inner();
         let p = priority(r.new_priority)?;
         let f = r.filter.unwrap_or_default();
+        check_family("filter.game_family", &f.game_family)?;
         if f.current_priority > 5 {
             return Err(Status::invalid_argument(format!(
                 "filter.current_priority {} is outside 0..=5",
@@ -119,7 +125,17 @@ impl QueueControl for QueueControlService {
         &self,
         req: Request<pb::RequeueDeadLettersRequest>,
     ) -> Result<Response<pb::RequeueDeadLettersResponse>, Status> {
-        let requeued = self.queue.requeue_dead(&req.into_inner().ids, now_ms()).await.map_err(from_queue)?;
+        let ids = req.into_inner().ids;
+        if ids.len() > MAX_REQUEUE_IDS {
+            return Err(Status::invalid_argument(format!(
+                "ids has {} entries, the limit is {MAX_REQUEUE_IDS} (send none to requeue every dead letter)",
+                ids.len()
+            )));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            check_ad_id(&format!("ids[{i}]"), id)?;
+        }
+        let requeued = self.queue.requeue_dead(&ids, now_ms()).await.map_err(from_queue)?;
         Ok(Response::new(pb::RequeueDeadLettersResponse { requeued }))
     }
 
