@@ -6,7 +6,7 @@
 //! for the agent's audit log.
 //!
 //! Failed authentication (no key, or a key that is not configured) is rate-limited per
-//! peer address (IPv4 address or IPv6 /64): beyond `failed_auth_burst` failures, at most
+//! peer address (IPv4 address or IPv6 /64): beyond `failed_auth_burst` failures (30), at most
 //! `failed_auth_per_minute` more are tolerated; then the address is refused with
 //! RESOURCE_EXHAUSTED *without its key being looked at* until the limit refills, so a
 //! key cannot be guessed faster than that (a correct guess is refused like a wrong one).
@@ -67,7 +67,9 @@ pub struct AuthConfig {
     /// Failed authentications (missing or unknown key) tolerated per peer address and
     /// minute once the burst is spent (default 30; 0: unlimited).
     pub failed_auth_per_minute: u32,
-    /// Failed authentications a peer address may make at once (default 10).
+    /// Failed authentications a peer address may make at once (default 30: a client
+    /// with a wrong key, or a role-matrix probe, sees UNAUTHENTICATED a few dozen times
+    /// before it is throttled).
     pub failed_auth_burst: u32,
 }
 
@@ -79,7 +81,7 @@ impl Default for AuthConfig {
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             failed_auth_per_minute: 30,
-            failed_auth_burst: 10,
+            failed_auth_burst: 30,
         }
     }
 }
