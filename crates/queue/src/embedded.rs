@@ -4,7 +4,9 @@
 //!
 //! Durability: memory is changed first and the change queued on the journal in the same
 //! critical section; the operation then waits for the group commit that covers it before
-//! it answers (`durably`). Reads (GetAd, WatchAd, ListAds, stats, ...) do the same with
+//! it answers (`durably`). A worker's batch of acks is the exception: the worker gets no
+//! answer to it but refusals, so the session goes on leasing while the commit runs.
+//! Reads (GetAd, WatchAd, ListAds, stats, ...) wait like answers, with
 //! what they read: memory may be ahead of the disk by the writes of the current group
 //! commit, so a read answers once every write queued before it is committed: at most
 //! one group commit later, at once when nothing is pending. (Waiting for the reader's
@@ -12,9 +14,10 @@
 //! ad.) Watchers are told by the journal after the commit (`State::notify`). So a kill -9
 //! loses only changes nobody was told about.
 //!
-//! A lease writes the ad (PROCESSING, attempt count) and the highest lease id before it is
-//! handed out, so lease ids never repeat across restarts and attempts taken before a
-//! crash count. At start every stored ad that was leased comes back queued, or
+//! A lease writes a small lease record (ad, attempt number) and the highest lease id before
+//! it is handed out, so lease ids never repeat across restarts and attempts taken before a
+//! crash count (the ad's own record is rewritten when the lease is settled, which drops
+//! the lease record). At start every stored ad that was leased comes back queued, or
 //! dead-lettered when its interrupted lease was its last attempt (as if it had expired).
 //! Worker session ids (which authorise acks) come from the gateway and restart at 1 in
 //! every process; that is safe here because leases live in memory only: no session of a
@@ -33,6 +36,7 @@ use adflow_proto::v1::{self as pb, AdStatus};
 use async_trait::async_trait;
 use prost::Message;
 use state::{LeaseInfo, Record, State};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::{mpsc, watch};
 
@@ -76,9 +80,12 @@ impl EmbeddedQueue {
         let mut restored = Vec::new();
         // Ads whose lease died with the last process, as they are now.
         let mut interrupted = Vec::new();
+        // Leases handed out and never settled, with their attempt numbers.
+        let leases: HashMap<u128, u32> = journal.leases()?.into_iter().collect();
         journal.for_each(|key, mut ad| match AdStatus::try_from(ad.status) {
-            Ok(AdStatus::Queued) => restored.push((ad.enqueued_at_ms, key, ad)),
-            Ok(AdStatus::Processing) => {
+            Ok(AdStatus::Queued) if !leases.contains_key(&key) => restored.push((ad.enqueued_at_ms, key, ad)),
+            Ok(AdStatus::Queued | AdStatus::Processing) => {
+                ad.attempts = ad.attempts.max(leases.get(&key).copied().unwrap_or(0));
                 // The interrupted lease counts as an attempt, like one that expired.
                 ad.last_error = format!("the gateway stopped while attempt {} held the lease", ad.attempts);
                 if ad.attempts >= st.policy.max_attempts {
@@ -226,12 +233,6 @@ pub(crate) fn check_priority(p: u8) -> Result<(), QueueError> {
         return Err(QueueError::Invalid { field: "priority", message: format!("{p} is outside 1..=5") });
     }
     Ok(())
-}
-
-/// The error of a journal that failed, once per item of a batch.
-fn journal_errors(e: &QueueError, n: usize) -> Vec<Result<String, QueueError>> {
-    let msg = e.to_string();
-    (0..n).map(|_| Err(JournalError::Db(msg.clone()).into())).collect()
 }
 
 #[async_trait]
@@ -384,8 +385,9 @@ impl AdQueue for EmbeddedQueue {
                 r.ad.status = AdStatus::Processing as i32;
                 r.ad.attempts += 1;
                 r.ad.started_at_ms = now;
-                // The attempt is on disk before the worker has the ad.
-                self.journal.put(key, &r.ad);
+                // The attempt is on disk before the worker has the ad (a small lease
+                // record; the ad itself is written when the lease is settled).
+                self.journal.leased(key, r.ad.attempts);
                 let (ad, attempt, traceparent) = (r.ad.clone(), r.ad.attempts, r.trace.clone());
                 st.leases.insert(lease_id, LeaseInfo { key, session, deadline });
                 st.lease_deadlines.insert((deadline, lease_id), ());
@@ -430,14 +432,11 @@ impl AdQueue for EmbeddedQueue {
         items: Vec<(u64, pb::AnalysisResult)>,
         now: i64,
     ) -> Vec<Result<String, QueueError>> {
-        let n = items.len();
-        let done = self.durably(|st| {
-            items.into_iter().map(|(lease_id, r)| self.ack_locked(st, session, lease_id, r, now)).collect()
-        });
-        match done.await {
-            Ok(v) => v,
-            Err(e) => journal_errors(&e, n),
-        }
+        // A worker's batch of acks gets no answer but refusals (which change nothing), so
+        // the session does not wait for the commit here: the ads are reported COMPLETED
+        // (GetAd, WatchAd, stats) only once it is done, and leasing goes on meanwhile.
+        let mut st = self.lock();
+        items.into_iter().map(|(lease_id, r)| self.ack_locked(&mut st, session, lease_id, r, now)).collect()
     }
 
     async fn nack(

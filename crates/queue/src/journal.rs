@@ -28,6 +28,10 @@ use tokio::sync::watch;
 const ADS: TableDefinition<u128, &[u8]> = TableDefinition::new("ads");
 /// audit entry id (UUIDv7) -> encoded `AuditEntry` of the operator agent.
 const AUDIT: TableDefinition<u128, &[u8]> = TableDefinition::new("audit");
+/// ad id -> attempt number of its lease (u32 little-endian), written when a lease is handed
+/// out instead of the whole ad (a few bytes instead of ~1 KB per lease); removed by the
+/// ad's next write. At start an entry marks a lease the last process did not settle.
+const LEASED: TableDefinition<u128, u32> = TableDefinition::new("leased");
 /// Run-time state that outlives a restart: "policy" (encoded Policy), "paused" (5 flags),
 /// "lease_seq" (the highest lease id handed out, u64 little-endian).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -57,6 +61,7 @@ type After = Box<dyn FnOnce() + Send>;
 
 enum Op {
     Put(u128, Vec<u8>),
+    Leased(u128, u32),
     Audit(u128, Vec<u8>),
     Meta(&'static str, Vec<u8>),
     After(After),
@@ -100,6 +105,7 @@ impl Journal {
             w.open_table(ADS).map_err(db)?;
             w.open_table(AUDIT).map_err(db)?;
             w.open_table(META).map_err(db)?;
+            w.open_table(LEASED).map_err(db)?;
             w.commit().map_err(db)?;
         }
         let (tx, rx) = mpsc::channel();
@@ -176,6 +182,26 @@ impl Journal {
         if self.send(Op::Meta(key, value)).is_err() {
             tracing::error!(key, "queue journal writer stopped; setting not persisted");
         }
+    }
+
+    /// Queues the record of a lease of `key` with attempt number `attempt` (durable once
+    /// `synced` says so); the ad's next `put` removes it.
+    pub fn leased(&self, key: u128, attempt: u32) {
+        if self.send(Op::Leased(key, attempt)).is_err() {
+            tracing::error!("queue journal is stopped; a lease was not persisted");
+        }
+    }
+
+    /// Every lease record: ads whose lease the last process handed out and never settled.
+    pub fn leases(&self) -> Result<Vec<(u128, u32)>, JournalError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(LEASED).map_err(db)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            out.push((k.value(), v.value()));
+        }
+        Ok(out)
     }
 
     /// Runs `f` on the writer thread once every write queued before it is committed
@@ -352,10 +378,16 @@ fn commit(db: &Database, ops: &[(u64, Op)]) -> Result<(), String> {
         let mut t = w.open_table(ADS).map_err(|e| e.to_string())?;
         let mut a = w.open_table(AUDIT).map_err(|e| e.to_string())?;
         let mut m = w.open_table(META).map_err(|e| e.to_string())?;
+        let mut l = w.open_table(LEASED).map_err(|e| e.to_string())?;
         for (_, op) in ops {
             match op {
                 Op::Put(k, v) => {
                     t.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
+                    // The ad's own record now says how far it got.
+                    l.remove(*k).map_err(|e| e.to_string())?;
+                }
+                Op::Leased(k, a) => {
+                    l.insert(*k, *a).map_err(|e| e.to_string())?;
                 }
                 Op::Audit(k, v) => {
                     a.insert(*k, v.as_slice()).map_err(|e| e.to_string())?;
