@@ -27,6 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Small string maps (event attributes) decode faster into a BTreeMap than into a
         // SipHash-keyed HashMap, and iterate in a stable order.
         .btree_map(".")
+        // Prost, except that an undecodable message is INVALID_ARGUMENT (not INTERNAL) and
+        // worker batches are counted before they are decoded: see `src/codec.rs`.
+        .codec_path("crate::codec::StrictCodec")
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
     compile_raw_ingest_server();
     Ok(())

@@ -11,6 +11,10 @@ pub mod v1 {
 /// Zero-copy request decoding for the ingest hot path.
 pub mod raw;
 
+/// The codec of the generated services: decode errors are INVALID_ARGUMENT, worker
+/// batches are bounded before they are decoded.
+pub mod codec;
+
 /// The `adflow.v1.EventIngest` server trait and service, taking `raw` request types.
 /// The gateway serves this one; `v1::event_ingest_server` is the plain prost variant.
 #[allow(missing_docs, clippy::all)]

@@ -42,18 +42,18 @@ const LEN: u8 = 2;
 const I32: u8 = 5;
 
 /// A cursor over protobuf wire data.
-struct Wire<'a> {
+pub(crate) struct Wire<'a> {
     b: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Wire<'a> {
-    fn new(b: &'a [u8]) -> Self {
+    pub(crate) fn new(b: &'a [u8]) -> Self {
         Self { b, pos: 0 }
     }
 
     #[inline]
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.b.len()
     }
 
@@ -77,7 +77,7 @@ impl<'a> Wire<'a> {
     /// The next field's number and wire type, refused unless the key follows the
     /// encoding rules (see the module comment).
     #[inline]
-    fn key(&mut self) -> Result<(u32, u8), Malformed> {
+    pub(crate) fn key(&mut self) -> Result<(u32, u8), Malformed> {
         let start = self.pos;
         let k = match self.b.get(self.pos) {
             Some(&b) if b < 0x80 => {
@@ -105,7 +105,7 @@ impl<'a> Wire<'a> {
     }
 
     #[inline]
-    fn len_delimited(&mut self) -> Result<std::ops::Range<usize>, Malformed> {
+    pub(crate) fn len_delimited(&mut self) -> Result<std::ops::Range<usize>, Malformed> {
         let n = self.varint()? as usize;
         let start = self.pos;
         let end = start.checked_add(n).filter(|&e| e <= self.b.len());
@@ -122,7 +122,7 @@ impl<'a> Wire<'a> {
     }
 
     #[inline]
-    fn skip(&mut self, wt: u8) -> Result<(), Malformed> {
+    pub(crate) fn skip(&mut self, wt: u8) -> Result<(), Malformed> {
         match wt {
             VARINT => self.varint().map(drop),
             I64 => self.fixed64().map(drop),

@@ -253,7 +253,7 @@ fn message(rng: &mut Rng, k: Kind, depth: u32) -> Vec<u8> {
 
 /// Byte-level damage on top, now and then.
 fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
-    if b.is_empty() || rng.next() % 3 != 0 {
+    if b.is_empty() || !chance(rng, 3) {
         return;
     }
     let p = (rng.next() as usize) % b.len();

@@ -141,8 +141,10 @@ async fn session(
                 metrics::counter!("worker_acks_total").increment(n as u64);
             }
             Some(gateway_message::Kind::Refusals(r)) => {
-                stats.refused.fetch_add(r.refusals.len() as u64, Ordering::Relaxed);
-                metrics::counter!("worker_refusals_total").increment(r.refusals.len() as u64);
+                // `total` counts refusals beyond the described ones (0 from older gateways).
+                let n = u64::from(r.total).max(r.refusals.len() as u64);
+                stats.refused.fetch_add(n, Ordering::Relaxed);
+                metrics::counter!("worker_refusals_total").increment(n);
                 for x in r.refusals {
                     tracing::warn!(lease = x.lease_id, code = x.code, message = %x.message, "gateway refused an answer");
                 }

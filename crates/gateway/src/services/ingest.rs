@@ -4,6 +4,7 @@
 
 use crate::pipeline::{Pipeline, WhenFull};
 use adflow_domain::pb::{self, IngestReply};
+use adflow_proto::codec::inbound_error;
 use adflow_proto::raw::{RawEvent, RawEvents};
 use adflow_proto::raw_ingest::event_ingest_server::EventIngest;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
@@ -79,7 +80,9 @@ impl EventIngest for IngestService {
 }
 
 /// One StreamEvents call: reads batches in order, keeps up to `max_inflight` awaiting
-/// their commit, and sends replies in the order the batches came.
+/// their commit, and sends replies in the order the batches came. A message that cannot
+/// be received (malformed: INVALID_ARGUMENT, too large: RESOURCE_EXHAUSTED) ends the
+/// stream with a status naming it, after the replies of the batches before it.
 struct StreamJob {
     pipeline: Arc<Pipeline>,
     max_inflight: usize,
@@ -92,6 +95,7 @@ impl StreamJob {
         let mut inflight = FuturesOrdered::new();
         let mut reading = true;
         let mut closing: Option<Status> = None;
+        let mut received = 0u64;
         while reading || !inflight.is_empty() {
             tokio::select! {
                 biased;
@@ -110,6 +114,7 @@ impl StreamJob {
                 }
                 msg = inbound.next(), if reading && inflight.len() < self.max_inflight => match msg {
                     Some(Ok(batch)) => {
+                        received += 1;
                         if let Err(e) = check_mode(batch.ack_mode) {
                             (reading, closing) = (false, Some(e));
                             continue;
@@ -124,8 +129,13 @@ impl StreamJob {
                         }
                     }
                     Some(Err(status)) => {
-                        tracing::debug!(%status, "ingest stream ended by the client");
-                        reading = false;
+                        // A message that does not decode or is over the size limit (or a
+                        // broken connection): the batches before it still get their
+                        // replies, then the stream ends with a status naming it. Ending
+                        // with OK would tell the client everything sent was taken.
+                        tracing::debug!(%status, "ingest stream: a message could not be received");
+                        let what = format!("message {} of the stream", received + 1);
+                        (reading, closing) = (false, Some(inbound_error(&status, &what)));
                     }
                     None => reading = false,
                 },

@@ -3,9 +3,15 @@
 //! wakes when the queue signals new work, settles acks, nacks and extensions in batches,
 //! reports refused ones (FAILED_PRECONDITION for a lease that is no longer the ad's
 //! newest), and hands every lease it still holds back to the queue when the stream ends.
+//!
+//! Nothing a worker sends is answered with more than it sent: a message holds at most
+//! `MAX_WORKER_ITEMS` answers (counted by the codec before decoding, checked again here),
+//! and its refusals come back as one summary (the first `MAX_REFUSAL_DETAILS`, and the
+//! count of all). A message that cannot be received ends the session with its status.
 
 use adflow_domain::analytics::Counters;
 use adflow_domain::{now_ms, pb};
+use adflow_proto::codec::{MAX_REFUSAL_DETAILS, MAX_WORKER_ITEMS, inbound_error};
 use adflow_queue::index::{ALL_PARTITIONS, PartitionMask};
 use adflow_queue::{AdQueue, Leased, QueueError};
 use adflow_store::counters::CounterSource;
@@ -113,14 +119,36 @@ fn gw(kind: gateway_message::Kind) -> pb::GatewayMessage {
     pb::GatewayMessage { kind: Some(kind) }
 }
 
-fn refusal(lease_id: u64, e: &QueueError) -> pb::LeaseRefusal {
-    let code = match e {
-        QueueError::StaleLease(_) => Code::FailedPrecondition,
-        QueueError::UnknownLease(_) => Code::NotFound,
-        QueueError::Invalid { .. } => Code::InvalidArgument,
-        _ => Code::Internal,
-    };
-    pb::LeaseRefusal { lease_id, code: code as i32, message: e.to_string() }
+/// The refusals of one worker message: the first `MAX_REFUSAL_DETAILS` described, all
+/// counted.
+#[derive(Default)]
+struct Refusals(pb::LeaseRefusals);
+
+impl Refusals {
+    fn push(&mut self, lease_id: u64, e: &QueueError) {
+        self.0.total += 1;
+        if self.0.refusals.len() >= MAX_REFUSAL_DETAILS {
+            return;
+        }
+        let code = match e {
+            QueueError::StaleLease(_) => Code::FailedPrecondition,
+            QueueError::UnknownLease(_) => Code::NotFound,
+            QueueError::Invalid { .. } => Code::InvalidArgument,
+            _ => Code::Internal,
+        };
+        self.0.refusals.push(pb::LeaseRefusal { lease_id, code: code as i32, message: e.to_string() });
+    }
+}
+
+/// INVALID_ARGUMENT when a batch has more answers than a message may hold (the codec
+/// refuses such a message before decoding it; this holds whatever codec is used).
+fn check_items(what: &str, n: usize) -> Result<(), Status> {
+    if n > MAX_WORKER_ITEMS {
+        return Err(Status::invalid_argument(format!(
+            "WorkerMessage.{what} has {n} items; at most {MAX_WORKER_ITEMS} are allowed per message (split it)"
+        )));
+    }
+    Ok(())
 }
 
 fn mask_of(partitions: &[u32]) -> Result<PartitionMask, Status> {
@@ -165,7 +193,7 @@ impl pb::worker_service_server::WorkerService for WorkersService {
             .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))?;
         let hello = match first {
             Some(Ok(pb::WorkerMessage { kind: Some(worker_message::Kind::Hello(h)) })) => h,
-            Some(Err(s)) => return Err(s),
+            Some(Err(s)) => return Err(inbound_error(&s, "message 1 of the stream (the Hello)")),
             _ => return Err(Status::invalid_argument("the first message of Subscribe must be a Hello")),
         };
         if hello.worker_id.trim().is_empty() || hello.worker_id.len() > 128 {
@@ -223,6 +251,7 @@ impl Session {
         let mut work = self.hub.queue.work_signal();
         let mut shutdown = self.hub.shutdown.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut received = 1u64; // the Hello
         loop {
             if self.credits > 0 && !self.dispatch().await {
                 break;
@@ -230,12 +259,17 @@ impl Session {
             tokio::select! {
                 m = inbound.next() => match m {
                     Some(Ok(msg)) => {
+                        received += 1;
                         if !self.handle(msg).await {
                             break;
                         }
                     }
                     Some(Err(s)) => {
+                        // Malformed, too many items, too large, or the connection broke:
+                        // say which (ending with OK would hide that anything was dropped).
                         tracing::debug!(session = self.id, status = %s, "worker stream ended with an error");
+                        let what = format!("message {} of the stream", received + 1);
+                        let _ = self.tx.send(Err(inbound_error(&s, &what))).await;
                         break;
                     }
                     None => break,
@@ -282,7 +316,17 @@ impl Session {
     async fn handle(&mut self, msg: pb::WorkerMessage) -> bool {
         let now = now_ms();
         let q = &self.hub.queue;
-        let mut refusals = Vec::new();
+        let items = match &msg.kind {
+            Some(worker_message::Kind::Acks(b)) => check_items("acks", b.acks.len()),
+            Some(worker_message::Kind::Nacks(b)) => check_items("nacks", b.nacks.len()),
+            Some(worker_message::Kind::Extends(b)) => check_items("extends", b.extends.len()),
+            _ => Ok(()),
+        };
+        if let Err(s) = items {
+            let _ = self.tx.send(Err(s)).await;
+            return false;
+        }
+        let mut refusals = Refusals::default();
         let mut settled = 0u32;
         let mut acked = 0u64;
         match msg.kind {
@@ -315,7 +359,7 @@ impl Session {
                         Err(e) => {
                             // A stale lease (expired, handed to another worker) is no longer held either.
                             settled += u32::from(matches!(e, QueueError::StaleLease(_)));
-                            refusals.push(refusal(lease_id, &e));
+                            refusals.push(lease_id, &e);
                         }
                     }
                 }
@@ -331,7 +375,7 @@ impl Session {
                         Err(e) => {
                             // A stale lease (expired, handed to another worker) is no longer held either.
                             settled += u32::from(matches!(e, QueueError::StaleLease(_)));
-                            refusals.push(refusal(n.lease_id, &e));
+                            refusals.push(n.lease_id, &e);
                         }
                     }
                 }
@@ -339,7 +383,7 @@ impl Session {
             Some(worker_message::Kind::Extends(b)) => {
                 for x in b.extends {
                     if let Err(e) = q.extend(self.id, x.lease_id, x.seconds, now).await {
-                        refusals.push(refusal(x.lease_id, &e));
+                        refusals.push(x.lease_id, &e);
                     }
                 }
             }
@@ -360,8 +404,8 @@ impl Session {
             w.in_flight = in_flight;
             w.processed += acked;
         });
-        if !refusals.is_empty() {
-            let m = gw(gateway_message::Kind::Refusals(pb::LeaseRefusals { refusals }));
+        if refusals.0.total > 0 {
+            let m = gw(gateway_message::Kind::Refusals(refusals.0));
             return self.tx.send(Ok(m)).await.is_ok();
         }
         true
