@@ -176,16 +176,12 @@ impl FailureLimit {
             self.blocked.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
         }
         let not_until = self.limiter.check_key(&peer).err()?;
-        let wait = not_until.wait_time_from(self.limiter_clock().now()).max(Duration::from_millis(1));
+        let wait = not_until.wait_time_from(self.limiter.clock().now()).max(Duration::from_millis(1));
         let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         if blocked.len() < MAX_BLOCKED_PEERS || blocked.contains_key(&peer) {
             blocked.insert(peer, now + wait);
         }
         Some(wait)
-    }
-
-    fn limiter_clock(&self) -> governor::clock::DefaultClock {
-        governor::clock::DefaultClock::default()
     }
 }
 
