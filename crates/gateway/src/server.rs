@@ -408,11 +408,14 @@ pub async fn serve(
     let analytics_svc = AnalyticsServer::new(AnalyticsService::new(counters.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let ads_svc = AdServiceServer::new(AdsService::new(queue.clone())).max_decoding_message_size(max);
+    let ads_svc = AdServiceServer::new(AdsService::new(queue.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let control = Arc::new(QueueControlService::new(queue.clone(), hub.clone()));
-    let control_svc = QueueControlServer::from_arc(control.clone());
-    let workers_svc =
-        WorkerServiceServer::new(WorkersService::new(hub.clone())).max_decoding_message_size(max);
+    let control_svc = QueueControlServer::from_arc(control.clone()).max_encoding_message_size(max);
+    let workers_svc = WorkerServiceServer::new(WorkersService::new(hub.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(adflow_proto::FILE_DESCRIPTOR_SET)
@@ -446,7 +449,7 @@ pub async fn serve(
     if llm.is_some() {
         tracing::info!(url = %cfg.agent.llm_url, model = %cfg.agent.llm_model, "agent translates with an LLM first, the parser as fallback");
     }
-    let agent_svc = AgentServiceServer::new(AgentSvc::new(agent_ctx, llm));
+    let agent_svc = AgentServiceServer::new(AgentSvc::new(agent_ctx, llm)).max_encoding_message_size(max);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
