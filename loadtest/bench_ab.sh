@@ -3,8 +3,9 @@
 # both see the same machine noise: durable batch and stream ingest (file store, fsync,
 # dedup on) and end-to-end ads with 4 remote workers (redb queue).
 # Usage: loadtest/bench_ab.sh BEFORE_RELEASE_DIR AFTER_RELEASE_DIR
-#   (each a target/release directory holding adflow-gateway and adflow-loadtest)
-# Env: DUR (seconds per run, default 8), ROUNDS (default 2).
+#   (each a target/release directory holding adflow-gateway and adflow-loadtest; each
+#   gateway runs in the directory holding its own configs/default.toml: DIR/../.. or DIR)
+# Env: DUR (seconds per run, default 8), ROUNDS (default 2), MODES (default "batch stream e2e").
 set -euo pipefail
 A=$1
 B=$2
@@ -18,8 +19,9 @@ echo "== B = $B"
 one() { # label dir workers loadtest-args...
   local label=$1 dir=$2 workers=$3; shift 3
   local data; data=$(mktemp -d /tmp/adflow-ab.XXXXXX)
-  ADFLOW_STORAGE__FILE__DIR=$data/events ADFLOW_QUEUE__PATH=$data/queue.redb ADFLOW_SERVER__LISTEN=127.0.0.1:50571 \
-    ADFLOW_METRICS__LISTEN= ADFLOW_WORKERS__IN_PROCESS=$workers ADFLOW_LOG__LEVEL=warn "$dir/adflow-gateway" &
+  local cwd=$dir/../..; [ -f "$cwd/configs/default.toml" ] || cwd=$dir
+  (cd "$cwd" && exec env ADFLOW_STORAGE__FILE__DIR=$data/events ADFLOW_QUEUE__PATH=$data/queue.redb ADFLOW_SERVER__LISTEN=127.0.0.1:50571 \
+    ADFLOW_METRICS__LISTEN= ADFLOW_WORKERS__IN_PROCESS=$workers ADFLOW_LOG__LEVEL=warn "$dir/adflow-gateway") &
   local gp=$!
   wait_port 50571
   local out
@@ -34,8 +36,12 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "-- round $r"
   for side in A B; do
     dir=${!side}
-    MODE=batch one "$side" "$dir" 0 batch --concurrency 8 --connections 4 --batch-size 1000 --ack durable
-    MODE=stream one "$side" "$dir" 0 stream --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable
-    MODE=e2e one "$side" "$dir" 0 e2e -c 8 --batch-size 100 --workers 4
+    for m in ${MODES:-batch stream e2e}; do
+      case $m in
+        batch) MODE=batch one "$side" "$dir" 0 batch --concurrency 8 --connections 4 --batch-size 1000 --ack durable ;;
+        stream) MODE=stream one "$side" "$dir" 0 stream --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable ;;
+        e2e) MODE=e2e one "$side" "$dir" 0 e2e -c 8 --batch-size 100 --workers 4 ;;
+      esac
+    done
   done
 done

@@ -105,7 +105,13 @@ pub struct SharedDedup {
     settle: redis::Script,
     forget: redis::Script,
     backlog: Mutex<VecDeque<String>>,
+    /// After a failed call, calls fail at once until this time (ms): a dead or
+    /// partitioned Redis must not add a timeout to every request and commit.
+    open_until_ms: std::sync::atomic::AtomicI64,
 }
+
+/// How long the breaker stays open after a failed call.
+const BREAKER_MS: i64 = 500;
 
 impl SharedDedup {
     /// Connects to `target`; ids are kept for `ttl_secs`. On a cluster the prefix must
@@ -122,6 +128,7 @@ impl SharedDedup {
             settle: redis::Script::new(SETTLE),
             forget: redis::Script::new(FORGET),
             backlog: Mutex::new(VecDeque::new()),
+            open_until_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -141,14 +148,37 @@ impl SharedDedup {
         ids.into_iter().map(|id| format!("{}{id}", self.prefix)).collect()
     }
 
-    async fn run_claim(&self, keys: &[String]) -> Result<Vec<i64>, redis::RedisError> {
-        let mut inv = self.claim.prepare_invoke();
+    /// Runs `script` on `keys` with `args` through the breaker.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, redis::RedisError> {
+        use std::sync::atomic::Ordering;
+        if self.open_until_ms.load(Ordering::Relaxed) > adflow_domain::now_ms() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "shared dedup breaker open after a recent failure",
+            )));
+        }
+        let mut inv = script.prepare_invoke();
         keys.iter().for_each(|k| {
             inv.key(k);
         });
-        inv.arg(&self.mine).arg(self.claim_ms);
+        for a in args {
+            inv.arg(a);
+        }
         let mut con = self.con.clone();
-        inv.invoke_async(&mut con).await
+        let res = inv.invoke_async(&mut con).await;
+        if res.is_err() {
+            self.open_until_ms.store(adflow_domain::now_ms() + BREAKER_MS, Ordering::Relaxed);
+        }
+        res
+    }
+
+    async fn run_claim(&self, keys: &[String]) -> Result<Vec<i64>, redis::RedisError> {
+        self.call(&self.claim, keys, &[self.mine.clone(), self.claim_ms.to_string()]).await
     }
 
     /// For each id, true when it is new (and now claimed for this gateway), false for a
@@ -221,14 +251,8 @@ impl SharedDedup {
     }
 
     async fn run_settle(&self, keys: &[String], mode: &str) -> Result<(), redis::RedisError> {
-        let mut inv = self.settle.prepare_invoke();
-        keys.iter().for_each(|k| {
-            inv.key(k);
-        });
         let ttl = if mode == "s" { self.ttl_ms } else { self.ttl_ms.max(self.claim_ms) };
-        inv.arg(&self.mine).arg(ttl).arg(mode);
-        let mut con = self.con.clone();
-        inv.invoke_async::<i64>(&mut con).await.map(|_| ())
+        self.call::<i64>(&self.settle, keys, &[self.mine.clone(), ttl.to_string(), mode.to_owned()]).await.map(|_| ())
     }
 
     /// Marks the ids of a committed batch stored, or held for the spill replay when the
@@ -294,13 +318,7 @@ impl SharedDedup {
             return;
         }
         let keys = self.keys(ids.iter().map(String::as_str));
-        let mut inv = self.forget.prepare_invoke();
-        keys.iter().for_each(|k| {
-            inv.key(k);
-        });
-        inv.arg(&self.mine);
-        let mut con = self.con.clone();
-        if let Err(e) = inv.invoke_async::<i64>(&mut con).await {
+        if let Err(e) = self.call::<i64>(&self.forget, &keys, &[self.mine.clone()]).await {
             tracing::warn!(error = %e, ids = ids.len(), "could not forget dedup ids after a failed write");
         }
     }
