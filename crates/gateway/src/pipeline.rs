@@ -296,9 +296,12 @@ impl Pipeline {
                     Seen::Pending(first) => {
                         reply.duplicates += 1;
                         // A repeat inside this request shares its own commit.
+                        // (Consecutive repeats of one first commit are folded; others are
+                        // kept even if seen before: waiting on a resolved commit is O(1),
+                        // a search of the list per event would be quadratic.)
                         if durable
                             && !first.same_channel(&mine)
-                            && !firsts.iter().any(|f| f.same_channel(&first))
+                            && !firsts.last().is_some_and(|f| f.same_channel(&first))
                         {
                             firsts.push(first);
                         }
