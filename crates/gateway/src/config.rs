@@ -85,6 +85,12 @@ pub struct AgentConfig {
     pub llm_api_key_env: String,
     /// Timeout of one LLM call, ms (default 3000); on timeout the parser decides.
     pub llm_timeout_ms: u64,
+    /// A command that would change more ads than this answers with a preview and a
+    /// confirmation token instead of running (default 20; 0: every change of an ad).
+    /// Pausing a partition, scaling workers to 0 and purging always ask.
+    pub confirm_above_ads: u64,
+    /// How long a confirmation token stays valid, seconds (default 120; 0 is read as 1).
+    pub confirm_ttl_seconds: u64,
 }
 
 impl Default for AgentConfig {
@@ -94,6 +100,8 @@ impl Default for AgentConfig {
             llm_model: "gpt-4o-mini".into(),
             llm_api_key_env: "ADFLOW_AGENT_LLM_API_KEY".into(),
             llm_timeout_ms: 3000,
+            confirm_above_ads: 20,
+            confirm_ttl_seconds: 120,
         }
     }
 }

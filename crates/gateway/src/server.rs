@@ -449,7 +449,8 @@ pub async fn serve(
     if llm.is_some() {
         tracing::info!(url = %cfg.agent.llm_url, model = %cfg.agent.llm_model, "agent translates with an LLM first, the parser as fallback");
     }
-    let agent_svc = AgentServiceServer::new(AgentSvc::new(agent_ctx, llm)).max_encoding_message_size(max);
+    let agent_svc =
+        AgentServiceServer::new(AgentSvc::new(agent_ctx, llm, &cfg.agent)).max_encoding_message_size(max);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
