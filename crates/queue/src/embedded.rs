@@ -42,6 +42,9 @@ use tokio::sync::{mpsc, watch};
 
 pub(crate) use state::{is_final, status_name};
 
+/// Writes the journal may hold uncommitted before an ack batch waits for its commit.
+const ACK_BACKLOG: u64 = 2_048;
+
 /// The journal key of the highest lease id handed out (u64 little-endian).
 const LEASE_SEQ: &str = "lease_seq";
 
@@ -435,8 +438,20 @@ impl AdQueue for EmbeddedQueue {
         // A worker's batch of acks gets no answer but refusals (which change nothing), so
         // the session does not wait for the commit here: the ads are reported COMPLETED
         // (GetAd, WatchAd, stats) only once it is done, and leasing goes on meanwhile.
-        let mut st = self.lock();
-        items.into_iter().map(|(lease_id, r)| self.ack_locked(&mut st, session, lease_id, r, now)).collect()
+        let (out, seq) = {
+            let mut st = self.lock();
+            let out: Vec<_> =
+                items.into_iter().map(|(lease_id, r)| self.ack_locked(&mut st, session, lease_id, r, now)).collect();
+            (out, self.journal.written())
+        };
+        // Backpressure: when commits fall behind, the acking session waits, so the
+        // journal's backlog (which every lease and read waits behind) stays short.
+        if self.journal.backlog() > ACK_BACKLOG
+            && let Err(e) = self.journal.synced(seq).await
+        {
+            tracing::error!(error = %e, "queue journal failed while acks waited for it");
+        }
+        out
     }
 
     async fn nack(

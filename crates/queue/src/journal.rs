@@ -139,6 +139,11 @@ impl Journal {
         Ok(())
     }
 
+    /// Writes queued and not yet committed.
+    pub fn backlog(&self) -> u64 {
+        self.written().saturating_sub(*self.committed.borrow())
+    }
+
     /// The sequence number of the last queued write: once `synced` of it resolves, every
     /// write queued so far is committed.
     pub fn written(&self) -> u64 {
