@@ -480,3 +480,30 @@ fn print_config_shows_where_each_value_came_from() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_batch_events"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_paused_partition_or_resuming_a_serving_one_affects_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = quiet_gateway(dir.path()).await;
+    let agent = pb::agent_service_client::AgentServiceClient::new(gw.channel().await);
+    let exec = |text: &str, token: &str| {
+        let req =
+            pb::ExecuteRequest { text: text.into(), confirmation_token: token.into(), ..Default::default() };
+        let mut agent = agent.clone();
+        async move { agent.execute(req).await.unwrap().into_inner() }
+    };
+    let affected = |r: &pb::ExecuteResponse| r.result.as_ref().unwrap().affected;
+    // The first pause asks for confirmation (it stops serving a partition), then pauses.
+    let asked = exec("pause priority 3", "").await;
+    assert_eq!(asked.outcome, pb::Outcome::ConfirmationRequired as i32);
+    let done = exec("", &asked.confirmation_token).await;
+    assert_eq!((done.outcome, affected(&done)), (pb::Outcome::Executed as i32, 1));
+    let again = exec("pause priority 3", "").await;
+    assert_eq!((again.outcome, affected(&again)), (pb::Outcome::Executed as i32, 0), "{again:?}");
+    assert!(again.result.unwrap().message.contains("already"));
+    let resumed = exec("resume priority 3", "").await;
+    assert_eq!(affected(&resumed), 1, "{resumed:?}");
+    let resumed_again = exec("resume priority 3", "").await;
+    assert_eq!(affected(&resumed_again), 0, "{resumed_again:?}");
+    gw.stop().await;
+}

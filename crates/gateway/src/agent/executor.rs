@@ -488,6 +488,9 @@ pub async fn apply(ctx: &Ctx, plan: &Plan) -> Result<pb::CommandResult, Status> 
             Ok(res(u64::from(old != *n as usize), format!("ingest batch size is now {n} events (was {old})")))
         }
         Action::Pause { priority, pause } => {
+            // Affected is 1 only when the state changes (pausing a paused partition is 0).
+            let stats = ctx.control.get_stats(Request::new(pb::GetStatsRequest {})).await?.into_inner();
+            let was = stats.partitions.iter().any(|x| x.priority == *priority && x.paused);
             let req = Request::new(pb::PartitionRequest { priority: *priority });
             let st = if *pause {
                 ctx.control.pause_partition(req).await?
@@ -496,7 +499,9 @@ pub async fn apply(ctx: &Ctx, plan: &Plan) -> Result<pb::CommandResult, Status> 
             }
             .into_inner();
             let state = if st.paused { "paused" } else { "serving" };
-            Ok(res(1, format!("priority {} is {state} ({} ads queued)", st.priority, st.queued)))
+            let already = if was == *pause { " already" } else { "" };
+            let msg = format!("priority {} is{already} {state} ({} ads queued)", st.priority, st.queued);
+            Ok(res(u64::from(was != *pause), msg))
         }
         Action::Purge { priority, ids } => {
             let mut cancelled = 0u64;
