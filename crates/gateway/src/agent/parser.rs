@@ -75,6 +75,12 @@ fn understand(lx: &Lexed, live: &Live) -> Result<(Command, Vec<String>), Refusal
     if word(HELP).is_some() {
         return Err(Refusal::new("supported commands are listed in the README section 'Operator agent'"));
     }
+    if let Some(x) = word(CONFIRM) {
+        return Err(Refusal::new(format!(
+            "'{}': a preview is confirmed by sending its confirmation_token back (ExecuteRequest.confirmation_token), not by text",
+            x.raw
+        )));
+    }
     if let Some(x) = word(NEG) {
         return Err(Refusal::new(format!(
             "'{}' negates the command; say what to do, not what not to do",
@@ -149,7 +155,9 @@ fn leftovers(c: &Claim, s: &S<'_>, said: &str) -> Result<(), Refusal> {
         }
         match &x.kind {
             Kind::Sep => {}
-            Kind::Word if x.is(FILLER | Q | AUX | AND) || x.f & c.allowed != 0 => {}
+            // "and"/"or" left here joined nothing else: two commands and open choices were
+            // refused before.
+            Kind::Word if x.is(FILLER | Q | AUX | AND | OR) || x.f & c.allowed != 0 => {}
             Kind::Word if x.f == 0 && !c.write => {}
             Kind::Word if x.f == 0 => {
                 if let Some(name) = unknown_family(s) {

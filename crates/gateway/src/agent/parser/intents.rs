@@ -300,6 +300,14 @@ fn partition(s: &mut S<'_>) -> R {
     if parts.is_empty() {
         return None;
     }
+    let state = ["paused", "frozen", "suspended", "resumed", "unpaused"].iter().any(|w| s.has_w(w));
+    if s.question && state && !s.has_w("should") && !s.has_w("if") {
+        // "is priority 2 paused?": the distribution says which partitions are paused.
+        for (_, i) in parts {
+            s.take(i);
+        }
+        return read_about(Command::QueueDistribution(NONE), PAUSE | RESUME | PURGE);
+    }
     if kinds.iter().filter(|k| **k).count() > 1 {
         return refuse("pause, resume or purge? say one");
     }
@@ -425,7 +433,9 @@ fn report(s: &mut S<'_>) -> R {
 }
 
 fn families(s: &mut S<'_>) -> R {
-    if !s.has(FAM) {
+    // "how many Puzzle ads are queued?": the family table has the count.
+    let count_of_family = !s.fams().is_empty() && s.has_w("howmany");
+    if !s.has(FAM) && !count_of_family {
         return None;
     }
     for i in s.fams() {
@@ -478,7 +488,9 @@ fn next(s: &mut S<'_>) -> R {
 }
 
 fn waiting(s: &mut S<'_>) -> R {
-    if !s.has(WAIT) {
+    // "max"/"limit" with a wait is the max-wait setting, not a search ("wait time 10
+    // minutes max" is refused rather than answered with a list).
+    if !s.has(WAIT) || s.has(LIMIT) || s.has_w("max") || s.has_w("maximum") {
         return None;
     }
     let secs = match age(s) {

@@ -173,8 +173,9 @@ pub(crate) fn priorities(s: &mut S<'_>) -> Priorities {
             p.current.push(v);
             s.take(j + 1);
         } else if let Some(v) = value(s, j)
-            && s.is(j + 1, PRIO)
+            && (s.is(j + 1, PRIO) || s.w(i) == "from")
         {
+            // "from low to high", "from 1 to 3": the value after "from" is where ads are.
             p.current.push(v);
             s.take(j);
         }
@@ -215,7 +216,9 @@ pub(crate) fn priorities(s: &mut S<'_>) -> Priorities {
         p.target.push(v);
         s.take(j);
     }
-    // "priority 4", "priority of 5", "high priority", and a bare "urgent"
+    // "priority 4", "priority of 5", "high priority", and a bare "urgent" (only in a
+    // sentence about priorities: "wait time 10 minutes max" names no priority)
+    let about_priority = s.has(PRIO | CHANGE);
     for i in 0..n {
         if s.is(i, PRIO) && !filter_before(s, i) {
             let j = if matches!(s.w(i + 1), "of" | "to") { i + 2 } else { i + 1 };
@@ -226,6 +229,7 @@ pub(crate) fn priorities(s: &mut S<'_>) -> Priorities {
                 s.take(j);
             }
         } else if s.is(i, LEVEL)
+            && about_priority
             && !s.used[i]
             && !filter_before(s, i)
             && !matches!(s.t.get(i + 1).map(|t| &t.kind), Some(Kind::Num(_)))
@@ -244,6 +248,8 @@ pub(crate) fn priorities(s: &mut S<'_>) -> Priorities {
 
 /// One value from several mentions, or a refusal naming them.
 pub(crate) fn single(values: &[f64], what: &str) -> Result<Option<u32>, Refusal> {
+    let plural =
+        if what.ends_with('y') { format!("{}ies", &what[..what.len() - 1]) } else { format!("{what}s") };
     let mut v: Vec<f64> = values.to_vec();
     v.dedup();
     v.sort_by(f64::total_cmp);
@@ -253,7 +259,7 @@ pub(crate) fn single(values: &[f64], what: &str) -> Result<Option<u32>, Refusal>
         [x] if *x >= 0.0 && x.fract() == 0.0 && *x <= 1000.0 => Ok(Some(*x as u32)),
         [x] => Err(Refusal::new(format!("{what} {x} is not a priority (1..=5, 5 is the highest)"))),
         _ => Err(Refusal::new(format!(
-            "two different {what}s ({}); say one",
+            "two different {plural} ({}); say one",
             v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" and ")
         ))),
     }

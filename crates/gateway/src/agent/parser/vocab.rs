@@ -63,6 +63,7 @@ concepts! {
     AND = 42, "a conjunction between commands: and, then, also";
     OR = 43, "or";
     HELP = 44, "help";
+    CONFIRM = 57, "confirm, approve, proceed (a confirmation needs its token)";
     FILLER = 45, "a word that changes nothing: please, the, to, me";
     VAGUE = 46, "a word that does not select ads: new, some, first, stuck";
     STUCK = 47, "overdue: stuck, overdue, starving, late";
@@ -213,6 +214,10 @@ pub(crate) const WORDS: &[(Flags, &str)] = &[
     (AND, "and then also plus"),
     (OR, "or"),
     (HELP, "help"),
+    (CONFIRM, "confirm confirmed approve approved proceed"),
+    // English words one or two letters from a keyword, known so they are never
+    // "corrected" into one ("result" is not "resume", "oldest" is not "lowest")
+    (0, "result results rename passing oldest latest earliest sorted sort"),
     (VAGUE, "new newest recent fresh young some few several inprogress progress"),
     (VAGUE | RECENT, "last"),
     (RECENT, "previous"),
@@ -405,7 +410,8 @@ pub(crate) fn correct(word: &str) -> Option<&'static str> {
             continue;
         }
         let d = distance(word, c);
-        if d == 0 || d > max || (d == 2 && c.len() < 6) {
+        // Two edits only with a letter missing or extra: two wrong letters make another word.
+        if d == 0 || d > max || (d == 2 && (c.len() < 6 || c.len() == n)) {
             continue;
         }
         // Short English words are one letter apart from short keywords ("slow"/"show",
