@@ -318,7 +318,7 @@ impl SharedDedup {
             return;
         }
         let keys = self.keys(ids.iter().map(String::as_str));
-        if let Err(e) = self.call::<i64>(&self.forget, &keys, &[self.mine.clone()]).await {
+        if let Err(e) = self.call::<i64>(&self.forget, &keys, std::slice::from_ref(&self.mine)).await {
             tracing::warn!(error = %e, ids = ids.len(), "could not forget dedup ids after a failed write");
         }
     }
