@@ -5,7 +5,7 @@
 # Usage: loadtest/bench_ab.sh BEFORE_RELEASE_DIR AFTER_RELEASE_DIR
 #   (each a target/release directory holding adflow-gateway and adflow-loadtest; each
 #   gateway runs in the directory holding its own configs/default.toml: DIR/../.. or DIR)
-# Env: DUR (seconds per run, default 8), ROUNDS (default 2), MODES (default "batch stream e2e").
+# Env: DUR (seconds per run, default 8), ROUNDS (default 2), MODES (default "batch stream e2e"; also e2e_half: ads at HALF_RATE/s, default 5000).
 set -euo pipefail
 A=$1
 B=$2
@@ -41,6 +41,7 @@ for r in $(seq 1 "$ROUNDS"); do
         batch) MODE=batch one "$side" "$dir" 0 batch --concurrency 8 --connections 4 --batch-size 1000 --ack durable ;;
         stream) MODE=stream one "$side" "$dir" 0 stream --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable ;;
         e2e) MODE=e2e one "$side" "$dir" 0 e2e -c 8 --batch-size 100 --workers 4 ;;
+        e2e_half) MODE=e2e_half one "$side" "$dir" 0 e2e -c 16 --batch-size 20 --rate "${HALF_RATE:-5000}" --workers 4 ;;
       esac
     done
   done
