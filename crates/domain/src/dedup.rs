@@ -26,10 +26,10 @@
 mod table;
 
 use std::collections::{HashMap, VecDeque};
-use table::Table;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use table::Table;
 
 /// Generations per window: expiry is accurate to window / GENERATIONS.
 const GENERATIONS: i64 = 8;
@@ -157,7 +157,9 @@ impl<P: Clone> DedupWindow<P> {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             window_ms,
             gen_ms: window_ms / GENERATIONS,
-            max_slots: (max_ids.div_ceil(SHARDS) * table::LOAD_DEN).div_ceil(table::LOAD_NUM).max(INITIAL_SLOTS),
+            max_slots: (max_ids.div_ceil(SHARDS) * table::LOAD_DEN)
+                .div_ceil(table::LOAD_NUM)
+                .max(INITIAL_SLOTS),
             evicted_early: AtomicU64::new(0),
             effective_ms: AtomicU64::new(0),
             last_early_at: std::sync::atomic::AtomicI64::new(0),

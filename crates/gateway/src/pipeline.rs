@@ -70,9 +70,7 @@ pub enum IngestError {
     #[error("the event store could not commit the batch ({0}); none of these events was stored, retry")]
     CommitFailed(String),
     /// Another gateway holds the first copy of some events and has not committed it yet.
-    #[error(
-        "{0} of these events are being committed by another gateway and did not finish in time; retry"
-    )]
+    #[error("{0} of these events are being committed by another gateway and did not finish in time; retry")]
     FirstCopyPending(usize),
 }
 
@@ -401,7 +399,9 @@ impl Pipeline {
                     }
                 }
             },
-            WhenFull::Wait => self.room.clone().acquire_many_owned(n).await.map_err(|_| IngestError::ShuttingDown)?,
+            WhenFull::Wait => {
+                self.room.clone().acquire_many_owned(n).await.map_err(|_| IngestError::ShuttingDown)?
+            }
         };
         Ok(Some(permit))
     }

@@ -252,7 +252,9 @@ impl SharedDedup {
 
     async fn run_settle(&self, keys: &[String], mode: &str) -> Result<(), redis::RedisError> {
         let ttl = if mode == "s" { self.ttl_ms } else { self.ttl_ms.max(self.claim_ms) };
-        self.call::<i64>(&self.settle, keys, &[self.mine.clone(), ttl.to_string(), mode.to_owned()]).await.map(|_| ())
+        self.call::<i64>(&self.settle, keys, &[self.mine.clone(), ttl.to_string(), mode.to_owned()])
+            .await
+            .map(|_| ())
     }
 
     /// Marks the ids of a committed batch stored, or held for the spill replay when the

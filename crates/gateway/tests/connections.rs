@@ -38,7 +38,11 @@ async fn a_connection_that_never_sends_the_preface_is_closed() {
     tokio::io::AsyncWriteExt::write_all(&mut half, b"PRI * HTTP/2.0").await.unwrap();
     assert!(closed_by_server(&mut half, Duration::from_secs(20)).await, "a partial preface is dropped");
     // A real client is served.
-    let r = gw.ingest().await.send_events(batch(vec![event("c-1", "ad-1", adflow_domain::pb::EventType::Click)])).await;
+    let r = gw
+        .ingest()
+        .await
+        .send_events(batch(vec![event("c-1", "ad-1", adflow_domain::pb::EventType::Click)]))
+        .await;
     assert_eq!(r.unwrap().into_inner().accepted, 1);
     gw.stop().await;
 }
@@ -66,9 +70,15 @@ async fn beyond_max_connections_new_connections_are_closed_and_admitted_ones_kee
     let mut ok = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await {
+        if let Ok(ch) =
+            tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await
+        {
             let mut c2 = adflow_domain::pb::event_ingest_client::EventIngestClient::new(ch);
-            if c2.send_events(batch(vec![event("m-2", "ad-1", adflow_domain::pb::EventType::Click)])).await.is_ok() {
+            if c2
+                .send_events(batch(vec![event("m-2", "ad-1", adflow_domain::pb::EventType::Click)]))
+                .await
+                .is_ok()
+            {
                 ok = true;
                 break;
             }

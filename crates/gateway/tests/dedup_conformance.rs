@@ -186,7 +186,12 @@ async fn the_spill_replay_skips_what_another_gateway_stored_and_records_the_rest
     let ev = |id: &str| {
         adflow_store::StoredEvent::encode(
             1,
-            &adflow_domain::pb::AdEvent { event_id: id.into(), ad_id: "a".into(), r#type: 1, ..Default::default() },
+            &adflow_domain::pb::AdEvent {
+                event_id: id.into(),
+                ad_id: "a".into(),
+                r#type: 1,
+                ..Default::default()
+            },
         )
     };
     // The spill holds x0, x1, x2 and x0 again (the client retried on A during the outage).

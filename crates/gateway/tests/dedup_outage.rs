@@ -102,7 +102,12 @@ async fn ids_acked_during_a_redis_outage_are_duplicates_after_it_and_stored_once
         *copies.entry(e.event().unwrap().event_id).or_default() += 1;
     }
     let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
-    assert!(twice.is_empty(), "{} ids stored twice, e.g. {:?}", twice.len(), twice.iter().take(3).collect::<Vec<_>>());
+    assert!(
+        twice.is_empty(),
+        "{} ids stored twice, e.g. {:?}",
+        twice.len(),
+        twice.iter().take(3).collect::<Vec<_>>()
+    );
     assert_eq!(copies.keys().cloned().collect::<HashSet<_>>(), acked, "every acked id stored");
 
     // 4. Every acked id resent after recovery is a duplicate, and nothing new is stored.

@@ -85,7 +85,8 @@ async fn a_retry_racing_a_commit_that_fails_on_a_full_disk_is_not_called_a_dupli
     assert_eq!((r2.accepted, r2.duplicates), (0, 200));
     let events_dir = gw.events_dir();
     gw.stop().await;
-    let ids: Vec<String> = stored(&events_dir).await.into_iter().map(|e| e.event().unwrap().event_id).collect();
+    let ids: Vec<String> =
+        stored(&events_dir).await.into_iter().map(|e| e.event().unwrap().event_id).collect();
     assert_eq!(ids.len(), 210);
     assert_eq!(ids.iter().filter(|i| i.starts_with("x-")).count(), 200);
     drop(fs);

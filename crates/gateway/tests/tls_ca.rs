@@ -48,7 +48,8 @@ async fn in_process_workers_trust_the_configured_ca() {
         let _ = rx.await;
     }));
     let mut cc = ClientConfig::new(format!("https://localhost:{port}"));
-    cc.tls = Some(TlsOptions { ca_pem: Some(pki.ca_pem.clone().into_bytes()), domain: Some("localhost".into()) });
+    cc.tls =
+        Some(TlsOptions { ca_pem: Some(pki.ca_pem.clone().into_bytes()), domain: Some("localhost".into()) });
     let mut client = None;
     for _ in 0..100 {
         if let Ok(c) = Client::connect(cc.clone()).await {
@@ -102,7 +103,10 @@ async fn a_certificate_problem_is_named_in_the_connection_error() {
     }));
     // Trusting the leaf (what the workers did before tls_ca_path): the handshake fails.
     let mut cc = ClientConfig::new(format!("https://localhost:{port}"));
-    cc.tls = Some(TlsOptions { ca_pem: Some(pki.cert_pem.clone().into_bytes()), domain: Some("localhost".into()) });
+    cc.tls = Some(TlsOptions {
+        ca_pem: Some(pki.cert_pem.clone().into_bytes()),
+        domain: Some("localhost".into()),
+    });
     let mut last = String::new();
     for _ in 0..50 {
         match Client::connect(cc.clone()).await {

@@ -440,8 +440,10 @@ impl AdQueue for EmbeddedQueue {
         // (GetAd, WatchAd, stats) only once it is done, and leasing goes on meanwhile.
         let (out, seq) = {
             let mut st = self.lock();
-            let out: Vec<_> =
-                items.into_iter().map(|(lease_id, r)| self.ack_locked(&mut st, session, lease_id, r, now)).collect();
+            let out: Vec<_> = items
+                .into_iter()
+                .map(|(lease_id, r)| self.ack_locked(&mut st, session, lease_id, r, now))
+                .collect();
             (out, self.journal.written())
         };
         // Backpressure: when commits fall behind, the acking session waits, so the

@@ -128,7 +128,8 @@ pub struct FileStore {
 /// where a batch being written looks like a torn tail.
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let mut f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io("open", &path))?;
+    let mut f =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io("open", &path))?;
     match f.try_lock() {
         Ok(()) => {
             let _ = f.set_len(0);
@@ -167,7 +168,11 @@ impl FileStore {
             Self::recover(&c, &d).map(|w| (w, lock))
         })
         .await
-        .map_err(|e| StoreError::Io { op: "recover", path: cfg.dir.clone(), source: std::io::Error::other(e) })??;
+        .map_err(|e| StoreError::Io {
+            op: "recover",
+            path: cfg.dir.clone(),
+            source: std::io::Error::other(e),
+        })??;
         Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)), damage, dir_lock: Mutex::new(Some(lock)) })
     }
 

@@ -17,6 +17,7 @@ use crate::config::IngestConfig;
 use adflow_domain::analytics::Analytics;
 use adflow_domain::{StoredEvent, now_ms};
 use adflow_store::EventStore;
+use adflow_store::resilient::Placement;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -24,7 +25,6 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use adflow_store::resilient::Placement;
 use tracing::Instrument;
 
 /// Stops and joins the batcher.
@@ -202,7 +202,9 @@ impl Batcher {
             attempt += 1;
             let res = match &self.resilient {
                 Some(r) => r.append_placed(&events).instrument(span.clone()).await,
-                None => self.store.append(&events).instrument(span.clone()).await.map(|()| Placement::Backend),
+                None => {
+                    self.store.append(&events).instrument(span.clone()).await.map(|()| Placement::Backend)
+                }
             };
             let e = match res {
                 Ok(p) => break p,

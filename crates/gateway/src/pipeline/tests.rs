@@ -150,7 +150,8 @@ async fn a_repeat_racing_a_failing_first_commit_fails_with_it_and_its_retry_is_s
     let first = p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
     appends_reach(&store, 1).await;
     // The same batch again, while the first commit is in flight: duplicates, but pending.
-    let repeat = p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    let repeat =
+        p.enqueue(vec![ev("x1"), ev("x2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
     store.gate.add_permits(3);
     assert!(matches!(first.wait().await, Err(IngestError::CommitFailed(_))));
     let err = repeat.wait().await.expect_err("a duplicate of an unstored event is not 'stored'");
@@ -174,7 +175,8 @@ async fn a_repeat_racing_a_commit_is_answered_only_after_that_commit() {
     let first = p.enqueue(vec![ev("y1")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
     appends_reach(&store, 1).await;
     // A repeat plus a new event: its reply needs both commits.
-    let repeat = p.enqueue(vec![ev("y1"), ev("y2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    let repeat =
+        p.enqueue(vec![ev("y1"), ev("y2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
     let waiting = tokio::spawn(repeat.wait());
     for _ in 0..50 {
         tokio::task::yield_now().await;
@@ -217,14 +219,24 @@ async fn under_overload_a_unary_caller_gets_its_turn_in_line_with_streams() {
     let store = Arc::new(FlakyStore::default());
     store.gated.store(true, Ordering::SeqCst);
     let analytics = Arc::new(RwLock::new(Analytics::default()));
-    let p = Arc::new(Pipeline::start(small(60_000), Limits::default(), store.clone(), Some(analytics), None, None, None));
+    let p = Arc::new(Pipeline::start(
+        small(60_000),
+        Limits::default(),
+        store.clone(),
+        Some(analytics),
+        None,
+        None,
+        None,
+    ));
     // The pipeline is full: 100 events held in a commit that does not end yet.
     let first = p.enqueue(ids("full", 100), pb::AckMode::Durable, 0, WhenFull::Wait).await.unwrap();
     appends_reach(&store, 1).await;
     // A stream queues for room, then an ordinary request, then another stream.
     let spawn = |prefix: &'static str, n: usize, mode: WhenFull| {
         let p = p.clone();
-        tokio::spawn(async move { p.enqueue(ids(prefix, n), pb::AckMode::Durable, 0, mode).await?.wait().await })
+        tokio::spawn(
+            async move { p.enqueue(ids(prefix, n), pb::AckMode::Durable, 0, mode).await?.wait().await },
+        )
     };
     let settle = || async {
         for _ in 0..20 {
