@@ -248,8 +248,10 @@ pub(crate) fn priorities(s: &mut S<'_>) -> Priorities {
 
 /// One value from several mentions, or a refusal naming them.
 pub(crate) fn single(values: &[f64], what: &str) -> Result<Option<u32>, Refusal> {
-    let plural =
-        if what.ends_with('y') { format!("{}ies", &what[..what.len() - 1]) } else { format!("{what}s") };
+    let plural = match what.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{what}s"),
+    };
     let mut v: Vec<f64> = values.to_vec();
     v.dedup();
     v.sort_by(f64::total_cmp);

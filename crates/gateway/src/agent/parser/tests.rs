@@ -176,3 +176,36 @@ fn corrections_and_defaults_are_said_back() {
     assert_eq!(p.command.command, Some(Command::ShowNext(pb::Count { value: 10 })));
     assert_eq!(p.notes, vec!["no count given: 10".to_string()]);
 }
+
+/// True when `word` is `keyword` inflected ("removed", "pauses", "urgently") or the other
+/// way round: correcting it keeps its meaning.
+fn inflection(word: &str, keyword: &str) -> bool {
+    let suffixes = ["", "s", "es", "d", "ed", "ing", "er", "ers", "ly", "ies", "ied"];
+    let stems =
+        [keyword, keyword.strip_suffix('e').unwrap_or(keyword), keyword.strip_suffix('y').unwrap_or(keyword)];
+    stems.iter().any(|st| word.strip_prefix(st).is_some_and(|rest| suffixes.contains(&rest)))
+        || keyword.strip_prefix(word).is_some_and(|rest| suffixes.contains(&rest))
+}
+
+/// Typos are not words: no English word (from the system dictionary, when one is
+/// installed) is corrected into a keyword that changes what the text means, unless it is
+/// an inflection of it. Words that would be are in vocab.rs's list of known English words.
+#[test]
+fn no_dictionary_word_is_corrected_into_another_meaning() {
+    let Ok(words) = std::fs::read_to_string("/usr/share/dict/words") else {
+        eprintln!("skipped: no /usr/share/dict/words (Debian package wamerican)");
+        return;
+    };
+    let harmless = vocab::FILLER | vocab::SERVE | vocab::Q | vocab::AUX;
+    let mut bad: Vec<String> = Vec::new();
+    for w in words.lines().filter(|w| w.chars().all(|c| c.is_ascii_lowercase())) {
+        if let Some(k) = vocab::correct(w) {
+            let f = vocab::flags(k).unwrap_or(0);
+            let meaning = f & !harmless != 0 || vocab::NUMBER_WORDS.contains(&k) || vocab::unit(k).is_some();
+            if meaning && !inflection(w, k) {
+                bad.push(w.to_string());
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{} English words read as keywords:\n{}", bad.len(), bad.join(" "));
+}

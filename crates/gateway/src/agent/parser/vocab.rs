@@ -142,9 +142,9 @@ pub(crate) const WORDS: &[(Flags, &str)] = &[
     (STARV, "starvation starve aging ageing"),
     (STARV | MODE, "antistarvation"),
     (MODE, "mode protection prevention guard feature logic mechanism"),
-    (ON, "enable enabled activate activated"),
+    (ON, "enable enabled activate activated true"),
     (ON | FILLER, "on"),
-    (OFF, "disable disabled deactivate deactivated off"),
+    (OFF, "disable disabled deactivate deactivated off false"),
     (STOP | PAUSE, "stop"),
     (STOP, "prevent avoid end fix eliminate shutdown"),
     // settings
@@ -215,9 +215,47 @@ pub(crate) const WORDS: &[(Flags, &str)] = &[
     (OR, "or"),
     (HELP, "help"),
     (CONFIRM, "confirm confirmed approve approved proceed"),
-    // English words one or two letters from a keyword, known so they are never
-    // "corrected" into one ("result" is not "resume", "oldest" is not "lowest")
-    (0, "result results rename passing oldest latest earliest sorted sort"),
+    // English words a letter or two from a keyword, known so that they are never
+    // "corrected" into one ("delegate" is not "delete", "hole" is not "hold"): every word
+    // of the system dictionary the corrector would otherwise change into another meaning
+    // (test no_dictionary_word_is_corrected_into_another_meaning)
+    (
+        0,
+        "result results rename passing oldest latest earliest sorted sort ayes bathed gages shorted sorter truce aback abed active \
+         adjustor advertise agreeing alter angering anther arise avert averts avid baring bath \
+         bathes bathing bating bedsides bellow bestrides black bloc blow boos boot boots boring \
+         brig briny bum bumpy busby bush bushy bust buy buys caroming categorizes chancel \
+         chancels chomping chroming cleat clomping coking combing conform conformed consume \
+         consumed consumerism consumes crate creature cremate cremated cremates critic deaf \
+         dear decease decree delegate denote deplete depleted depletes dept dialed ding \
+         distributes doling doming doping dosing doting doze dozing drays dread drip droop \
+         dumpy ease eat eery eighteenth eighth eleventh eluding entirety enviable est estate \
+         excelled excerpt excerpts excreted exuding fetich fie fiend fife fifteenth fifth filed \
+         filing fine fined fins firs fist flailed flailing flop flour fond forecastle forest \
+         form forth fourteenth froze fund fur gaged gaging gamest gamey gene genera generative \
+         genes gentries gents gibe given gods gong gores goring grater hat healthy heath hep \
+         hod hole holed hood howling hundredth improvise info insane int intro isle jibs jogs \
+         kilo lad laded lager lame lames lance lances lands latex lathe lather latte latter \
+         layer lees lefter levelers lien linen linger loader loaf loafed loft lone loner longed \
+         loom loser lost lowed lowliest lust mains male mar miens mines minims minis minks \
+         mints minuet minuets minus minutest minutiae mire mist moat model modem moire moist \
+         mos mote movie muddle nest net newsiest nineteenth noes none normalcy nuder opposition \
+         overt part parturition pas pasta paste pasty pat pats pert pill pint plugs plums \
+         police polices positional potion precious predicate predication predictor predilection \
+         prevalent prior priories priory pro professor professors psst pulp pure pushy quartet \
+         recommenced recreant relay relics repay replicates reply repress resented reticent \
+         rise sale saturates saving sects seen settling seventeenth seventh shifty shirt shit \
+         shitting shoe shown showy shrift sift sifting siting situating sixteenth sixth slit \
+         slitting smuggest snow snuggest sop sow specs spend spilt spit spitting splint \
+         splitting stags star stare staring stars startups state states statue statues statures \
+         statutes stave staving stays stick stings stoats stomp stoop stratums string strop \
+         struck suck summaries summarily tel thees theme thirsty thirteenth thousandth threw \
+         throughout thy tied tiger tire tow tree tun unlock unused urn utilizes very vie vies \
+         waif waifs waist waists waiter wen while width wile witch witching wits worked \
+         writhing youngster",
+    ),
+    (WAIT, "await awaiting awaited awaits ages"),
+    (BATCH, "batched"),
     (VAGUE, "new newest recent fresh young some few several inprogress progress"),
     (VAGUE | RECENT, "last"),
     (RECENT, "previous"),
@@ -382,10 +420,11 @@ fn adjacent(a: char, b: char) -> bool {
     }
 }
 
-/// The keyword an unknown word is a typo of, if exactly one is close enough: distance 1
-/// for words of 3..=5 letters, 2 from 6 letters on; the first letter must match (or be
-/// swapped with the second), so "slow" never becomes "low". Ties between words with
-/// different meanings correct nothing.
+/// The keyword an unknown word is a typo of, if exactly one is close enough: one swapped,
+/// missing or extra letter, or one wrong letter whose key is next to the right one; two
+/// missing or extra letters in words of six letters or more. The first letter must match
+/// (or be swapped with the second). Ties between words with different meanings correct
+/// nothing, and English words are not typos (see the known English words in `WORDS`).
 pub(crate) fn correct(word: &str) -> Option<&'static str> {
     let n = word.chars().count();
     if n < 3 || !word.chars().all(|c| c.is_ascii_alphabetic()) || known(word) {
@@ -393,9 +432,12 @@ pub(crate) fn correct(word: &str) -> Option<&'static str> {
     }
     let max = if n >= 6 { 2 } else { 1 };
     let first: Vec<char> = word.chars().take(2).collect();
+    // Known English words without a concept stop their own correction but are never
+    // what a typo is corrected to.
     let candidates = BY_WORD
-        .keys()
-        .copied()
+        .iter()
+        .filter(|(_, f)| **f != 0)
+        .map(|(w, _)| *w)
         .chain(NUMBER_WORDS.iter().copied())
         .chain(UNITS.iter().map(|(w, _)| *w).filter(|w| w.len() >= 3));
     let mut best: Vec<(usize, &'static str)> = Vec::new();
@@ -410,19 +452,18 @@ pub(crate) fn correct(word: &str) -> Option<&'static str> {
             continue;
         }
         let d = distance(word, c);
-        // Two edits only with a letter missing or extra: two wrong letters make another word.
-        if d == 0 || d > max || (d == 2 && (c.len() < 6 || c.len() == n)) {
+        // Two edits only as two missing or extra letters ("prioty"): two wrong letters make
+        // another word. A wrong letter counts only when its key is next to the right one
+        // ("sise" -> "size", but "passed" is not "paused"), and a keyword of three letters
+        // is reached only by a swap ("lwo" -> "low", but "lot" is not "low").
+        if d == 0 || d > max || (d == 2 && (c.len() < 6 || c.len().abs_diff(n) != 2)) {
             continue;
         }
-        // Short English words are one letter apart from short keywords ("slow"/"show",
-        // "lot"/"low"): below five letters a swapped, missing or extra letter counts, and a
-        // wrong one only when its key is next to the right one ("sise" -> "size"); a
-        // keyword of three letters is reached only by a swap.
         let diff: Vec<(char, char)> = word.chars().zip(c.chars()).filter(|(a, b)| a != b).collect();
         let swap = d == 1 && n == c.len() && diff.len() == 2;
         let substitution = d == 1 && n == c.len() && !swap;
         let slip = substitution && diff.len() == 1 && adjacent(diff[0].0, diff[0].1);
-        if (n <= 3 && substitution) || (n == 4 && substitution && !slip) || (c.len() <= 3 && !swap) {
+        if substitution && (n <= 3 || !slip) || c.len() <= 3 && !swap {
             continue;
         }
         match best.first() {
