@@ -147,7 +147,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let start = Instant::now();
         Box::pin(async move {
-            let res = inner.call(req).instrument(span.clone()).await;
+            let mut res = inner.call(req).instrument(span.clone()).await;
+            if let Ok(r) = &mut res {
+                oversize_is_resource_exhausted(r.headers_mut());
+            }
             let code = match &res {
                 Ok(r) => r
                     .headers()
@@ -166,9 +169,58 @@ where
     }
 }
 
+/// tonic refuses a request over `max_decoding_message_size` with OUT_OF_RANGE before any
+/// handler runs; gRPC says RESOURCE_EXHAUSTED, which clients treat as "too big / back
+/// off" (streams already get it from the codec). Rewrites that trailers-only status.
+fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) != Some(out_of_range.as_str()) {
+        return;
+    }
+    let msg = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !(msg.contains("too%20large") || msg.contains("too large")) {
+        return;
+    }
+    let decoded = msg.replace("%20", " ").replace("%3A", ":").replace("%2C", ",");
+    let nums: Vec<&str> = decoded.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).collect();
+    let text = match nums.as_slice() {
+        [got, limit, ..] => format!(
+            "request message of {got} bytes is over the limit of {limit} bytes (server.max_message_bytes); send smaller batches"
+        ),
+        _ => "request message is over the size limit (server.max_message_bytes); send smaller batches".into(),
+    };
+    let encoded = text.replace(' ', "%20");
+    headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::ResourceExhausted as i32));
+    if let Ok(v) = http::HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversize_request_is_answered_resource_exhausted_with_the_sizes() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("11"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "Error,%20decoded%20message%20length%20too%20large:%20found%2016004%20bytes,%20the%20limit%20is:%204096%20bytes",
+            ),
+        );
+        oversize_is_resource_exhausted(&mut h);
+        assert_eq!(h["grpc-status"], "8");
+        let m = h["grpc-message"].to_str().unwrap().replace("%20", " ");
+        assert!(m.contains("16004 bytes") && m.contains("4096 bytes"), "{m}");
+        // Other OUT_OF_RANGE answers are left alone.
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("11"));
+        h.insert("grpc-message", http::HeaderValue::from_static("page%20out%20of%20range"));
+        oversize_is_resource_exhausted(&mut h);
+        assert_eq!(h["grpc-status"], "11");
+    }
 
     #[test]
     fn served_methods_keep_their_name_and_every_other_path_is_one_label() {

@@ -267,8 +267,9 @@ async fn a_message_over_the_size_limit_is_refused_with_a_clear_error() {
     let mut c = gw.ingest().await;
     let evs: Vec<_> = (0..100).map(|i| event(&format!("big-{i}"), "ad-1", EventType::Click)).collect();
     let err = c.send_events(batch(evs)).await.unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange);
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
     assert!(err.message().contains("4096"), "{}", err.message());
+    assert!(err.message().contains("server.max_message_bytes"), "{}", err.message());
     // Small requests still work.
     let ok = c.send_events(batch(vec![event("small", "ad-1", EventType::Click)])).await.unwrap().into_inner();
     assert_eq!(ok.accepted, 1);
