@@ -150,6 +150,7 @@ where
             let mut res = inner.call(req).instrument(span.clone()).await;
             if let Ok(r) = &mut res {
                 oversize_is_resource_exhausted(r.headers_mut());
+                undecodable_is_invalid_argument(r.headers_mut());
             }
             let code = match &res {
                 Ok(r) => r
@@ -196,6 +197,19 @@ fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
     }
 }
 
+/// tonic's own services (health, reflection) answer an undecodable request INTERNAL;
+/// it is the client's fault: INVALID_ARGUMENT, as every adflow service answers.
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let internal = (tonic::Code::Internal as i32).to_string();
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) != Some(internal.as_str()) {
+        return;
+    }
+    let msg = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if msg.contains("failed%20to%20decode") || msg.contains("failed to decode") {
+        headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::InvalidArgument as i32));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +234,25 @@ mod tests {
         h.insert("grpc-message", http::HeaderValue::from_static("page%20out%20of%20range"));
         oversize_is_resource_exhausted(&mut h);
         assert_eq!(h["grpc-status"], "11");
+    }
+
+    #[test]
+    fn an_undecodable_request_to_tonics_own_services_is_invalid_argument() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("13"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "failed%20to%20decode%20Protobuf%20message:%20invalid%20wire%20type",
+            ),
+        );
+        undecodable_is_invalid_argument(&mut h);
+        assert_eq!(h["grpc-status"], "3");
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("13"));
+        h.insert("grpc-message", http::HeaderValue::from_static("database%20on%20fire"));
+        undecodable_is_invalid_argument(&mut h);
+        assert_eq!(h["grpc-status"], "13", "real server faults stay INTERNAL");
     }
 
     #[test]

@@ -267,11 +267,17 @@ async fn undecodable_requests_answer_invalid_argument_on_every_service() {
     }
     assert!(wrong.is_empty(), "not INVALID_ARGUMENT with a clear message:\n{}", wrong.join("\n"));
     // The message names the type and the field.
-    let s = unary::<()>(ch, "/adflow.v1.AdService/GetAd", Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe]))
-        .await
-        .unwrap_err();
+    let s =
+        unary::<()>(ch.clone(), "/adflow.v1.AdService/GetAd", Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe]))
+            .await
+            .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("GetAdRequest.id"), "{s:?}");
+    // tonic's own health service: INVALID_ARGUMENT too (it said INTERNAL).
+    let s = unary::<()>(ch.clone(), "/grpc.health.v1.Health/Check", Bytes::from_static(TRUNCATED))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     gw.stop().await;
 }
 
