@@ -12,25 +12,7 @@ use adflow_store::Backend;
 use adflow_store::redis_store::{RedisConfig, RedisStore};
 use common::*;
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command};
 use std::time::Duration;
-
-fn start_redis(port: u16, dir: &std::path::Path) -> Child {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", "always", "--dir"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 fn ids_batch(from: usize, n: usize) -> adflow_domain::pb::SendEventsRequest {
     batch((from..from + n).map(|i| event(&format!("o-{i}"), "ad-1", EventType::Click)).collect())
@@ -46,7 +28,7 @@ async fn ids_acked_during_a_redis_outage_are_duplicates_after_it_and_stored_once
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let rdir = dir.path().join("redis");
     std::fs::create_dir_all(&rdir).unwrap();
-    let mut redis = start_redis(port, &rdir);
+    let mut redis = adflow_store::conformance::spawn_redis(port, &rdir);
     let rcfg = RedisConfig {
         url: format!("redis://127.0.0.1:{port}/"),
         stream_key: "{adflow}:events".into(),
@@ -86,7 +68,7 @@ async fn ids_acked_during_a_redis_outage_are_duplicates_after_it_and_stored_once
         assert_eq!(r.accepted + r.duplicates, 50);
     }
     // 3. Redis back (with its AOF): the spill replays.
-    redis = start_redis(port, &rdir);
+    redis = adflow_store::conformance::spawn_redis(port, &rdir);
     let check = RedisStore::open(rcfg.clone()).await.unwrap();
     for _ in 0..300 {
         if adflow_store::conformance::read_all(&check, 1000).await.len() >= acked.len() {

@@ -2,6 +2,8 @@
 //! given in `server.tls_ca_path` and process ads; without it the cause of their failure
 //! is named (not only "transport error").
 
+mod common;
+
 use adflow_client::{Client, ClientConfig, TlsOptions};
 use adflow_domain::pb;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -24,32 +26,38 @@ fn private_ca() -> Pki {
     Pki { ca_pem: ca.pem(), cert_pem: leaf.pem(), key_pem: key.serialize_pem() }
 }
 
+/// A gateway config with TLS from `pki` (and its CA for the in-process workers when
+/// `trust_ca`), storing under `dir`.
+fn tls_config(dir: &std::path::Path, pki: &Pki, trust_ca: bool, workers: usize) -> adflow_gateway::Config {
+    let path = |n: &str, body: &str| {
+        let p = dir.join(n);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let mut cfg = common::config(dir);
+    cfg.workers.in_process = workers;
+    cfg.server.tls_cert_path = path("cert.pem", &pki.cert_pem);
+    cfg.server.tls_key_path = path("key.pem", &pki.key_pem);
+    if trust_ca {
+        cfg.server.tls_ca_path = path("ca.pem", &pki.ca_pem);
+    }
+    cfg
+}
+
+/// A TLS client of the gateway at `port` that trusts `root_pem` for "localhost".
+fn tls_client(port: u16, root_pem: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new(format!("https://localhost:{port}"));
+    cc.tls =
+        Some(TlsOptions { ca_pem: Some(root_pem.as_bytes().to_vec()), domain: Some("localhost".into()) });
+    cc
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_workers_trust_the_configured_ca() {
     let dir = tempfile::tempdir().unwrap();
     let pki = private_ca();
-    let path = |n: &str, body: &str| {
-        let p = dir.path().join(n);
-        std::fs::write(&p, body).unwrap();
-        p.display().to_string()
-    };
-    let mut cfg = adflow_gateway::Config::default();
-    cfg.storage.file.dir = dir.path().join("events");
-    cfg.queue.path = dir.path().join("queue.redb");
-    cfg.metrics.listen = String::new();
-    cfg.workers.in_process = 1;
-    cfg.server.tls_cert_path = path("cert.pem", &pki.cert_pem);
-    cfg.server.tls_key_path = path("key.pem", &pki.key_pem);
-    cfg.server.tls_ca_path = path("ca.pem", &pki.ca_pem);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(adflow_gateway::serve(listener, cfg, async {
-        let _ = rx.await;
-    }));
-    let mut cc = ClientConfig::new(format!("https://localhost:{port}"));
-    cc.tls =
-        Some(TlsOptions { ca_pem: Some(pki.ca_pem.clone().into_bytes()), domain: Some("localhost".into()) });
+    let gw = common::TestGateway::start(tls_config(dir.path(), &pki, true, 1)).await;
+    let cc = tls_client(gw.addr.port(), &pki.ca_pem);
     let mut client = None;
     for _ in 0..100 {
         if let Ok(c) = Client::connect(cc.clone()).await {
@@ -78,35 +86,16 @@ async fn in_process_workers_trust_the_configured_ca() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, pb::AdStatus::Completed as i32, "the in-process worker connected through the CA");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    gw.stop().await;
 }
 
 #[tokio::test]
 async fn a_certificate_problem_is_named_in_the_connection_error() {
     let dir = tempfile::tempdir().unwrap();
     let pki = private_ca();
-    let mut cfg = adflow_gateway::Config::default();
-    cfg.storage.file.dir = dir.path().join("events");
-    cfg.queue.path = dir.path().join("queue.redb");
-    cfg.metrics.listen = String::new();
-    cfg.workers.in_process = 0;
-    std::fs::write(dir.path().join("c.pem"), &pki.cert_pem).unwrap();
-    std::fs::write(dir.path().join("k.pem"), &pki.key_pem).unwrap();
-    cfg.server.tls_cert_path = dir.path().join("c.pem").display().to_string();
-    cfg.server.tls_key_path = dir.path().join("k.pem").display().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(adflow_gateway::serve(listener, cfg, async {
-        let _ = rx.await;
-    }));
+    let gw = common::TestGateway::start(tls_config(dir.path(), &pki, false, 0)).await;
     // Trusting the leaf (what the workers did before tls_ca_path): the handshake fails.
-    let mut cc = ClientConfig::new(format!("https://localhost:{port}"));
-    cc.tls = Some(TlsOptions {
-        ca_pem: Some(pki.cert_pem.clone().into_bytes()),
-        domain: Some("localhost".into()),
-    });
+    let cc = tls_client(gw.addr.port(), &pki.cert_pem);
     let mut last = String::new();
     for _ in 0..50 {
         match Client::connect(cc.clone()).await {
@@ -122,6 +111,5 @@ async fn a_certificate_problem_is_named_in_the_connection_error() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(last.to_lowercase().contains("certificate"), "the cause is named: {last}");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    gw.stop().await;
 }

@@ -150,3 +150,22 @@ pub async fn a_scan_since_keeps_every_recent_event(h: &dyn Harness) {
     }
     s.close().await.expect("close");
 }
+
+/// Starts a `redis-server` on `port` with an fsync-always AOF in `dir` (for outage tests
+/// that kill and restart it) and waits until it accepts connections.
+pub fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .args(["--appendfsync", "always", "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}

@@ -8,26 +8,8 @@ use adflow_store::redis_store::{RedisConfig, RedisStore};
 use adflow_store::resilient::{ResilienceConfig, Resilient};
 use adflow_store::{EventStore, StoredEvent};
 use std::collections::HashSet;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn start_redis(port: u16, dir: &std::path::Path) -> Child {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", "always", "--dir"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 fn ev(b: usize, i: usize) -> StoredEvent {
     StoredEvent::encode(
@@ -44,7 +26,7 @@ async fn every_acked_event_reaches_redis_exactly_once_across_an_outage() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = start_redis(port, dir.path());
+    let mut redis = adflow_store::conformance::spawn_redis(port, dir.path());
     let rcfg = RedisConfig {
         url: format!("redis://127.0.0.1:{port}/"),
         stream_key: "{t}:events".into(),
@@ -73,7 +55,7 @@ async fn every_acked_event_reaches_redis_exactly_once_across_an_outage() {
             redis.wait().unwrap();
         }
         if b == 40 {
-            redis = start_redis(port, dir.path()); // and comes back with its AOF
+            redis = adflow_store::conformance::spawn_redis(port, dir.path()); // and comes back with its AOF
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
