@@ -18,6 +18,8 @@ use std::hash::BuildHasherDefault;
 /// resistance costs more than it buys on this per-event path.
 type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<xxhash_rust::xxh3::Xxh3>>;
 
+mod snapshot;
+
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 

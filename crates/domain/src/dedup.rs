@@ -23,7 +23,10 @@
 //! pending set lives under the same shard lock as the ids, so "seen and committed" and
 //! "seen and still pending" can never be confused by a commit ending in between.
 
+mod snapshot;
 mod table;
+
+pub use snapshot::SnapshotError;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -14,6 +14,7 @@ pub const LOAD_DEN: usize = 4;
 pub const SLOT_BYTES: usize = 9;
 
 /// An open-addressing set of nonzero u64 keys, each tagged with a generation byte.
+#[derive(Clone)]
 pub struct Table {
     keys: Vec<u64>,
     gens: Vec<u8>,
@@ -30,6 +31,19 @@ impl Table {
     pub fn with_slots(slots: usize) -> Self {
         let slots = slots.max(8);
         Self { keys: vec![0; slots], gens: vec![0; slots], len: 0 }
+    }
+
+    /// A table over saved slots (see `parts`); None when more than the load bound
+    /// of them are used or the arrays differ in length.
+    pub fn from_parts(keys: Vec<u64>, gens: Vec<u8>) -> Option<Self> {
+        let len = keys.iter().filter(|&&k| k != 0).count();
+        let t = Self { keys, gens, len };
+        (t.keys.len() == t.gens.len() && t.keys.len() >= 8 && len <= t.room()).then_some(t)
+    }
+
+    /// The slot arrays (keys, generation bytes), to save them as they are.
+    pub fn parts(&self) -> (&[u64], &[u8]) {
+        (&self.keys, &self.gens)
     }
 
     /// Keys held.
