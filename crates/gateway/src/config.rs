@@ -55,6 +55,8 @@ pub struct Config {
     pub analytics: Retention,
     /// Where events are stored.
     pub storage: StorageConfig,
+    /// Checkpoints of analytics and the dedup window (bounded restart time).
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
     /// The ad queue.
     pub queue: QueueConfig,
     /// Workers run inside the gateway.
@@ -71,6 +73,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// The plain-language operator agent.
     pub agent: AgentConfig,
+    /// The web dashboard.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 /// `[agent]`: optional LLM translation of operator commands (the parser always works).

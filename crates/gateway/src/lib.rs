@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod auth;
+pub mod checkpoint;
 pub mod config;
 pub mod conn_guard;
+pub mod dashboard;
 pub mod metrics;
 pub mod panic_layer;
 pub mod pipeline;

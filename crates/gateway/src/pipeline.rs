@@ -159,6 +159,7 @@ pub struct Pipeline {
     counters: Arc<Counters>,
     batcher: batcher::Handle,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
+    mark: Option<crate::checkpoint::Mark>,
 }
 
 impl Pipeline {
@@ -173,6 +174,7 @@ impl Pipeline {
         shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
         resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     ) -> Self {
+
         let (tx, rx) = mpsc::channel(cfg.queue_capacity_events);
         let counters = Arc::new(Counters::default());
         let room = Arc::new(Semaphore::new(cfg.queue_capacity_events));
@@ -181,6 +183,7 @@ impl Pipeline {
         let parts = batcher::Parts {
             cfg: cfg.clone(),
             store,
+            mark: analytics.as_ref().map(|_| crate::checkpoint::Mark::default()),
             analytics,
             dedup: dedup.clone(),
             shared: shared.clone(),
@@ -193,8 +196,14 @@ impl Pipeline {
                 n => n,
             },
         };
+        let mark = parts.mark.clone();
         let batcher = batcher::spawn(parts, rx);
-        Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch }
+        Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch, mark }
+    }
+
+    /// The store position the local analytics are counted through (for checkpoints).
+    pub fn mark(&self) -> Option<crate::checkpoint::Mark> {
+        self.mark.clone()
     }
 
     /// The pipeline's counters.

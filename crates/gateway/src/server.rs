@@ -4,6 +4,7 @@
 //! signal -> health NOT_SERVING -> stop accepting -> end open streams -> drain the
 //! pipeline -> close the store.
 
+use crate::checkpoint::{Checkpoints, Sources};
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Window};
 use crate::services::ads::AdsService;
@@ -49,17 +50,19 @@ const SERVICES: [&str; 7] = [
 ];
 const REBUILD_PAGE: usize = 16_384;
 
-/// Replays the store into analytics and the dedup window; returns the events read.
+/// Replays the store (from `from`, or all of it) into analytics and the dedup window;
+/// returns the events read.
 async fn rebuild(
     store: &dyn EventStore,
     analytics: Option<&RwLock<Analytics>>,
     dedup: Option<&Window>,
+    from: Option<adflow_store::Cursor>,
 ) -> anyhow::Result<u64> {
     if analytics.is_none() && dedup.is_none() {
         return Ok(0);
     }
     let now = now_ms();
-    let mut cursor = None;
+    let mut cursor = from;
     let mut n = 0u64;
     loop {
         // Analytics need every event; the dedup window only the recent ones.
@@ -86,6 +89,44 @@ async fn rebuild(
         match page.next {
             Some(c) => cursor = Some(c),
             None => return Ok(n),
+        }
+    }
+}
+
+/// Loads the checkpoint into `analytics` and `dedup`; returns where the store must be
+/// read from (None: all of it) and the dedup window to use (a fresh one when a damaged
+/// checkpoint had partly filled it).
+async fn load_checkpoint(
+    cp: &Checkpoints,
+    cfg: &Config,
+    store: &dyn EventStore,
+    analytics: &RwLock<Analytics>,
+    dedup: Option<Arc<Window>>,
+) -> (Option<adflow_store::Cursor>, Option<Arc<Window>>) {
+    let started = Instant::now();
+    match cp.load(&cfg.analytics, dedup.as_deref(), store, now_ms()) {
+        Ok(Some(l)) => {
+            tracing::info!(
+                path = %cp.path().display(),
+                bytes = l.bytes,
+                dedup_ids = l.dedup_ids,
+                cursor = %l.cursor.0,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "checkpoint loaded; reading the store from its position"
+            );
+            *analytics.write().unwrap_or_else(|p| p.into_inner()) = l.analytics;
+            (Some(l.cursor), dedup)
+        }
+        Ok(None) => {
+            tracing::info!(path = %cp.path().display(), "no checkpoint yet; reading the whole event store");
+            (None, dedup)
+        }
+        Err(e) => {
+            metrics::counter!("checkpoint_failures_total").increment(1);
+            tracing::warn!(error = %e, "checkpoint not used; rebuilding from the whole event store");
+            let d = &cfg.ingest.dedup;
+            let fresh = dedup.map(|_| Arc::new(Window::with_budget(d.window_secs as i64 * 1000, d.max_memory_mb << 20)));
+            (None, fresh)
         }
     }
 }
@@ -279,6 +320,26 @@ pub async fn serve(
     // start-up rebuild report damage; metrics recorded earlier would be lost).
     let prometheus = adflow_telemetry::prometheus();
     crate::metrics::describe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // /metrics and /healthz answer from the start, during recovery and the rebuild too.
+    let health_text: adflow_telemetry::HealthText = Default::default();
+    *health_text.write().unwrap_or_else(|p| p.into_inner()) =
+        "starting: opening the event store and rebuilding analytics and the dedup window\n".into();
+    let metrics_task = if cfg.metrics.listen.is_empty() {
+        None
+    } else {
+        let l = TcpListener::bind(&cfg.metrics.listen)
+            .await
+            .with_context(|| format!("binding {} (metrics.listen)", cfg.metrics.listen))?;
+        tracing::info!(addr = %l.local_addr()?, "Prometheus metrics on /metrics");
+        tracing::info!(addr = %l.local_addr()?, "health report on /healthz");
+        Some(tokio::spawn(adflow_telemetry::serve_metrics_and_health(
+            l,
+            prometheus,
+            Some(health_text.clone()),
+            stop_rx.clone(),
+        )))
+    };
     let shared_counters = cfg.analytics.shared.then(|| cfg.analytics.clone());
     let opened =
         adflow_store::open(&cfg.storage, shared_counters).await.context("opening the event store")?;
@@ -327,9 +388,19 @@ pub async fn serve(
         None
     };
     let started = Instant::now();
-    let replayed = rebuild(&*store, local_analytics.as_deref(), dedup.as_deref()).await?;
+    let checkpoints = (cfg.checkpoint.enabled
+        && local_analytics.is_some()
+        && cfg.storage.backend == adflow_store::Backend::File)
+        .then(|| Arc::new(Checkpoints::new(cfg.storage.file.dir.join("checkpoint.bin"))));
+    let (from, dedup) = match &checkpoints {
+        Some(cp) => load_checkpoint(cp, &cfg, &*store, &analytics, dedup).await,
+        None => (None, dedup),
+    };
+    let resumed = from.is_some();
+    let replayed = rebuild(&*store, local_analytics.as_deref(), dedup.as_deref(), from).await?;
     tracing::info!(
         events = replayed,
+        from_checkpoint = resumed,
         dedup_ids = dedup.as_ref().map(|d| d.len()).unwrap_or(0),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "analytics and dedup window rebuilt from the event store"
@@ -344,6 +415,22 @@ pub async fn serve(
         shared.clone(),
         resilient.clone(),
     ));
+    let checkpoint_task = match (&checkpoints, pipeline.mark()) {
+        (Some(cp), Some(mark)) => {
+            let src = Sources { analytics: analytics.clone(), mark, dedup: dedup.clone() };
+            let p = pipeline.clone();
+            let committed = move || p.counters().committed.load(Ordering::Relaxed);
+            let task = tokio::spawn(crate::checkpoint::run(
+                cp.clone(),
+                src.clone(),
+                cfg.checkpoint.clone(),
+                committed,
+                stop_rx.clone(),
+            ));
+            Some((cp.clone(), src, task))
+        }
+        _ => None,
+    };
     let qcfg = queue_config(&cfg);
     let queue: Arc<dyn AdQueue> = match qcfg.backend {
         QueueBackend::Auto => unreachable!("queue_config resolves auto"),
@@ -359,7 +446,6 @@ pub async fn serve(
             Arc::new(MongoQueue::open(&qcfg, &qcfg.mongodb).await.context("opening the mongodb ad queue")?)
         }
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
     // Remote backends: replay the spill buffer whenever the backend is reachable. It
     // keeps running until the pipeline has flushed (see the end of this function).
     let (drain_stop_tx, drain_stop_rx) = watch::channel(false);
@@ -374,22 +460,6 @@ pub async fn serve(
         resilient.clone(),
         stop_rx.clone(),
     ));
-    let health_text: adflow_telemetry::HealthText = Default::default();
-    let metrics_task = if cfg.metrics.listen.is_empty() {
-        None
-    } else {
-        let l = TcpListener::bind(&cfg.metrics.listen)
-            .await
-            .with_context(|| format!("binding {} (metrics.listen)", cfg.metrics.listen))?;
-        tracing::info!(addr = %l.local_addr()?, "Prometheus metrics on /metrics");
-        tracing::info!(addr = %l.local_addr()?, "health report on /healthz");
-        Some(tokio::spawn(adflow_telemetry::serve_metrics_and_health(
-            l,
-            prometheus,
-            Some(health_text.clone()),
-            stop_rx.clone(),
-        )))
-    };
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(watch_health(
         store.clone(),
@@ -405,10 +475,12 @@ pub async fn serve(
         EventIngestServer::new(IngestService::new(pipeline.clone(), cfg.ingest.stream_max_inflight, stop_rx))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-    let analytics_svc = AnalyticsServer::new(AnalyticsService::new(counters.clone()))
+    let analytics_impl = Arc::new(AnalyticsService::new(counters.clone()));
+    let analytics_svc = AnalyticsServer::from_arc(analytics_impl.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let ads_svc = AdServiceServer::new(AdsService::new(queue.clone()))
+    let ads_impl = Arc::new(AdsService::new(queue.clone()));
+    let ads_svc = AdServiceServer::from_arc(ads_impl.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let control = Arc::new(QueueControlService::new(queue.clone(), hub.clone()));
@@ -439,7 +511,7 @@ pub async fn serve(
     let stop_reporter = reporter.clone();
     let signal_pool = pool.clone();
     let agent_ctx = crate::agent::executor::Ctx {
-        control,
+        control: control.clone(),
         queue: queue.clone(),
         pool: pool.clone(),
         pipeline: pipeline.clone(),
@@ -449,8 +521,8 @@ pub async fn serve(
     if llm.is_some() {
         tracing::info!(url = %cfg.agent.llm_url, model = %cfg.agent.llm_model, "agent translates with an LLM first, the parser as fallback");
     }
-    let agent_svc =
-        AgentServiceServer::new(AgentSvc::new(agent_ctx, llm, &cfg.agent)).max_encoding_message_size(max);
+    let agent_impl = Arc::new(AgentSvc::new(agent_ctx, llm, &cfg.agent));
+    let agent_svc = AgentServiceServer::from_arc(agent_impl.clone()).max_encoding_message_size(max);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: NOT_SERVING, no new connections, ending open streams");
@@ -464,6 +536,23 @@ pub async fn serve(
         &cfg.auth,
         &[("in-process-workers".into(), worker_key.clone(), crate::auth::Role::Worker)],
     ));
+    // The web dashboard calls these same service objects, checked by the same Authz.
+    let dashboard = crate::dashboard::start(
+        &cfg.dashboard,
+        crate::dashboard::Parts {
+            services: crate::dashboard::api::Services {
+                analytics: analytics_impl,
+                ads: ads_impl,
+                control,
+                agent: agent_impl,
+            },
+            authz: authz.clone(),
+            auth_enabled: cfg.auth.enabled,
+            pipeline: pipeline.clone(),
+        },
+        signalled_rx.clone(),
+    )
+    .await?;
     if cfg.auth.enabled {
         tracing::info!(
             keys = cfg.auth.keys.len(),
@@ -544,7 +633,15 @@ pub async fn serve(
     if let Some(m) = metrics_task {
         let _ = m.await;
     }
+    if let Some(d) = dashboard {
+        let _ = d.await;
+    }
     pipeline.shutdown().await;
+    if let Some((cp, src, task)) = checkpoint_task {
+        let _ = task.await;
+        // Everything accepted is committed: the next start reads nothing back.
+        src.save(&cp, "shutdown").await;
+    }
     let _ = drain_stop_tx.send(true);
     if let Some(d) = drain {
         let _ = d.await;

@@ -342,6 +342,23 @@ impl EventStore for FileStore {
             })?
     }
 
+    fn end_cursor(&self) -> Option<Cursor> {
+        let w = self.lock();
+        Some(Cursor(format!("{}:{}", w.segment, w.committed)))
+    }
+
+    fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
+        let (s, o) = parse_cursor(cursor)?;
+        let w = self.lock();
+        if s > w.segment || (s == w.segment && o > w.committed) {
+            return Err(StoreError::BadCursor(format!(
+                "{} is past the end of the store ({}:{})",
+                cursor.0, w.segment, w.committed
+            )));
+        }
+        Ok(())
+    }
+
     async fn health(&self) -> Health {
         damage::publish();
         let w = self.lock();

@@ -107,6 +107,17 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = since_ms;
         self.scan(from, limit).await
     }
+    /// The position just after the last committed record, for checkpoints of state
+    /// derived from the store (None: this backend has no such position).
+    fn end_cursor(&self) -> Option<Cursor> {
+        None
+    }
+    /// Ok when `cursor` is a position this store holds (at or before its end); a
+    /// checkpoint from another store or from the future is refused with `BadCursor`.
+    fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
+        let _ = cursor;
+        Ok(())
+    }
     /// The store's health, for grpc.health.v1.
     async fn health(&self) -> Health;
     /// Flushes and releases resources; later appends fail with `Closed`.

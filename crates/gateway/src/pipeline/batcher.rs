@@ -52,6 +52,7 @@ struct Batcher {
     cfg: IngestConfig,
     store: Arc<dyn EventStore>,
     analytics: Option<Arc<RwLock<Analytics>>>,
+    mark: Option<crate::checkpoint::Mark>,
     dedup: Option<Arc<Window>>,
     shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     resilient: Option<Arc<adflow_store::resilient::Resilient>>,
@@ -78,6 +79,8 @@ pub(super) struct Parts {
     pub cfg: IngestConfig,
     pub store: Arc<dyn EventStore>,
     pub analytics: Option<Arc<RwLock<Analytics>>>,
+    /// The store position the analytics are counted through (for checkpoints).
+    pub mark: Option<crate::checkpoint::Mark>,
     pub dedup: Option<Arc<Window>>,
     pub shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     /// The spill wrapper of a remote store, to learn where a commit landed.
@@ -94,6 +97,7 @@ pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
         cfg: p.cfg,
         store: p.store,
         analytics: p.analytics,
+        mark: p.mark,
         dedup: p.dedup,
         shared: p.shared,
         resilient: p.resilient,
@@ -242,15 +246,17 @@ impl Batcher {
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch committed"
         );
-        if let Some(a) = &self.analytics {
-            a.write().unwrap_or_else(|p| p.into_inner()).record(&events, now_ms());
-        }
-        self.counters.committed.fetch_add(n, Ordering::Relaxed);
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        // Settle before counting: a checkpoint's position must never pass ids still
+        // pending (see `checkpoint`).
         if let Some(d) = &self.dedup {
             let keys: Vec<u64> = waiters.iter().flat_map(|w| w.keys.iter().copied()).collect();
             d.settle(&keys);
         }
+        if let Some(a) = &self.analytics {
+            crate::checkpoint::record_commit(a, self.mark.as_ref(), &*self.store, &events, now_ms());
+        }
+        self.counters.committed.fetch_add(n, Ordering::Relaxed);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(shared) = &self.shared {
             // A claim is final only once its batch is stored: mark the ids stored (or, for a
             // batch parked in the spill, held by this gateway until the replay) before any
