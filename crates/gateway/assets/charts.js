@@ -15,12 +15,14 @@ const Charts = (() => {
     return e;
   }
 
-  // A "nice" upper bound for the y axis: 1, 2 or 5 times a power of ten.
+  // The y axis top: four grid steps of 1, 2 or 5 times a power of ten (whole numbers
+  // for counts of 4 and more).
   function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
-    return 10 * p;
+    if (!(v > 0)) return 4;
+    const raw = v / 4;
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 5, 10]) if (raw <= m * p) return 4 * m * p;
+    return 40 * p;
   }
 
   function frame(height, ymax, yFormat) {
