@@ -44,7 +44,11 @@
 //! length, so a scan cannot see a half-written batch.
 
 mod damage;
+mod groups;
+mod log;
+mod maintenance;
 mod reader;
+mod retention;
 
 pub use damage::{Damage, Kind};
 
@@ -70,11 +74,27 @@ pub struct FileConfig {
     /// fdatasync after every committed batch (default true). Off, "durable" only means
     /// "handed to the OS": a power loss can lose the last batches.
     pub fsync: bool,
+    /// Sealed segments last written longer ago than this are removed once every consumer
+    /// group has read them (default 168 = 7 days; 0 keeps them forever).
+    pub retention_hours: u64,
+    /// The oldest sealed segments are removed while all segments together exceed this,
+    /// read or not (0: no limit, the default).
+    pub max_bytes: u64,
+    /// Below this much free disk space new events are refused with RESOURCE_EXHAUSTED
+    /// ("disk nearly full") before the filesystem fills up (default 512; 0: off).
+    pub min_free_mb: u64,
 }
 
 impl Default for FileConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("data/events"), segment_bytes: 64 << 20, fsync: true }
+        Self {
+            dir: PathBuf::from("data/events"),
+            segment_bytes: 64 << 20,
+            fsync: true,
+            retention_hours: 168,
+            max_bytes: 0,
+            min_free_mb: 512,
+        }
     }
 }
 
@@ -121,6 +141,12 @@ pub struct FileStore {
     damage: Arc<damage::Log>,
     /// `<dir>/LOCK`, exclusively locked until the store is closed or dropped.
     dir_lock: Mutex<Option<File>>,
+    groups: Arc<groups::Groups>,
+    index: Arc<log::TimeIndex>,
+    /// Bumped after every commit (follow-mode readers wait on it).
+    commits: tokio::sync::watch::Sender<u64>,
+    /// Retention and the disk watermark, in the background until `close`.
+    upkeep: maintenance::Upkeep,
 }
 
 /// Takes the directory's exclusive lock: a second process (another gateway on the same
@@ -173,7 +199,20 @@ impl FileStore {
             path: cfg.dir.clone(),
             source: std::io::Error::other(e),
         })??;
-        Ok(Self { cfg, writer: Arc::new(Mutex::new(writer)), damage, dir_lock: Mutex::new(Some(lock)) })
+        let writer = Arc::new(Mutex::new(writer));
+        let groups = Arc::new(groups::Groups::new(&cfg.dir));
+        let index = Arc::new(log::TimeIndex::default());
+        let upkeep = maintenance::Upkeep::start(cfg.clone(), writer.clone(), groups.clone(), index.clone());
+        Ok(Self {
+            cfg,
+            writer,
+            damage,
+            dir_lock: Mutex::new(Some(lock)),
+            groups,
+            index,
+            commits: tokio::sync::watch::Sender::new(0),
+            upkeep,
+        })
     }
 
     fn recover(cfg: &FileConfig, damage: &damage::Log) -> Result<Writer> {
@@ -211,6 +250,25 @@ impl FileStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed end: (active segment, committed bytes).
+    fn active(&self) -> (u64, u64) {
+        let w = self.lock();
+        (w.segment, w.committed)
+    }
+
+    /// Runs blocking file work on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io {
+            op,
+            path: self.cfg.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     /// Every damaged range this store has met (at open and in scans so far).
@@ -266,35 +324,9 @@ fn scan_blocking(
     from: (u64, u64),
     limit: usize,
 ) -> Result<Page> {
-    let mut page = Page::default();
-    let (first, mut off) = from;
-    for s in list_segments(dir)?.into_iter().filter(|&s| s >= first && s <= active.0) {
-        if s > first {
-            off = 0;
-        }
-        let path = segment_path(dir, s);
-        let f = File::open(&path).map_err(io("open", &path))?;
-        let end = if s == active.0 { active.1 } else { f.metadata().map_err(io("stat", &path))?.len() };
-        if off >= end {
-            continue;
-        }
-        let mut r = SegmentReader::new(f, &path, off, end, damage.known(s));
-        loop {
-            if page.events.len() == limit && r.pos() < r.end() {
-                page.next = Some(Cursor(format!("{s}:{}", r.pos())));
-                return Ok(page);
-            }
-            match r.next_item()? {
-                None => break,
-                Some(Item::Record(event)) => page.events.push(event),
-                Some(Item::Damage { start, end, reason, .. }) => {
-                    let seg = Segment { dir, path: &path, file: r.file(), number: s };
-                    damage.report(&seg, (start, end), reason, Kind::Skipped);
-                }
-            }
-        }
-    }
-    Ok(page)
+    let r = log::read(dir, damage, active, from, limit, &mut |_, _| true)?;
+    let more = r.events.len() >= limit && r.end < active;
+    Ok(Page { events: r.events, next: more.then(|| Cursor(format!("{}:{}", r.end.0, r.end.1))) })
 }
 
 #[async_trait]
@@ -323,7 +355,9 @@ impl EventStore for FileStore {
             op: "append",
             path: self.cfg.dir.clone(),
             source: std::io::Error::other(e),
-        })?
+        })??;
+        self.commits.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {
@@ -340,6 +374,63 @@ impl EventStore for FileStore {
                 path: self.cfg.dir.clone(),
                 source: std::io::Error::other(e),
             })?
+    }
+
+    fn refuse_writes(&self) -> Option<String> {
+        self.upkeep.refusal()
+    }
+
+    async fn log_start(&self, start: &crate::eventlog::Start) -> Result<Cursor> {
+        use crate::eventlog::Start;
+        let active = self.active();
+        let at = match start {
+            Start::Newest => active,
+            Start::At(c) => {
+                self.check_cursor(c)?;
+                parse_cursor(c)?
+            }
+            Start::Oldest => (0, 0),
+            Start::Time(t) => {
+                let (dir, damage, index, t) = (self.cfg.dir.clone(), self.damage.clone(), self.index.clone(), *t);
+                self.blocking("seek", move || index.seek(&dir, &damage, active, t)).await?
+            }
+        };
+        Ok(Cursor(format!("{}:{}", at.0, at.1)))
+    }
+
+    async fn log_read(&self, from: &Cursor, limit: usize) -> Result<crate::eventlog::LogPage> {
+        let from = parse_cursor(from)?;
+        let active = self.active();
+        let (dir, damage) = (self.cfg.dir.clone(), self.damage.clone());
+        let r = self
+            .blocking("read", move || log::read(&dir, &damage, active, from, limit.max(1), &mut |_, _| true))
+            .await?;
+        Ok(crate::eventlog::LogPage {
+            events: r.events,
+            next: Some(Cursor(format!("{}:{}", r.end.0, r.end.1))),
+            gap: r.gap,
+        })
+    }
+
+    async fn log_wait(&self, after: &Cursor, timeout: std::time::Duration) {
+        let mut rx = self.commits.subscribe();
+        // Something may already be past `after`: the caller read up to the end it saw.
+        if parse_cursor(after).is_ok_and(|a| a < self.active()) {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+    }
+
+    async fn group_commit(&self, group: &str, cursor: &Cursor) -> Result<()> {
+        self.check_cursor(cursor)?;
+        let (groups, name) = (self.groups.clone(), group.to_owned());
+        let pos = crate::eventlog::GroupPosition { cursor: cursor.clone(), lost_events: 0 };
+        self.blocking("commit group", move || groups.put(&name, &pos)).await
+    }
+
+    async fn group_get(&self, group: &str) -> Result<Option<crate::eventlog::GroupPosition>> {
+        let (groups, name) = (self.groups.clone(), group.to_owned());
+        self.blocking("read group", move || groups.get(&name)).await
     }
 
     fn end_cursor(&self) -> Option<Cursor> {
@@ -378,6 +469,7 @@ impl EventStore for FileStore {
     }
 
     async fn close(&self) -> Result<()> {
+        self.upkeep.stop().await;
         let file = self.lock().file.take();
         if let Some(f) = file {
             let dir = self.cfg.dir.clone();

@@ -5,6 +5,7 @@
 //! close): the pipeline batches and retries, the store only has to persist.
 
 pub mod counters;
+pub mod eventlog;
 pub mod file;
 mod framing;
 pub mod mongo_store;
@@ -51,6 +52,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the event store is closed")]
     Closed,
+    /// This backend does not offer the operation.
+    #[error("the {0} backend does not support this operation")]
+    Unsupported(&'static str),
     /// A remote backend (Redis, MongoDB) failed.
     #[error("{backend} {op}: {message}")]
     Backend {
@@ -118,10 +122,40 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = cursor;
         Ok(())
     }
+    /// The cursor where a read of the log from `start` begins.
+    async fn log_start(&self, start: &eventlog::Start) -> Result<Cursor> {
+        let _ = start;
+        Err(StoreError::Unsupported(self.backend()))
+    }
+    /// Reads up to `limit` committed events from `from`, with the cursor after them.
+    async fn log_read(&self, from: &Cursor, limit: usize) -> Result<eventlog::LogPage> {
+        let _ = (from, limit);
+        Err(StoreError::Unsupported(self.backend()))
+    }
+    /// Returns once events may have been committed after `after` (woken by the commit
+    /// itself where the backend allows), or after `timeout`.
+    async fn log_wait(&self, after: &Cursor, timeout: std::time::Duration) {
+        let _ = after;
+        tokio::time::sleep(timeout).await
+    }
+    /// Stores `cursor` as consumer group `group`'s position (durably).
+    async fn group_commit(&self, group: &str, cursor: &Cursor) -> Result<()> {
+        let _ = (group, cursor);
+        Err(StoreError::Unsupported(self.backend()))
+    }
+    /// Consumer group `group`'s position, if it ever committed one.
+    async fn group_get(&self, group: &str) -> Result<Option<eventlog::GroupPosition>> {
+        let _ = group;
+        Err(StoreError::Unsupported(self.backend()))
+    }
     /// The store's health, for grpc.health.v1.
     async fn health(&self) -> Health;
     /// Flushes and releases resources; later appends fail with `Closed`.
     async fn close(&self) -> Result<()>;
+    /// Why new events must be refused now (e.g. "disk nearly full: ..."), or None.
+    fn refuse_writes(&self) -> Option<String> {
+        None
+    }
     /// Events held in a local spill buffer, waiting for the backend (0 for direct stores).
     fn spill_pending(&self) -> u64 {
         0

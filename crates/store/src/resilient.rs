@@ -101,7 +101,14 @@ fn cursor_file(cfg: &ResilienceConfig) -> PathBuf {
 }
 
 fn spill_cfg(cfg: &ResilienceConfig) -> FileConfig {
-    FileConfig { dir: cfg.spill_dir.join("segments"), segment_bytes: 64 << 20, fsync: true }
+    // Spilled events wait for their replay: never removed by retention.
+    FileConfig {
+        dir: cfg.spill_dir.join("segments"),
+        retention_hours: 0,
+        max_bytes: 0,
+        min_free_mb: 0,
+        ..FileConfig::default()
+    }
 }
 
 impl Resilient {
@@ -318,6 +325,26 @@ impl EventStore for Resilient {
 
     async fn scan_since(&self, since_ms: i64, from: Option<Cursor>, limit: usize) -> Result<Page> {
         self.backend.scan_since(since_ms, from, limit).await
+    }
+
+    async fn log_start(&self, start: &crate::eventlog::Start) -> Result<Cursor> {
+        self.backend.log_start(start).await
+    }
+
+    async fn log_read(&self, from: &Cursor, limit: usize) -> Result<crate::eventlog::LogPage> {
+        self.backend.log_read(from, limit).await
+    }
+
+    async fn log_wait(&self, after: &Cursor, timeout: std::time::Duration) {
+        self.backend.log_wait(after, timeout).await
+    }
+
+    async fn group_commit(&self, group: &str, cursor: &Cursor) -> Result<()> {
+        self.backend.group_commit(group, cursor).await
+    }
+
+    async fn group_get(&self, group: &str) -> Result<Option<crate::eventlog::GroupPosition>> {
+        self.backend.group_get(group).await
     }
 
     async fn health(&self) -> Health {

@@ -13,7 +13,7 @@ struct FileHarness {
 impl FileHarness {
     fn cfg(dir: &std::path::Path) -> FileConfig {
         // Small segments so the suite also crosses segment boundaries.
-        FileConfig { dir: dir.to_path_buf(), segment_bytes: 1024, fsync: true }
+        FileConfig { dir: dir.to_path_buf(), segment_bytes: 1024, ..FileConfig::default() }
     }
 }
 

@@ -52,11 +52,6 @@ impl SegmentReader {
         self.pos
     }
 
-    /// Where reading stops.
-    pub fn end(&self) -> u64 {
-        self.end
-    }
-
     /// The segment file.
     pub fn file(&self) -> &File {
         &self.file

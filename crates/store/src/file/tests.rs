@@ -19,7 +19,7 @@ fn ev(i: u64) -> StoredEvent {
 }
 
 fn cfg(dir: &Path, segment_bytes: u64) -> FileConfig {
-    FileConfig { dir: dir.to_path_buf(), segment_bytes, fsync: true }
+    FileConfig { dir: dir.to_path_buf(), segment_bytes, ..FileConfig::default() }
 }
 
 async fn read_pages(s: &FileStore, page: usize) -> Vec<StoredEvent> {
