@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::StrictCodec")
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
     compile_raw_ingest_server();
+    compile_raw_eventlog_server();
     Ok(())
 }
 
@@ -60,6 +61,45 @@ fn compile_raw_ingest_server() {
                 .server_streaming()
                 .build(),
         )
+        .build();
+    Builder::new().build_client(false).compile(&[service]);
+}
+
+/// The server side of `adflow.v1.EventLog` with `raw::log::RawReadBatch` replies: stored
+/// events go out as the bytes they were stored as, never decoded and re-encoded. The wire
+/// contract is `eventlog.proto`'s (`bytes` and an embedded message share one encoding).
+fn compile_raw_eventlog_server() {
+    use tonic_build::manual::{Builder, Method, Service};
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("crate::codec::StrictCodec")
+            .build()
+    };
+    let service = Service::builder()
+        .name("EventLog")
+        .package("adflow.v1")
+        .comment("Reading stored events back (server side with raw replies; see eventlog.proto).")
+        .method(
+            Method::builder()
+                .name("read")
+                .route_name("Read")
+                .input_type("crate::v1::ReadRequest")
+                .output_type("crate::raw::log::RawReadBatch")
+                .codec_path("crate::codec::StrictCodec")
+                .server_streaming()
+                .build(),
+        )
+        .method(unary(
+            "commit_cursor",
+            "CommitCursor",
+            "crate::v1::CommitCursorRequest",
+            "crate::v1::CommitCursorResponse",
+        ))
+        .method(unary("get_cursor", "GetCursor", "crate::v1::GetCursorRequest", "crate::v1::GetCursorResponse"))
         .build();
     Builder::new().build_client(false).compile(&[service]);
 }

@@ -22,5 +22,12 @@ pub mod raw_ingest {
     include!(concat!(env!("OUT_DIR"), "/adflow.v1.EventIngest.rs"));
 }
 
+/// The `adflow.v1.EventLog` server trait and service, replying with `raw::log` types.
+/// The gateway serves this one; `v1::event_log_server` is the plain prost variant.
+#[allow(missing_docs, clippy::all)]
+pub mod raw_eventlog {
+    include!(concat!(env!("OUT_DIR"), "/adflow.v1.EventLog.rs"));
+}
+
 /// Encoded `FileDescriptorSet` of every adflow proto file (for server reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("adflow_descriptor");

@@ -21,6 +21,9 @@
 //! `event` field is repeated (protobuf merges the parts: they are checked one by one and
 //! joined in one copy).
 
+/// `EventLog.Read` replies with events kept encoded.
+pub mod log;
+
 use crate::v1::IngestReply;
 use bytes::{Buf, Bytes, BytesMut};
 use std::marker::PhantomData;
