@@ -36,6 +36,9 @@ pub enum Role {
     Client,
     /// Streaming workers: Subscribe.
     Worker,
+    /// Downstream consumers (billing, warehouse, fraud models): EventLog reads and
+    /// consumer group cursors.
+    Reader,
     /// Operators: queue control, the agent, and everything a client or worker may do.
     Operator,
 }
@@ -109,6 +112,8 @@ fn required(path: &str) -> Option<Role> {
         None
     } else if path.starts_with("/adflow.v1.WorkerService/") {
         Some(Role::Worker)
+    } else if path.starts_with("/adflow.v1.EventLog/") {
+        Some(Role::Reader)
     } else if path.starts_with("/adflow.v1.EventIngest/")
         || path.starts_with("/adflow.v1.AdService/")
         || path.starts_with("/adflow.v1.Analytics/")

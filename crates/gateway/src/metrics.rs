@@ -57,6 +57,25 @@ pub fn describe() {
         "Requests refused by access control, by reason (missing_key, unknown_key, wrong_role, throttled)."
     );
     describe_counter!("rpc_panics_total", "RPC handlers that panicked (answered INTERNAL; a bug).");
+    describe_counter!(
+        "events_refused_total",
+        "Ad events refused because the store refuses writes (e.g. disk nearly full), by reason."
+    );
+    describe_histogram!("checkpoint_duration_seconds", "Time to write one checkpoint.");
+    describe_gauge!("checkpoint_bytes", "Size of the last checkpoint written.");
+    describe_gauge!("checkpoint_last_success_timestamp_seconds", "When the last checkpoint was written.");
+    describe_counter!("checkpoint_failures_total", "Checkpoints that could not be written or loaded.");
+    describe_gauge!("store_bytes", "Bytes of event segments on disk (file backend).");
+    describe_gauge!("store_segments", "Event segments on disk (file backend).");
+    describe_gauge!("store_oldest_record_age_seconds", "Age of the oldest stored event (file backend).");
+    describe_counter!("store_segments_removed_total", "Segments removed by retention (file backend).");
+    describe_gauge!("store_disk_free_bytes", "Free bytes on the events filesystem (file backend).");
+    describe_counter!("eventlog_read_events_total", "Events sent to EventLog readers.");
+    describe_gauge!("eventlog_readers", "Open EventLog.Read streams.");
+    describe_counter!(
+        "eventlog_group_lost_events_total",
+        "Events removed by the size limit before a consumer group read them, by group."
+    );
     register();
     adflow_worker::metrics::register();
 }
@@ -76,6 +95,9 @@ fn register() {
         "spilled_events_total",
         "replayed_events_total",
         "rpc_panics_total",
+        "checkpoint_failures_total",
+        "store_segments_removed_total",
+        "eventlog_read_events_total",
     ] {
         counter!(name).increment(0);
     }
@@ -94,7 +116,14 @@ fn register() {
     for reason in crate::auth::FAILURE_REASONS {
         counter!("auth_failures_total", "reason" => reason).increment(0);
     }
-    for name in ["dead_letters", "workers_connected", "queue_oldest_wait_seconds", "spill_buffer_events"] {
+    counter!("events_refused_total", "reason" => "store").increment(0);
+    for name in [
+        "dead_letters",
+        "workers_connected",
+        "queue_oldest_wait_seconds",
+        "spill_buffer_events",
+        "eventlog_readers",
+    ] {
         gauge!(name).increment(0.0);
     }
     for p in 1..=5u32 {

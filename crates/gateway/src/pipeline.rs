@@ -69,6 +69,9 @@ pub enum IngestError {
     /// The store could not commit the batch holding the events; none of them was stored.
     #[error("the event store could not commit the batch ({0}); none of these events was stored, retry")]
     CommitFailed(String),
+    /// The store refuses new events for now (e.g. the disk is nearly full).
+    #[error("{0}; no event of this request was accepted, retry later")]
+    StoreRefused(String),
     /// Another gateway holds the first copy of some events and has not committed it yet.
     #[error("{0} of these events are being committed by another gateway and did not finish in time; retry")]
     FirstCopyPending(usize),
@@ -160,6 +163,7 @@ pub struct Pipeline {
     batcher: batcher::Handle,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
     mark: Option<crate::checkpoint::Mark>,
+    store: Arc<dyn EventStore>,
 }
 
 impl Pipeline {
@@ -182,7 +186,7 @@ impl Pipeline {
         let store_is_file = store.backend() == "file";
         let parts = batcher::Parts {
             cfg: cfg.clone(),
-            store,
+            store: store.clone(),
             mark: analytics.as_ref().map(|_| crate::checkpoint::Mark::default()),
             analytics,
             dedup: dedup.clone(),
@@ -198,7 +202,7 @@ impl Pipeline {
         };
         let mark = parts.mark.clone();
         let batcher = batcher::spawn(parts, rx);
-        Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch, mark }
+        Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch, mark, store }
     }
 
     /// The store position the local analytics are counted through (for checkpoints).
@@ -257,6 +261,10 @@ impl Pipeline {
         let received = events.len();
         // Room first (for every event that could be new), dedup second: a refused request
         // then leaves no trace in the window. Validation is cheap and runs in the same pass.
+        if let Some(why) = self.store.refuse_writes() {
+            metrics::counter!("events_refused_total", "reason" => "store").increment(received as u64);
+            return Err(IngestError::StoreRefused(why));
+        }
         let mut room = self.reserve(received, when_full).await?;
         let durable = mode == pb::AckMode::Durable;
         let (outcome, mine) = watch::channel(None);

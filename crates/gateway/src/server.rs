@@ -39,9 +39,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The names health is reported under ("" is the whole server).
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 8] = [
     "",
     "adflow.v1.EventIngest",
+    "adflow.v1.EventLog",
     "adflow.v1.Analytics",
     "adflow.v1.AdService",
     "adflow.v1.QueueControl",
@@ -471,6 +472,11 @@ pub async fn serve(
     ));
 
     let max = cfg.server.max_message_bytes;
+    let eventlog_svc = adflow_proto::raw_eventlog::event_log_server::EventLogServer::new(
+        crate::services::eventlog::EventLogService::new(store.clone(), stop_rx.clone()),
+    )
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let ingest =
         EventIngestServer::new(IngestService::new(pipeline.clone(), cfg.ingest.stream_max_inflight, stop_rx))
             .max_decoding_message_size(max)
@@ -604,6 +610,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ingest)
+        .add_service(eventlog_svc)
         .add_service(analytics_svc)
         .add_service(ads_svc)
         .add_service(control_svc)

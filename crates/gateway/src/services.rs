@@ -4,6 +4,7 @@
 pub mod ads;
 pub mod agent;
 pub mod analytics;
+pub mod eventlog;
 pub mod ingest;
 pub mod queue_control;
 pub mod workers;

@@ -17,6 +17,18 @@ pub(crate) fn from_queue(e: QueueError) -> Status {
     }
 }
 
+/// The status of a store error met while serving a read.
+pub(crate) fn from_store(e: adflow_store::StoreError) -> Status {
+    use adflow_store::StoreError as E;
+    let msg = e.to_string();
+    match e {
+        E::BadCursor(_) => Status::invalid_argument(msg),
+        E::Unsupported(_) => Status::unimplemented(msg),
+        E::Corrupt { .. } => Status::data_loss(msg),
+        E::Io { .. } | E::Closed | E::Backend { .. } => Status::unavailable(msg),
+    }
+}
+
 /// Response metadata key of gRPC's retry pushback (milliseconds to wait before a retry).
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
@@ -40,6 +52,11 @@ impl From<IngestError> for Status {
                 if let Ok(v) = ms.to_string().parse() {
                     s.metadata_mut().insert(RETRY_PUSHBACK, v);
                 }
+                s
+            }
+            IngestError::StoreRefused(_) => {
+                let mut s = Status::resource_exhausted(msg);
+                s.metadata_mut().insert(RETRY_PUSHBACK, tonic::metadata::MetadataValue::from_static("5000"));
                 s
             }
             IngestError::ShuttingDown | IngestError::CommitFailed(_) | IngestError::FirstCopyPending(_) => {
