@@ -289,7 +289,8 @@ impl Harness {
             "[server]\nworker_threads = 2\nshutdown_grace_ms = 5000\n\
              [ingest]\nack_mode = \"durable\"\n\
              [storage]\nbackend = \"file\"\n\
-             [storage.file]\ndir = {:?}\nsegment_bytes = {}\nfsync = true\n\
+             [storage.file]\ndir = {:?}\nsegment_bytes = {}\nfsync = true\nmin_free_mb = 0\n\
+             [checkpoint]\ninterval_secs = 1\nmax_replay_events = 2000\n\
              [storage.resilience]\nspill_dir = {:?}\n\
              [queue]\nbackend = \"embedded\"\npath = {:?}\n\
              [workers]\nin_process = 0\n\
