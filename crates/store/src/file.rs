@@ -389,7 +389,11 @@ impl EventStore for FileStore {
                 self.check_cursor(c)?;
                 parse_cursor(c)?
             }
-            Start::Oldest => (0, 0),
+            Start::Oldest => {
+                let dir = self.cfg.dir.clone();
+                let first = self.blocking("list", move || list_segments(&dir)).await?.first().copied();
+                (first.unwrap_or(active.0).min(active.0), 0)
+            }
             Start::Time(t) => {
                 let (dir, damage, index, t) = (self.cfg.dir.clone(), self.damage.clone(), self.index.clone(), *t);
                 self.blocking("seek", move || index.seek(&dir, &damage, active, t)).await?

@@ -5,6 +5,7 @@ use super::*;
 use adflow_proto::v1::AdEvent;
 
 mod damage;
+mod lifecycle;
 
 fn ev(i: u64) -> StoredEvent {
     StoredEvent::encode(
