@@ -269,13 +269,20 @@
     $('dead-total').textContent = `(${int(dead.total)})`;
     fill($('q-dead'), dead.dead_letters, (d) => [d.id, d.title, [d.priority, 'num'], [d.attempts, 'num'], d.last_error,
       when(d.dead_at_ms)], (d) => showAd(d.id));
-    if (S.adDetail) await loadAd();
+    if (S.adDetail) await loadAd().catch(forgetAd);
+  }
+
+  // An ad that cannot be read (a mistyped id) is not asked for again on every poll.
+  function forgetAd(e) {
+    S.adDetail = null;
+    $('ad-detail').hidden = true;
+    throw e;
   }
 
   async function showAd(id) {
     S.adDetail = id;
     $('ad-id').value = id;
-    await loadAd();
+    await loadAd().catch(forgetAd);
   }
 
   async function loadAd() {
