@@ -4,13 +4,18 @@
 //! page in (receive time, id) order, with an index on the receive time. Each document
 //! also carries the event's time, ad, campaign, type, revenue and video position, which
 //! the analytics aggregations (`MongoCounters`) group over.
+//!
+//! Reading the log back (`log_*`, `group_*`): see `log` for the (receive time, id) order,
+//! its cursors and their limits, polling follow mode and consumer groups.
+
+mod log;
 
 use crate::counters::CounterSource;
+use crate::eventlog::{GroupPosition, LogPage, Start};
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
 use adflow_domain::analytics::{Counters, Kind, Retention, Scope};
 use adflow_proto::raw::Facts;
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::TryStreamExt;
 use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::{Client, Collection, IndexModel};
@@ -169,17 +174,21 @@ impl MongoCounters {
 pub struct MongoStore {
     client: Client,
     coll: Collection<Document>,
+    /// Consumer group positions (`<collection>_groups`).
+    groups: Collection<Document>,
 }
 
 impl MongoStore {
-    /// Connects and makes sure the scan index exists.
+    /// Connects and makes sure the indexes exist: (receive time, id) for scans and log
+    /// reads, event time (alone, by ad, by campaign) for the analytics aggregations.
     pub async fn open(cfg: MongoConfig) -> Result<Self> {
         let client = Client::with_uri_str(&cfg.uri).await.map_err(err("connect"))?;
         let coll = client.database(&cfg.database).collection::<Document>(&cfg.collection);
-        for keys in [doc! {"r": 1}, doc! {"ts": 1}, doc! {"ad": 1, "ts": 1}, doc! {"cmp": 1, "ts": 1}] {
+        for keys in [doc! {"r": 1, "_id": 1}, doc! {"ts": 1}, doc! {"ad": 1, "ts": 1}, doc! {"cmp": 1, "ts": 1}] {
             coll.create_index(IndexModel::builder().keys(keys).build()).await.map_err(err("create index"))?;
         }
-        Ok(Self { client, coll })
+        let groups = client.database(&cfg.database).collection(&format!("{}_groups", cfg.collection));
+        Ok(Self { client, coll, groups })
     }
 
     /// Counters computed from this store's documents.
@@ -219,8 +228,8 @@ impl EventStore for MongoStore {
             let id = e.view().map(|v| v.event_id.to_owned()).map_err(|m| corrupt(m.to_string()))?;
             let f = Facts::parse(&e.raw).map_err(|m| corrupt(m.to_string()))?;
             // The analytics fields sit next to the raw event, for the counter aggregations.
-            docs.push(doc! {
-                "_id": id,
+            let mut d = doc! {
+                "_id": &id,
                 "r": e.received_at_ms,
                 "e": Binary { subtype: BinarySubtype::Generic, bytes: e.raw.to_vec() },
                 "ts": f.timestamp_ms,
@@ -229,7 +238,12 @@ impl EventStore for MongoStore {
                 "t": f.r#type,
                 "rev": f.revenue_usd.unwrap_or(0.0),
                 "vid": f.video_position_ms.max(0),
-            });
+            };
+            // Ids too long for a 64-character log cursor are found by a hash of them.
+            if log::needs_hash(e.received_at_ms, &id) {
+                d.insert("h", log::id_hash(&id));
+            }
+            docs.push(d);
         }
         match self.coll.insert_many(docs).ordered(false).await {
             Ok(_) => Ok(()),
@@ -263,25 +277,39 @@ impl EventStore for MongoStore {
         let mut page = Page::default();
         let mut last = None;
         while let Some(d) = cur.try_next().await.map_err(err("find"))? {
-            // Read the receive time whatever integer width the server chose to return.
-            let r = match d.get("r") {
-                Some(Bson::Int64(v)) => *v,
-                Some(Bson::Int32(v)) => i64::from(*v),
-                Some(Bson::Double(v)) => *v as i64,
-                Some(Bson::DateTime(v)) => v.timestamp_millis(),
-                _ => 0,
-            };
-            let raw = match d.get("e") {
-                Some(Bson::Binary(b)) => Bytes::from(b.bytes.clone()),
-                _ => Bytes::new(),
-            };
-            last = Some(format!("{r}:{}", d.get_str("_id").unwrap_or_default()));
-            page.events.push(StoredEvent { received_at_ms: r, raw });
+            let e = log::event(&d);
+            last = Some(format!("{}:{}", e.received_at_ms, d.get_str("_id").unwrap_or_default()));
+            page.events.push(e);
         }
         if page.events.len() == limit {
             page.next = last.map(Cursor);
         }
         Ok(page)
+    }
+
+    /// "<r>:<id>" or "<r>~<hash>": see `log`.
+    fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
+        log::check(cursor)
+    }
+
+    async fn log_start(&self, start: &Start) -> Result<Cursor> {
+        self.start(start).await
+    }
+
+    async fn log_read(&self, from: &Cursor, limit: usize) -> Result<LogPage> {
+        self.read(from, limit).await
+    }
+
+    async fn log_wait(&self, after: &Cursor, timeout: std::time::Duration) {
+        self.wait(after, timeout).await
+    }
+
+    async fn group_commit(&self, group: &str, cursor: &Cursor) -> Result<()> {
+        self.commit_group(group, cursor).await
+    }
+
+    async fn group_get(&self, group: &str) -> Result<Option<GroupPosition>> {
+        self.get_group(group).await
     }
 
     async fn health(&self) -> Health {

@@ -5,13 +5,19 @@
 //! hash tag so it maps to one slot on a Redis Cluster. Scans page with exclusive XRANGE.
 //! With shared analytics on, the same transaction increments the counter buckets
 //! (`counters`), which share the stream's hash tag.
+//!
+//! Reading the log back (`log_*`, `group_*`; see `log`): cursors are stream entry ids,
+//! consumer group positions live in a hash next to the stream, and follow mode waits with
+//! XREAD BLOCK on connections of its own.
+
+mod log;
 
 use crate::counters::RedisCounters;
 use crate::redis_conn::{RedisConn, Target, connect};
+use crate::eventlog::{GroupPosition, LogPage, Start};
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
 use adflow_domain::analytics::Retention;
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -57,6 +63,8 @@ pub struct RedisStore {
     cfg: RedisConfig,
     con: RedisConn,
     counters: Option<Arc<RedisCounters>>,
+    /// Dedicated connections for blocking reads (`log_wait`).
+    waiters: log::Waiters,
 }
 
 impl RedisStore {
@@ -70,7 +78,7 @@ impl RedisStore {
     pub async fn open_with(cfg: RedisConfig, counters: Option<Retention>) -> Result<Self> {
         let con = connect(&cfg.target()).await.map_err(err("connect"))?;
         let counters = counters.map(|r| Arc::new(RedisCounters::new(con.clone(), &cfg.stream_key, r)));
-        Ok(Self { cfg, con, counters })
+        Ok(Self { cfg, con, counters, waiters: log::Waiters::default() })
     }
 
     /// The shared counters this store feeds, if enabled.
@@ -123,7 +131,7 @@ impl EventStore for RedisStore {
             None => "-".into(),
         };
         let mut con = self.con.clone();
-        let rows: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let rows: Vec<log::Row> = redis::cmd("XRANGE")
             .arg(&self.cfg.stream_key)
             .arg(&start)
             .arg("+")
@@ -136,25 +144,38 @@ impl EventStore for RedisStore {
         let full = rows.len() == limit.max(1);
         let mut last = None;
         for (id, fields) in rows {
-            let mut received_at_ms = 0;
-            let mut raw = Bytes::new();
-            for (k, v) in fields {
-                match k.as_str() {
-                    "r" => {
-                        received_at_ms =
-                            std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
-                    }
-                    "e" => raw = Bytes::from(v),
-                    _ => {}
-                }
-            }
-            page.events.push(StoredEvent { received_at_ms, raw });
+            page.events.push(log::decode(fields));
             last = Some(id);
         }
         if full {
             page.next = last.map(Cursor);
         }
         Ok(page)
+    }
+
+    /// Stream ids, "<ms>-<seq>": see `log` for the format, time starts and gaps.
+    fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
+        log::Sid::parse(&cursor.0).map(|_| ())
+    }
+
+    async fn log_start(&self, start: &Start) -> Result<Cursor> {
+        self.start(start).await
+    }
+
+    async fn log_read(&self, from: &Cursor, limit: usize) -> Result<LogPage> {
+        self.read(from, limit).await
+    }
+
+    async fn log_wait(&self, after: &Cursor, timeout: std::time::Duration) {
+        self.wait(after, timeout).await
+    }
+
+    async fn group_commit(&self, group: &str, cursor: &Cursor) -> Result<()> {
+        self.commit_group(group, cursor).await
+    }
+
+    async fn group_get(&self, group: &str) -> Result<Option<GroupPosition>> {
+        self.get_group(group).await
     }
 
     async fn health(&self) -> Health {
