@@ -5,9 +5,11 @@
 //! input with INVALID_ARGUMENT and use checked arithmetic); it keeps an unforeseen bug
 //! from turning into a silent, unlogged failure.
 //!
-//! It catches panics while the handler computes its response: all of a unary call, and
-//! the setup of a streaming one. A panic inside a response stream after it started is
-//! not caught here (tonic polls those in the connection task).
+//! The layer catches panics while the handler computes its response: all of a unary
+//! call, and the setup of a streaming one. Response streams are fed by tasks started with
+//! `spawn_stream`, which catches a panic in the task the same way and ends that stream
+//! with INTERNAL (a bare task panic would drop the sender, and the client would see a
+//! normal end of stream: "caught up", "no more updates").
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -76,6 +78,26 @@ where
     }
 }
 
+/// Runs `feed`, the task behind a response stream, on its own task; if it panics, the
+/// stream ends with INTERNAL (logged and counted like a handler panic) instead of a
+/// normal end. `tx` is a clone of the sender `feed` writes to.
+pub fn spawn_stream<T: Send + 'static>(
+    method: &'static str,
+    tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    feed: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(payload) = AssertUnwindSafe(feed).catch_unwind().await {
+            let message = panic_message(&*payload);
+            tracing::error!(method, panic = message, "RPC response stream panicked; ended with INTERNAL");
+            metrics::counter!("rpc_panics_total").increment(1);
+            let status =
+                tonic::Status::internal(format!("internal error in {method}; the gateway log has the details"));
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+}
+
 /// The INTERNAL answer to a panic in `method`, and its log line.
 fn internal<RB: Default>(method: &str, payload: &(dyn std::any::Any + Send)) -> http::Response<RB> {
     let message = panic_message(payload);
@@ -142,6 +164,24 @@ mod tests {
         }));
         let res = svc.oneshot(request()).await.unwrap();
         assert_eq!(status_of(&res).unwrap(), (tonic::Code::NotFound as i32, "ad x not found".into()));
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_a_started_stream_ends_it_with_internal_not_ok() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<u32, tonic::Status>>(4);
+        let feeder = tx.clone();
+        spawn_stream("/adflow.v1.AdService/WatchAd", tx, async move {
+            feeder.send(Ok(1)).await.unwrap();
+            let n: u32 = std::hint::black_box(0);
+            if n == 0 {
+                panic!("bug after the first item");
+            }
+        });
+        assert_eq!(rx.recv().await.unwrap().unwrap(), 1);
+        let end = rx.recv().await.expect("an error, not the end of the stream").unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Internal);
+        assert!(end.message().contains("WatchAd"), "{}", end.message());
+        assert!(rx.recv().await.is_none(), "then the stream ends");
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl AdService for AdsService {
         check_ad_id("id", &id)?;
         let (first, mut updates) = self.queue.watch(&id, now_ms()).await.map_err(from_queue)?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
+        crate::panic_layer::spawn_stream("/adflow.v1.AdService/WatchAd", tx.clone(), async move {
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }

@@ -209,11 +209,11 @@ impl EventLog for EventLogService {
             filter,
             batch,
             follow: req.follow,
-            tx,
+            tx: tx.clone(),
             stop: self.stop.clone(),
         };
         metrics::gauge!("eventlog_readers").increment(1.0);
-        tokio::spawn(async move {
+        crate::panic_layer::spawn_stream("/adflow.v1.EventLog/Read", tx, async move {
             reader.run(cursor, lost).await;
             metrics::gauge!("eventlog_readers").decrement(1.0);
         });

@@ -72,9 +72,9 @@ impl EventIngest for IngestService {
             pipeline: self.pipeline.clone(),
             max_inflight: self.max_inflight,
             shutdown: self.shutdown.clone(),
-            replies: tx,
+            replies: tx.clone(),
         };
-        tokio::spawn(job.run(req.into_inner()));
+        crate::panic_layer::spawn_stream("/adflow.v1.EventIngest/StreamEvents", tx, job.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

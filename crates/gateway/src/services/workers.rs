@@ -229,9 +229,9 @@ impl pb::worker_service_server::WorkerService for WorkersService {
             mask,
             credits: hello.credits,
             in_flight: 0,
-            tx,
+            tx: tx.clone(),
         };
-        tokio::spawn(session.run(inbound));
+        crate::panic_layer::spawn_stream("/adflow.v1.WorkerService/Subscribe", tx, session.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
