@@ -5,7 +5,8 @@
 const Charts = (() => {
   const NS = 'http://www.w3.org/2000/svg';
   const PALETTE = ['#1f6feb', '#d29922', '#cf222e', '#2da44e', '#8250df', '#6e7781'];
-  const W = 640;
+  // Drawn at the container's width in pixels, so text keeps its size on any screen.
+  const width = (container) => Math.max(280, Math.round(container.clientWidth || 640));
   const PAD = { left: 56, right: 12, top: 10, bottom: 24 };
 
   function node(tag, attrs, text) {
@@ -25,7 +26,7 @@ const Charts = (() => {
     return 40 * p;
   }
 
-  function frame(height, ymax, yFormat) {
+  function frame(W, height, ymax, yFormat) {
     const svg = node('svg', { viewBox: `0 0 ${W} ${height}`, class: 'chart-svg', role: 'img' });
     const innerH = height - PAD.top - PAD.bottom;
     for (let i = 0; i <= 4; i++) {
@@ -56,7 +57,8 @@ const Charts = (() => {
     const xs = series.flatMap((s) => s.points.map((p) => p[0]));
     const ys = series.flatMap((s) => s.points.map((p) => p[1])).filter((y) => Number.isFinite(y));
     const ymax = niceMax(Math.max(0, ...ys));
-    const { svg, innerH } = frame(o.height, ymax, o.yFormat);
+    const W = width(container);
+    const { svg, innerH } = frame(W, o.height, ymax, o.yFormat);
     const xmin = Math.min(...xs);
     const xmax = Math.max(...xs);
     const span = xmax > xmin ? xmax - xmin : 1;
@@ -89,7 +91,8 @@ const Charts = (() => {
   function bars(container, data, opts) {
     const o = Object.assign({ height: 160, yFormat: (v) => String(Math.round(v * 100) / 100) }, opts);
     const ymax = niceMax(Math.max(0, ...data.map((b) => (Number.isFinite(b.value) ? b.value : 0))));
-    const { svg, innerH } = frame(o.height, ymax, o.yFormat);
+    const W = width(container);
+    const { svg, innerH } = frame(W, o.height, ymax, o.yFormat);
     const innerW = W - PAD.left - PAD.right;
     const slot = innerW / Math.max(1, data.length);
     data.forEach((b, i) => {
