@@ -149,6 +149,7 @@
       { name: 'mean', points: pts((p) => (p.commit_avg_ms == null ? NaN : p.commit_avg_ms)) },
       { name: 'p99 (bucket bound)', points: pts((p) => (p.commit_p99_ms == null ? NaN : p.commit_p99_ms)) },
     ]);
+    $('in-rate-chart').dataset.max = String(Math.max(0, ...v.points.map((p) => p.accepted_per_s)));
     const recent = {};
     for (const p of v.points) {
       for (const [k, c] of Object.entries(p.rejected_by_reason)) recent[k] = (recent[k] || 0) + c;
