@@ -184,7 +184,18 @@ impl MongoStore {
     pub async fn open(cfg: MongoConfig) -> Result<Self> {
         let client = Client::with_uri_str(&cfg.uri).await.map_err(err("connect"))?;
         let coll = client.database(&cfg.database).collection::<Document>(&cfg.collection);
-        for keys in [doc! {"r": 1, "_id": 1}, doc! {"ts": 1}, doc! {"ad": 1, "ts": 1}, doc! {"cmp": 1, "ts": 1}] {
+        let db = client.database(&cfg.database);
+        let order = if log::compound_id_index_works(&db, &cfg.collection).await {
+            doc! {"r": 1, "_id": 1}
+        } else {
+            tracing::warn!(
+                collection = %cfg.collection,
+                "this MongoDB-wire server cannot index _id in a compound index: indexing the receive time \
+                 only (log reads sort the ids of one millisecond in memory)"
+            );
+            doc! {"r": 1}
+        };
+        for keys in [order, doc! {"ts": 1}, doc! {"ad": 1, "ts": 1}, doc! {"cmp": 1, "ts": 1}] {
             coll.create_index(IndexModel::builder().keys(keys).build()).await.map_err(err("create index"))?;
         }
         let groups = client.database(&cfg.database).collection(&format!("{}_groups", cfg.collection));

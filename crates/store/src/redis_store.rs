@@ -13,8 +13,8 @@
 mod log;
 
 use crate::counters::RedisCounters;
-use crate::redis_conn::{RedisConn, Target, connect};
 use crate::eventlog::{GroupPosition, LogPage, Start};
+use crate::redis_conn::{RedisConn, Target, connect};
 use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
 use adflow_domain::analytics::Retention;
 use async_trait::async_trait;

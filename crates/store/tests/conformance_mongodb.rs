@@ -57,3 +57,74 @@ async fn replaying_a_batch_into_mongodb_is_harmless() {
     s.append(&evs).await.unwrap();
     assert_eq!(adflow_store::conformance::read_all(&*s, 100).await, evs);
 }
+
+#[tokio::test]
+async fn long_event_ids_get_short_cursors_that_resume_exactly() {
+    use adflow_store::eventlog::Start;
+    let Ok(uri) = std::env::var("ADFLOW_TEST_MONGODB_URI") else {
+        eprintln!("skipped: set ADFLOW_TEST_MONGODB_URI to run against a MongoDB-wire server");
+        return;
+    };
+    let h = MongoHarness { uri, colls: Mutex::new(Vec::new()) };
+    let s = h.fresh().await;
+    // 128-byte ids, several per millisecond, a mix of short and long ones.
+    let evs: Vec<_> = (0..30u64)
+        .map(|i| {
+            let mut ev = adflow_store::conformance::sample(i).event().unwrap();
+            ev.event_id = if i % 3 == 0 { format!("s{i:03}") } else { format!("{i:03}{}", "x".repeat(125)) };
+            adflow_store::StoredEvent::encode(1_800_000_000_000 + (i / 4) as i64, &ev)
+        })
+        .collect();
+    let mut sorted = evs.clone();
+    sorted.sort_by_key(|e| (e.received_at_ms, e.event().unwrap().event_id));
+    s.append(&evs).await.unwrap();
+    for page in [1, 4] {
+        let mut cursor = s.log_start(&Start::Oldest).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let p = s.log_read(&cursor, page).await.unwrap();
+            if p.events.is_empty() {
+                break;
+            }
+            got.extend(p.events);
+            cursor = p.next.unwrap();
+            assert!(cursor.0.len() <= 64, "{} is {} characters", cursor.0, cursor.0.len());
+            s.check_cursor(&cursor).unwrap();
+        }
+        assert_eq!(got, sorted, "pages of {page}");
+    }
+    // A hashed cursor as a group position, and as the newest position.
+    let newest = s.log_start(&Start::Newest).await.unwrap();
+    s.group_commit("long", &newest).await.unwrap();
+    assert_eq!(s.group_get("long").await.unwrap().unwrap().cursor, newest);
+    assert!(s.log_read(&newest, 10).await.unwrap().events.is_empty());
+}
+
+#[tokio::test]
+async fn a_cursor_whose_events_were_deleted_reads_on_with_a_gap() {
+    use adflow_store::eventlog::Start;
+    use mongodb::bson::{Document, doc};
+    let Ok(uri) = std::env::var("ADFLOW_TEST_MONGODB_URI") else {
+        eprintln!("skipped: set ADFLOW_TEST_MONGODB_URI to run against a MongoDB-wire server");
+        return;
+    };
+    let h = MongoHarness { uri: uri.clone(), colls: Mutex::new(Vec::new()) };
+    let s = h.fresh().await;
+    let evs: Vec<_> = (0..10).map(adflow_store::conformance::sample).collect();
+    s.append(&evs).await.unwrap();
+    let oldest = s.log_start(&Start::Oldest).await.unwrap();
+    let c3 = s.log_read(&oldest, 3).await.unwrap().next.unwrap();
+    let c7 = s.log_read(&c3, 4).await.unwrap().next.unwrap();
+    // What retention (a TTL index, a scheduled delete) does: the oldest six go.
+    let coll = h.colls.lock().unwrap().last().unwrap().clone();
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let c = client.database("adflow_test").collection::<Document>(&coll);
+    c.delete_many(doc! {"r": {"$lt": 1_800_000_000_006i64}}).await.unwrap();
+    let p = s.log_read(&c3, 10).await.unwrap();
+    assert!(p.gap, "reading from a deleted position does not report the gap");
+    assert_eq!(p.events, evs[6..]);
+    let p = s.log_read(&c7, 10).await.unwrap();
+    assert!(!p.gap, "a position that is still stored reported a gap");
+    assert_eq!(p.events, evs[7..]);
+    assert!(!s.log_read(&oldest, 10).await.unwrap().gap, "the oldest position reported a gap");
+}

@@ -58,3 +58,34 @@ async fn redis_backend_passes_the_conformance_suite_on_a_cluster() {
     let cluster_nodes = nodes.split(',').map(|s| s.trim().to_owned()).collect();
     run_all(&RedisHarness { url: String::new(), cluster_nodes, keys: Mutex::new(Vec::new()) }).await;
 }
+
+#[tokio::test]
+async fn a_cursor_trimmed_away_by_max_len_reads_on_with_a_gap() {
+    use adflow_store::eventlog::Start;
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run against Redis");
+        return;
+    };
+    let h = RedisHarness { url, cluster_nodes: Vec::new(), keys: Mutex::new(Vec::new()) };
+    let key = format!("{{adflow-test}}:events:{}", uuid::Uuid::new_v4());
+    let s = RedisStore::open(RedisConfig { max_len: 10, ..h.cfg(&key) }).await.unwrap();
+    let evs: Vec<_> = (0..50).map(adflow_store::conformance::sample).collect();
+    s.append(&evs[..5]).await.unwrap();
+    let oldest = s.log_start(&Start::Oldest).await.unwrap();
+    let first = s.log_read(&oldest, 1).await.unwrap();
+    assert!(!first.gap);
+    let after_first = first.next.unwrap();
+    assert!(!s.log_read(&after_first, 1).await.unwrap().gap, "no gap before any trim");
+    // Far past max_len: the approximate trim drops whole stream nodes, the first ones included.
+    for _ in 0..40 {
+        s.append(&evs).await.unwrap();
+    }
+    let p = s.log_read(&after_first, 5).await.unwrap();
+    assert!(p.gap, "reading from a trimmed position does not report the gap");
+    assert_eq!(p.events.len(), 5, "the read goes on from the oldest entry left");
+    // The oldest position and a page's own cursor are never gaps.
+    assert!(!s.log_read(&oldest, 5).await.unwrap().gap, "the oldest position reported a gap");
+    assert!(!s.log_read(&p.next.unwrap(), 5).await.unwrap().gap, "a fresh cursor reported a gap");
+    let pos = s.log_start(&Start::Time(0)).await.unwrap();
+    assert!(!s.log_read(&pos, 5).await.unwrap().gap, "a time start reported a gap");
+}

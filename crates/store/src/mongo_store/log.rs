@@ -1,7 +1,9 @@
 //! The event collection read back as a log (see `crate::eventlog`).
 //!
 //! **Order** is (receive time `r`, event id `_id`), the order `scan` already pages in,
-//! served by the compound index `{r: 1, _id: 1}` created at open.
+//! served by the compound index `{r: 1, _id: 1}` created at open. (Some MongoDB-wire
+//! servers, such as the CI's, cannot put `_id` in a compound index: inserts then fail. A
+//! probe in a scratch collection at open finds that out, and such servers get `{r: 1}`.)
 //!
 //! **Cursors** name the last document read: `"<r>:<_id>"` (e.g.
 //! `"1700000000000:0190f3a2-..."`), read as "every document after (r, _id)". Event ids may
@@ -66,6 +68,18 @@ pub(super) fn needs_hash(r: i64, id: &str) -> bool {
 /// The cursor just after document (r, id).
 fn cursor_of(r: i64, id: &str) -> Cursor {
     if needs_hash(r, id) { Cursor(format!("{r}~{}", id_hash(id))) } else { Cursor(format!("{r}:{id}")) }
+}
+
+/// True when the server takes inserts into a collection indexed on `{r: 1, _id: 1}`
+/// (tried on a scratch collection, dropped again).
+pub(super) async fn compound_id_index_works(db: &mongodb::Database, coll: &str) -> bool {
+    let probe = db.collection::<Document>(&format!("{coll}_index_probe"));
+    let _ = probe.drop().await;
+    let keys = mongodb::IndexModel::builder().keys(doc! {"r": 1, "_id": 1}).build();
+    let ok = probe.create_index(keys).await.is_ok()
+        && probe.insert_one(doc! {"_id": "probe", "r": 0}).await.is_ok();
+    let _ = probe.drop().await;
+    ok
 }
 
 /// A parsed cursor.
@@ -158,10 +172,15 @@ impl MongoStore {
         };
         let mut gap = false;
         if check_gap {
-            let exists =
-                self.coll.find_one(doc! {"_id": id.as_str()}).projection(doc! {"_id": 1}).await.map_err(err("find"))?;
+            let exists = self
+                .coll
+                .find_one(doc! {"_id": id.as_str()})
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(err("find"))?;
             if exists.is_none() {
-                gap = self.end_doc(true).await?.is_some_and(|(fr, fid)| (fr, fid.as_str()) > (r, id.as_str()));
+                gap =
+                    self.end_doc(true).await?.is_some_and(|(fr, fid)| (fr, fid.as_str()) > (r, id.as_str()));
             }
         }
         Ok((after(r, &id), gap))
@@ -213,7 +232,9 @@ impl MongoStore {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             let found = match self.resolve(&pos, false).await {
-                Ok((filter, _)) => self.coll.find_one(filter).projection(doc! {"_id": 1}).await.map(|d| d.is_some()),
+                Ok((filter, _)) => {
+                    self.coll.find_one(filter).projection(doc! {"_id": 1}).await.map(|d| d.is_some())
+                }
                 Err(_) => Ok(false),
             };
             if matches!(found, Ok(true)) {
@@ -239,7 +260,9 @@ impl MongoStore {
 
     pub(super) async fn get_group(&self, group: &str) -> Result<Option<GroupPosition>> {
         let d = self.groups.find_one(doc! {"_id": group}).await.map_err(err("find group"))?;
-        Ok(d.and_then(|d| d.get_str("cursor").ok().map(|c| GroupPosition { cursor: Cursor(c.into()), lost_events: 0 })))
+        Ok(d.and_then(|d| {
+            d.get_str("cursor").ok().map(|c| GroupPosition { cursor: Cursor(c.into()), lost_events: 0 })
+        }))
     }
 }
 
@@ -250,7 +273,10 @@ mod tests {
     #[test]
     fn cursors_fit_in_64_characters_and_parse_back() {
         let c = cursor_of(1_700_000_000_000, "0190f3a2-7b1c-7def-8123-456789abcdef");
-        assert_eq!(parse(&c).unwrap(), Pos::After(1_700_000_000_000, "0190f3a2-7b1c-7def-8123-456789abcdef".into()));
+        assert_eq!(
+            parse(&c).unwrap(),
+            Pos::After(1_700_000_000_000, "0190f3a2-7b1c-7def-8123-456789abcdef".into())
+        );
         let long = "x".repeat(128);
         for r in [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX] {
             let c = cursor_of(r, &long);

@@ -152,10 +152,11 @@ impl RedisStore {
                 .set_response_timeout(None);
             Ok(WaitConn::Single(client.get_multiplexed_async_connection_with_config(&c).await?))
         } else {
-            let client = redis::cluster::ClusterClient::builder(self.cfg.cluster_nodes.iter().map(String::as_str))
-                .connection_timeout(Duration::from_secs(1))
-                .response_timeout(MAX_BLOCK + Duration::from_secs(5))
-                .build()?;
+            let client =
+                redis::cluster::ClusterClient::builder(self.cfg.cluster_nodes.iter().map(String::as_str))
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(MAX_BLOCK + Duration::from_secs(5))
+                    .build()?;
             Ok(WaitConn::Cluster(client.get_async_connection().await?))
         }
     }
@@ -273,8 +274,12 @@ impl RedisStore {
 
     pub(super) async fn get_group(&self, group: &str) -> Result<Option<GroupPosition>> {
         let mut con = self.con.clone();
-        let c: Option<String> =
-            redis::cmd("HGET").arg(self.groups_key()).arg(group).query_async(&mut con).await.map_err(err("HGET"))?;
+        let c: Option<String> = redis::cmd("HGET")
+            .arg(self.groups_key())
+            .arg(group)
+            .query_async(&mut con)
+            .await
+            .map_err(err("HGET"))?;
         Ok(c.map(|c| GroupPosition { cursor: Cursor(c), lost_events: 0 }))
     }
 }
@@ -292,7 +297,9 @@ mod tests {
         assert_eq!(Sid::parse("5-0").unwrap().pred().to_string(), format!("4-{}", u64::MAX));
         assert_eq!(Sid::parse("4-18446744073709551615").unwrap().succ().to_string(), "5-0");
         assert_eq!(Sid::ZERO.pred(), Sid::ZERO);
-        for bad in ["", "-", "1-", "-1", "1:2", "a-1", "1-2-3", "+1-2", " 1-2", "99999999999999999999999-0", "$"] {
+        for bad in
+            ["", "-", "1-", "-1", "1:2", "a-1", "1-2-3", "+1-2", " 1-2", "99999999999999999999999-0", "$"]
+        {
             assert!(Sid::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
