@@ -8,11 +8,16 @@
 //!   (the gateway deduplicates, so a retry never stores twice), backing off
 //!   exponentially with jitter, longer on RESOURCE_EXHAUSTED and UNAVAILABLE. Events the
 //!   gateway rejects come back to the caller with the reason and are never retried.
+//! - [`Consumer`] reads stored events back (`EventLog.Read`) for a consumer group: it
+//!   resumes at the group's committed cursor, reconnects with backoff when the stream
+//!   breaks (resuming after the last batch it handed out), and commits after processing.
 //! - Typed helpers for ads and analytics, so callers rarely touch the generated code.
 
+mod consumer;
 mod sender;
 
 pub use adflow_proto::v1 as pb;
+pub use consumer::{Consumer, ConsumerConfig, StartAt};
 pub use sender::{Counters, EventSender, Rejected, SendError, SenderConfig, Undelivered};
 
 use futures::{Stream, StreamExt};
@@ -217,6 +222,16 @@ impl Client {
     /// The generated WorkerService client on this connection.
     pub fn workers(&self) -> pb::worker_service_client::WorkerServiceClient<AuthChannel> {
         pb::worker_service_client::WorkerServiceClient::new(self.channel())
+    }
+
+    /// The generated EventLog client on this connection.
+    pub fn event_log(&self) -> pb::event_log_client::EventLogClient<AuthChannel> {
+        pb::event_log_client::EventLogClient::new(self.channel())
+    }
+
+    /// A consumer of the event log on this connection (see [`Consumer`]).
+    pub fn consumer(&self, cfg: ConsumerConfig) -> Result<Consumer, ClientError> {
+        Consumer::new(self, cfg)
     }
 
     /// Starts a batching event sender on this connection.
