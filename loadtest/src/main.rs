@@ -1,8 +1,10 @@
 //! `adflow-loadtest`: drives an adflow gateway with realistic ad events and reports
-//! throughput, latency percentiles (hdrhistogram) and status codes.
+//! throughput, latency percentiles (hdrhistogram) and status codes; `read` reads the
+//! event log back (throughput, or follow-mode lag).
 
 mod ads;
 mod events;
+mod read;
 mod report;
 mod scenario;
 
@@ -37,6 +39,49 @@ enum Mode {
     Submit(Common),
     /// Submit ads and process them with --workers remote streaming workers run here.
     E2e(E2eArgs),
+    /// Read the event log back (EventLog.Read): throughput from the oldest event, or with
+    /// --follow the lag of new commits (now - received_at) while another process ingests.
+    Read(ReadArgs),
+}
+
+#[derive(Args, Clone)]
+struct ReadArgs {
+    /// Gateway address (host:port).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Events per batch asked for (1..=10000).
+    #[arg(long, short = 'b', default_value_t = 10_000)]
+    batch_size: u32,
+    /// Keep reading new commits and measure their lag, for --warmup + --duration seconds.
+    #[arg(long)]
+    follow: bool,
+    /// Where to start (default: oldest; with --follow, newest; with --group, its cursor).
+    #[arg(long, value_enum)]
+    from: Option<read::From>,
+    /// Resume this consumer group's committed cursor (the read does not commit).
+    #[arg(long)]
+    group: Option<String>,
+    /// Measured seconds (follow), or the longest a read to the end may take.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds at the start of a follow run.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// API key sent as a bearer token (needs the reader or operator role).
+    #[arg(long, env = "ADFLOW_API_KEY")]
+    api_key: Option<String>,
+    /// PEM of the CA that signed the gateway's certificate (switches to TLS).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Clone)]
@@ -127,15 +172,25 @@ struct Common {
 /// per-request deadline so latency outliers are measured rather than cut.
 /// Connects to the `i`-th gateway of `--addr` (round robin).
 async fn connect(c: &Common, i: usize) -> anyhow::Result<adflow_client::Client> {
-    let addrs: Vec<&str> = c.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    connect_to(&c.addr, i, c.api_key.clone(), c.tls_ca.as_deref(), c.trace).await
+}
+
+async fn connect_to(
+    addrs: &str,
+    i: usize,
+    api_key: Option<String>,
+    tls_ca: Option<&std::path::Path>,
+    trace: bool,
+) -> anyhow::Result<adflow_client::Client> {
+    let addrs: Vec<&str> = addrs.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
     anyhow::ensure!(!addrs.is_empty(), "--addr names no gateway");
     let addr = addrs[i % addrs.len()];
-    let scheme = if c.tls_ca.is_some() { "https" } else { "http" };
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
     let mut cfg = adflow_client::ClientConfig::new(format!("{scheme}://{addr}"));
     cfg.request_timeout = None;
-    cfg.api_key = c.api_key.clone();
-    cfg.trace_calls = c.trace;
-    if let Some(path) = &c.tls_ca {
+    cfg.api_key = api_key;
+    cfg.trace_calls = trace;
+    if let Some(path) = tls_ca {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         cfg.tls = Some(adflow_client::TlsOptions { ca_pem: Some(pem), domain: None });
     }
@@ -309,6 +364,52 @@ async fn run(name: &str, c: Common, e2e: Option<(usize, u32)>) -> anyhow::Result
     Ok(())
 }
 
+async fn read_mode(a: ReadArgs) -> anyhow::Result<()> {
+    let client = connect_to(&a.addr, 0, a.api_key.clone(), a.tls_ca.as_deref(), false).await?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let pb = if a.quiet || a.json {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(ProgressStyle::with_template("{spinner} {elapsed}  {msg}").expect("valid template"));
+        pb
+    };
+    let ticker = {
+        let (pb, progress) = (pb.clone(), progress.clone());
+        tokio::spawn(async move {
+            let (mut last, mut at) = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = progress.load(Ordering::Relaxed);
+                let rate = (n - last) as f64 / at.elapsed().as_secs_f64();
+                (last, at) = (n, Instant::now());
+                pb.set_message(format!("{rate:>10.0} events/s  {n} read"));
+                pb.tick();
+            }
+        })
+    };
+    let plan = read::Plan {
+        from: a.from,
+        follow: a.follow,
+        batch: a.batch_size,
+        group: a.group.clone(),
+        warmup: Duration::from_secs_f64(a.warmup),
+        duration: Duration::from_secs_f64(a.duration),
+        count: a.count,
+        progress,
+    };
+    let report = read::run(client.channel(), &a.addr, plan).await;
+    ticker.abort();
+    pb.finish_and_clear();
+    let report = report?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print_table();
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -319,6 +420,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Stream(c) => run("stream", c, None).await,
             Mode::Submit(c) => run("submit", c, None).await,
             Mode::E2e(a) => run("e2e", a.common, Some((a.workers, a.worker_credits))).await,
+            Mode::Read(a) => read_mode(a).await,
         }
     })
 }
