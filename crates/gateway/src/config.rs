@@ -418,6 +418,9 @@ impl Config {
         if self.storage.file.segment_bytes < 4096 {
             return Err(invalid("storage.file.segment_bytes", "must be at least 4096"));
         }
+        if let Err((key, problem)) = self.dashboard.check() {
+            return Err(invalid(key, problem));
+        }
         let policy = self.queue.policy();
         if let Err((field, problem)) = adflow_queue::policy::check(&policy) {
             let key = match field {

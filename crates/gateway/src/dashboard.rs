@@ -67,6 +67,22 @@ impl Default for DashboardConfig {
     }
 }
 
+impl DashboardConfig {
+    /// The first bad value: its key and what is wrong (`Config::validate` reports it).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err((
+                "dashboard.listen",
+                format!("{:?} is not an address like 127.0.0.1:8090", self.listen),
+            ));
+        }
+        if !(1..=60).contains(&self.poll_seconds) {
+            return Err(("dashboard.poll_seconds", format!("must be 1..=60 (got {})", self.poll_seconds)));
+        }
+        Ok(())
+    }
+}
+
 /// What the dashboard serves from.
 pub struct Parts {
     /// The service objects the gRPC server serves.
@@ -99,15 +115,12 @@ pub async fn start(
     if cfg.listen.is_empty() {
         return Ok(None);
     }
-    if !(1..=60).contains(&cfg.poll_seconds) {
-        anyhow::bail!(
-            "invalid configuration: dashboard.poll_seconds must be 1..=60 (got {})",
-            cfg.poll_seconds
-        );
+    // `Config::validate` checked these already; a caller that built the config by hand
+    // gets the same message.
+    if let Err((key, problem)) = cfg.check() {
+        anyhow::bail!("invalid configuration: {key} {problem}");
     }
-    let addr: SocketAddr = cfg.listen.parse().with_context(|| {
-        format!("invalid configuration: dashboard.listen {:?} is not an address", cfg.listen)
-    })?;
+    let addr: SocketAddr = cfg.listen.parse()?;
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -352,6 +365,17 @@ async fn rpc(state: &State, req: Request<Incoming>, peer: IpAddr) -> Response<Fu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        assert_eq!(DashboardConfig::default().check(), Ok(()));
+        let off = DashboardConfig { listen: String::new(), ..Default::default() };
+        assert_eq!(off.check(), Ok(()));
+        let bad = DashboardConfig { listen: "localhost:80".into(), ..Default::default() };
+        assert_eq!(bad.check().unwrap_err().0, "dashboard.listen");
+        let bad = DashboardConfig { poll_seconds: 0, ..Default::default() };
+        assert_eq!(bad.check().unwrap_err().0, "dashboard.poll_seconds");
+    }
 
     #[test]
     fn hosts_are_addresses_localhost_or_configured_names() {
