@@ -313,10 +313,9 @@ fn session(state: &State, req: &Request<Incoming>, peer: IpAddr) -> Response<Ful
     }
     match state.api.check(SESSION_CHECK, req.headers(), Some(peer)) {
         Ok(c) => body(Some(c.role), Some(&c.name)),
-        Err(s) if s.code() == tonic::Code::PermissionDenied => refuse(
-            s.code(),
-            "this key's role (worker) cannot use the dashboard: use a client or operator key",
-        ),
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {
+            refuse(s.code(), &format!("{}; the dashboard needs a client or operator key", s.message()))
+        }
         Err(s) => refuse(s.code(), s.message()),
     }
 }
