@@ -15,6 +15,7 @@ pub(crate) mod rpc_layer;
 pub mod server;
 pub mod services;
 pub mod shared_dedup;
+pub mod startup;
 mod status;
 pub mod worker_pool;
 

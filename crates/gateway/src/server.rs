@@ -14,7 +14,6 @@ use crate::services::workers::{WorkerHub, WorkersService};
 use crate::services::{analytics::AnalyticsService, ingest::IngestService};
 use crate::worker_pool::WorkerPool;
 use adflow_domain::analytics::Analytics;
-use adflow_domain::dedup;
 use adflow_domain::now_ms;
 use adflow_domain::pb::ad_service_server::AdServiceServer;
 use adflow_domain::pb::agent_service_server::AgentServiceServer;
@@ -49,88 +48,6 @@ const SERVICES: [&str; 8] = [
     "adflow.v1.WorkerService",
     "adflow.v1.AgentService",
 ];
-const REBUILD_PAGE: usize = 16_384;
-
-/// Replays the store (from `from`, or all of it) into analytics and the dedup window;
-/// returns the events read.
-async fn rebuild(
-    store: &dyn EventStore,
-    analytics: Option<&RwLock<Analytics>>,
-    dedup: Option<&Window>,
-    from: Option<adflow_store::Cursor>,
-) -> anyhow::Result<u64> {
-    if analytics.is_none() && dedup.is_none() {
-        return Ok(0);
-    }
-    let now = now_ms();
-    let mut cursor = from;
-    let mut n = 0u64;
-    loop {
-        // Analytics need every event; the dedup window only the recent ones.
-        let since = match (analytics, dedup) {
-            (None, Some(d)) => now - d.window_ms(),
-            _ => i64::MIN,
-        };
-        let page = store
-            .scan_since(since, cursor, REBUILD_PAGE)
-            .await
-            .context("reading the event store at start")?;
-        n += page.events.len() as u64;
-        if let Some(d) = dedup {
-            let since = now - d.window_ms();
-            for e in page.events.iter().filter(|e| e.received_at_ms >= since) {
-                if let Ok(v) = e.view() {
-                    d.insert(dedup::key(v.event_id), e.received_at_ms);
-                }
-            }
-        }
-        if let Some(a) = analytics {
-            a.write().unwrap_or_else(|p| p.into_inner()).record(&page.events, now);
-        }
-        match page.next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(n),
-        }
-    }
-}
-
-/// Loads the checkpoint into `analytics` and `dedup`; returns where the store must be
-/// read from (None: all of it) and the dedup window to use (a fresh one when a damaged
-/// checkpoint had partly filled it).
-async fn load_checkpoint(
-    cp: &Checkpoints,
-    cfg: &Config,
-    store: &dyn EventStore,
-    analytics: &RwLock<Analytics>,
-    dedup: Option<Arc<Window>>,
-) -> (Option<adflow_store::Cursor>, Option<Arc<Window>>) {
-    let started = Instant::now();
-    match cp.load(&cfg.analytics, dedup.as_deref(), store, now_ms()) {
-        Ok(Some(l)) => {
-            tracing::info!(
-                path = %cp.path().display(),
-                bytes = l.bytes,
-                dedup_ids = l.dedup_ids,
-                cursor = %l.cursor.0,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "checkpoint loaded; reading the store from its position"
-            );
-            *analytics.write().unwrap_or_else(|p| p.into_inner()) = l.analytics;
-            (Some(l.cursor), dedup)
-        }
-        Ok(None) => {
-            tracing::info!(path = %cp.path().display(), "no checkpoint yet; reading the whole event store");
-            (None, dedup)
-        }
-        Err(e) => {
-            metrics::counter!("checkpoint_failures_total").increment(1);
-            tracing::warn!(error = %e, "checkpoint not used; rebuilding from the whole event store");
-            let d = &cfg.ingest.dedup;
-            let fresh = dedup.map(|_| Arc::new(Window::with_budget(d.window_secs as i64 * 1000, d.max_memory_mb << 20)));
-            (None, fresh)
-        }
-    }
-}
 
 /// The queue settings with `auto` resolved: the queue lives where the events do, on the
 /// same server (so several gateways on one backend share everything).
@@ -394,11 +311,11 @@ pub async fn serve(
         && cfg.storage.backend == adflow_store::Backend::File)
         .then(|| Arc::new(Checkpoints::new(cfg.storage.file.dir.join("checkpoint.bin"))));
     let (from, dedup) = match &checkpoints {
-        Some(cp) => load_checkpoint(cp, &cfg, &*store, &analytics, dedup).await,
+        Some(cp) => crate::startup::load_checkpoint(cp, &cfg, &*store, &analytics, dedup),
         None => (None, dedup),
     };
     let resumed = from.is_some();
-    let replayed = rebuild(&*store, local_analytics.as_deref(), dedup.as_deref(), from).await?;
+    let replayed = crate::startup::rebuild(&*store, local_analytics.as_deref(), dedup.as_deref(), from).await?;
     tracing::info!(
         events = replayed,
         from_checkpoint = resumed,
@@ -416,6 +333,14 @@ pub async fn serve(
         shared.clone(),
         resilient.clone(),
     ));
+    if resumed {
+        tokio::spawn(crate::startup::scrub(store.clone(), stop_rx.clone()));
+    }
+    // The analytics now cover the whole store: a checkpoint taken before the next commit
+    // (e.g. at an idle shutdown) is valid too.
+    if let Some(m) = pipeline.mark() {
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = store.end_cursor();
+    }
     let checkpoint_task = match (&checkpoints, pipeline.mark()) {
         (Some(cp), Some(mark)) => {
             let src = Sources { analytics: analytics.clone(), mark, dedup: dedup.clone() };

@@ -25,10 +25,14 @@
 //! damaged range and appends go after it.
 //!
 //! Sealed segments are not checked at open: opening stays O(newest segment). Every record
-//! carries its own checks, and the gateway scans the whole store at start to rebuild its
-//! analytics, so damage in a sealed segment is found, skipped and reported then, at no
-//! extra cost. There is no per-segment footer: it would only speed up a check that the
-//! rebuild scan already makes, and would be one more structure for a crash to tear.
+//! carries its own checks; the gateway reads the whole store once after each start (its
+//! rebuild without a checkpoint, or its background scrub with one), so damage in a sealed
+//! segment is found, skipped and reported then. There is no per-segment footer: it would
+//! be one more structure for a crash to tear.
+//!
+//! Retention (`retention`), consumer group positions (`groups`), log reads with a sparse
+//! time index and follow wake-ups (`log`) and the free-space watermark run beside the
+//! writer; `maintenance` drives the periodic parts.
 //!
 //! Segments of the first on-disk format (`[len][crc][payload]`, before format 2; never
 //! released) do not decode: they are treated as damage, skipped and quarantined whole (the
@@ -258,6 +262,17 @@ impl FileStore {
         (w.segment, w.committed)
     }
 
+    /// A cursor a client gave: a position this store holds, where a record starts.
+    async fn client_cursor(&self, c: &Cursor) -> Result<(u64, u64)> {
+        self.check_cursor(c)?;
+        let at = parse_cursor(c)?;
+        let (dir, damage, active) = (self.cfg.dir.clone(), self.damage.clone(), self.active());
+        if !self.blocking("check cursor", move || log::check_boundary(&dir, &damage, active, at)).await? {
+            return Err(StoreError::BadCursor(format!("{} does not point at a stored event", c.0)));
+        }
+        Ok(at)
+    }
+
     /// Runs blocking file work on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -385,17 +400,15 @@ impl EventStore for FileStore {
         let active = self.active();
         let at = match start {
             Start::Newest => active,
-            Start::At(c) => {
-                self.check_cursor(c)?;
-                parse_cursor(c)?
-            }
+            Start::At(c) => self.client_cursor(c).await?,
             Start::Oldest => {
                 let dir = self.cfg.dir.clone();
                 let first = self.blocking("list", move || list_segments(&dir)).await?.first().copied();
                 (first.unwrap_or(active.0).min(active.0), 0)
             }
             Start::Time(t) => {
-                let (dir, damage, index, t) = (self.cfg.dir.clone(), self.damage.clone(), self.index.clone(), *t);
+                let (dir, damage, index, t) =
+                    (self.cfg.dir.clone(), self.damage.clone(), self.index.clone(), *t);
                 self.blocking("seek", move || index.seek(&dir, &damage, active, t)).await?
             }
         };
@@ -426,7 +439,7 @@ impl EventStore for FileStore {
     }
 
     async fn group_commit(&self, group: &str, cursor: &Cursor) -> Result<()> {
-        self.check_cursor(cursor)?;
+        self.client_cursor(cursor).await?;
         let (groups, name) = (self.groups.clone(), group.to_owned());
         let pos = crate::eventlog::GroupPosition { cursor: cursor.clone(), lost_events: 0 };
         self.blocking("commit group", move || groups.put(&name, &pos)).await

@@ -91,6 +91,26 @@ pub(super) fn read(
     Ok(out)
 }
 
+/// Checks that a client's cursor points where a record starts (or at a segment's end):
+/// any other offset would make readers resynchronise and report the bytes before the next
+/// record as damage, so a forged cursor could fill the log and `quarantine/`. A cursor at
+/// damage this store already knows about is accepted (readers skip it as usual). Cursors
+/// into segments retention removed are accepted (the read reports the gap).
+pub(super) fn check_boundary(dir: &Path, damage: &damage::Log, active: (u64, u64), at: (u64, u64)) -> Result<bool> {
+    let path = segment_path(dir, at.0);
+    let Some(f) = open(&path)? else { return Ok(true) };
+    let end = if at.0 == active.0 { active.1 } else { f.metadata().map_err(io("stat", &path))?.len() };
+    if at.1 >= end {
+        return Ok(at.1 == end);
+    }
+    let known = damage.known(at.0);
+    if known.iter().any(|k| k.0 <= at.1 && at.1 < k.1) {
+        return Ok(true);
+    }
+    let mut r = SegmentReader::new(f, &path, at.1, end, known);
+    Ok(matches!(r.next_item()?, Some(Item::Record(_))))
+}
+
 /// The receive time of the first record of each sealed segment, read once.
 #[derive(Default)]
 pub(super) struct TimeIndex {
@@ -127,7 +147,13 @@ impl TimeIndex {
     }
 
     /// The position of the first record received at or after `t_ms` (the end when none).
-    pub(super) fn seek(&self, dir: &Path, damage: &damage::Log, active: (u64, u64), t_ms: i64) -> Result<(u64, u64)> {
+    pub(super) fn seek(
+        &self,
+        dir: &Path,
+        damage: &damage::Log,
+        active: (u64, u64),
+        t_ms: i64,
+    ) -> Result<(u64, u64)> {
         let segments: Vec<u64> = list_segments(dir)?.into_iter().filter(|&s| s <= active.0).collect();
         // The last segment whose first record is at or before t (else the first one).
         let mut start = segments.first().copied().unwrap_or(active.0);

@@ -110,3 +110,23 @@ async fn a_follow_wait_returns_on_the_next_commit() {
     waiter.await.unwrap();
     assert_eq!(s.log_read(&end, 10).await.unwrap().events.len(), 1);
 }
+
+#[tokio::test]
+async fn a_cursor_that_does_not_point_at_a_record_is_refused_and_reports_no_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = filled(dir.path()).await;
+    let first = list_segments(dir.path()).unwrap()[0];
+    for off in [1, 7, 17, 33] {
+        let c = Cursor(format!("{first}:{off}"));
+        let e = s.log_start(&Start::At(c.clone())).await.unwrap_err();
+        assert!(matches!(e, StoreError::BadCursor(_)), "{e}");
+        assert!(s.group_commit("g", &c).await.is_err());
+    }
+    assert!(s.damage().is_empty(), "a forged cursor must not be taken for damage");
+    assert!(!dir.path().join("quarantine").exists());
+    // Real record boundaries and segment ends are fine.
+    let page = s.log_read(&s.log_start(&Start::Oldest).await.unwrap(), 3).await.unwrap();
+    let c = page.next.unwrap();
+    assert_eq!(s.log_start(&Start::At(c.clone())).await.unwrap(), c);
+    s.group_commit("g", &c).await.unwrap();
+}
