@@ -18,7 +18,7 @@ use tokio::sync::watch;
 pub struct CheckpointConfig {
     /// Write checkpoints (file backend; default true).
     pub enabled: bool,
-    /// Longest time between checkpoints while events are committed (default 10 s).
+    /// Longest time between checkpoints while events are committed (default 5 s).
     pub interval_secs: u64,
     /// Checkpoint sooner once this many events were committed since the last one.
     pub max_replay_events: u64,
@@ -26,7 +26,7 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { enabled: true, interval_secs: 10, max_replay_events: 2_000_000 }
+        Self { enabled: true, interval_secs: 5, max_replay_events: 1_000_000 }
     }
 }
 
