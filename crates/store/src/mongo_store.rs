@@ -33,6 +33,11 @@ pub struct MongoConfig {
     pub database: String,
     /// Collection (default "events").
     pub collection: String,
+    /// Log reads (`EventLog.Read`) leave out events received in the last this-many ms
+    /// (default 1000), so a reader cannot pass batches still being inserted (several
+    /// commits in flight, several gateways) and skip them; follow-mode lag is at least
+    /// this. 0: no hold-back (lowest lag; a reader may skip events inserted out of order).
+    pub log_settle_ms: u64,
 }
 
 impl Default for MongoConfig {
@@ -41,6 +46,7 @@ impl Default for MongoConfig {
             uri: "mongodb://127.0.0.1:27017/?directConnection=true".into(),
             database: "adflow".into(),
             collection: "events".into(),
+            log_settle_ms: 1000,
         }
     }
 }
@@ -176,6 +182,8 @@ pub struct MongoStore {
     coll: Collection<Document>,
     /// Consumer group positions (`<collection>_groups`).
     groups: Collection<Document>,
+    /// See `MongoConfig::log_settle_ms`.
+    settle_ms: i64,
 }
 
 impl MongoStore {
@@ -199,7 +207,8 @@ impl MongoStore {
             coll.create_index(IndexModel::builder().keys(keys).build()).await.map_err(err("create index"))?;
         }
         let groups = client.database(&cfg.database).collection(&format!("{}_groups", cfg.collection));
-        Ok(Self { client, coll, groups })
+        let settle_ms = i64::try_from(cfg.log_settle_ms).unwrap_or(i64::MAX);
+        Ok(Self { client, coll, groups, settle_ms })
     }
 
     /// Counters computed from this store's documents.

@@ -13,7 +13,14 @@ struct MongoHarness {
 
 impl MongoHarness {
     fn cfg(&self, coll: &str) -> MongoConfig {
-        MongoConfig { uri: self.uri.clone(), database: "adflow_test".into(), collection: coll.into() }
+        // No settle time: the suite's events are received in the future (sample()) or
+        // just now, and read at once (settling has its own test below).
+        MongoConfig {
+            uri: self.uri.clone(),
+            database: "adflow_test".into(),
+            collection: coll.into(),
+            log_settle_ms: 0,
+        }
     }
 }
 
@@ -127,4 +134,36 @@ async fn a_cursor_whose_events_were_deleted_reads_on_with_a_gap() {
     assert!(!p.gap, "a position that is still stored reported a gap");
     assert_eq!(p.events, evs[7..]);
     assert!(!s.log_read(&oldest, 10).await.unwrap().gap, "the oldest position reported a gap");
+}
+
+#[tokio::test]
+async fn log_reads_wait_for_inserts_to_settle_so_out_of_order_batches_are_not_skipped() {
+    use adflow_store::eventlog::Start;
+    use std::time::Duration;
+    let Ok(uri) = std::env::var("ADFLOW_TEST_MONGODB_URI") else {
+        eprintln!("skipped: set ADFLOW_TEST_MONGODB_URI to run against a MongoDB-wire server");
+        return;
+    };
+    let h = MongoHarness { uri, colls: Mutex::new(Vec::new()) };
+    let coll = format!("events_{}", uuid::Uuid::new_v4().simple());
+    let s = MongoStore::open(MongoConfig { log_settle_ms: 500, ..h.cfg(&coll) }).await.unwrap();
+    let now = adflow_domain::now_ms();
+    let at = |i: u64, r: i64| {
+        let mut e = adflow_store::conformance::sample(i);
+        e.received_at_ms = r;
+        e
+    };
+    // Two batches in flight: the later-received one is inserted first.
+    let (x, y) = (at(2, now), at(1, now - 50));
+    s.append(std::slice::from_ref(&x)).await.unwrap();
+    let oldest = s.log_start(&Start::Oldest).await.unwrap();
+    let early = s.log_read(&oldest, 10).await.unwrap();
+    assert!(early.events.is_empty(), "an insert younger than the settle time was read");
+    assert_eq!(early.next.as_ref(), Some(&oldest));
+    s.append(std::slice::from_ref(&y)).await.unwrap();
+    // The wait ends once they have settled; then both come, in (receive time, id) order.
+    tokio::time::timeout(Duration::from_secs(30), s.log_wait(&oldest, Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(s.log_read(&oldest, 10).await.unwrap().events, vec![y, x]);
 }

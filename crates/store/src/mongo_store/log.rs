@@ -16,14 +16,17 @@
 //! or after `t`, by the gateway's receive time), and the newest is the cursor of the last
 //! document (the oldest position while the collection is empty).
 //!
-//! **Limits of this order.** It is commit order only while documents are inserted in
-//! (receive time, id) order. A document inserted after a reader has passed its position
-//! is not delivered to that reader: events received in the same millisecond but split
-//! across two batches (the second batch's ids sorting lower), several gateways with
-//! skewed clocks, or a spill buffer replayed after an outage (old receive times). Readers
-//! that cannot afford that should read a little behind the newest events (e.g. start
-//! from a time a few seconds back after a reconnect) or use the file backend, whose order
-//! is the commit order.
+//! **Settling.** This order is the commit order only while documents are inserted in
+//! (receive time, id) order, and they are not: the gateway keeps several commits in
+//! flight on this backend, a batch can end in the middle of a millisecond, several
+//! gateways insert at once. A reader that had passed a position would never see a
+//! document inserted before it afterwards. So log reads (and `log_wait`) only return
+//! documents received more than `log_settle_ms` (default 1000) ago: a batch inserted
+//! within that time of its receive time is never skipped. The price is follow-mode lag
+//! (at least the settle time) and a read "to the end" stopping that far behind the
+//! newest commit. Still skipped: inserts later than that (a spill buffer replayed after
+//! an outage, gateways whose clocks differ by more). The newest position is the last
+//! document stored, settled or not.
 //!
 //! **Gaps.** MongoDB keeps events until someone deletes them (see README: retention). A
 //! read from a position whose document is gone while the oldest document left sorts
@@ -136,6 +139,15 @@ fn after(r: i64, id: &str) -> Document {
 }
 
 impl MongoStore {
+    /// `filter`, limited to documents received before the settle horizon.
+    fn settled(&self, filter: Document) -> Document {
+        if self.settle_ms == 0 {
+            return filter;
+        }
+        let horizon = adflow_domain::now_ms().saturating_sub(self.settle_ms);
+        doc! {"$and": [filter, {"r": {"$lt": horizon}}]}
+    }
+
     /// The first or last document in log order.
     async fn end_doc(&self, oldest: bool) -> Result<Option<(i64, String)>> {
         let dir = if oldest { 1 } else { -1 };
@@ -204,6 +216,7 @@ impl MongoStore {
     pub(super) async fn read(&self, from: &Cursor, limit: usize) -> Result<LogPage> {
         let pos = parse(from)?;
         let (filter, gap) = self.resolve(&pos, true).await?;
+        let filter = self.settled(filter);
         let limit = limit.max(1);
         let mut cur = self
             .coll
@@ -233,6 +246,7 @@ impl MongoStore {
         loop {
             let found = match self.resolve(&pos, false).await {
                 Ok((filter, _)) => {
+                    let filter = self.settled(filter);
                     self.coll.find_one(filter).projection(doc! {"_id": 1}).await.map(|d| d.is_some())
                 }
                 Err(_) => Ok(false),
