@@ -92,6 +92,9 @@ impl ConsumerConfig {
     }
 }
 
+/// Attempts of one commit before its error is returned.
+const COMMIT_ATTEMPTS: u32 = 5;
+
 /// True for errors a new attempt may not meet (the gateway restarting, a network cut).
 fn transient(s: &Status) -> bool {
     matches!(
@@ -255,13 +258,25 @@ impl Consumer {
     }
 
     /// Commits `cursor` (from a batch this consumer handed out) as the group's position,
-    /// e.g. when batches are processed out of order and only some are done.
+    /// e.g. when batches are processed out of order and only some are done. Transient
+    /// errors (the gateway restarting) are retried a few times with backoff.
     pub async fn commit_cursor(&self, cursor: &str) -> Result<(), ClientError> {
         let Some(group) = &self.cfg.group else {
             return Err(Status::failed_precondition("this consumer has no group to commit for").into());
         };
         let req = pb::CommitCursorRequest { group: group.clone(), cursor: cursor.to_owned() };
-        self.log().commit_cursor(req).await?;
+        // A few quick retries ride out a reconnect; a commit is idempotent.
+        let mut delay = self.cfg.retry_base;
+        for attempt in 1.. {
+            match self.log().commit_cursor(req.clone()).await {
+                Ok(_) => break,
+                Err(s) if transient(&s) && attempt < COMMIT_ATTEMPTS => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.cfg.retry_max);
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
         Ok(())
     }
 

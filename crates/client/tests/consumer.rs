@@ -165,6 +165,13 @@ async fn a_following_consumer_reconnects_through_a_gateway_restart_without_gap_o
         .cursor;
     let mut again = client.consumer(ConsumerConfig { follow: false, ..cfg }).unwrap();
     assert_eq!(drain(&mut again).await, got[300..], "the group did not resume at its commit ({committed})");
+    // A commit right after another restart rides it out (retried while reconnecting).
+    gw.stop().await;
+    let gw = start(config(dir.path()), &addr.to_string()).await;
+    c.commit().await.unwrap();
+    let get = pb::GetCursorRequest { group: "follower".into() };
+    let committed = client.event_log().get_cursor(get).await.unwrap().into_inner().cursor;
+    assert_eq!(Some(committed.as_str()), c.cursor());
     gw.stop().await;
 }
 
