@@ -99,7 +99,12 @@ fn compile_raw_eventlog_server() {
             "crate::v1::CommitCursorRequest",
             "crate::v1::CommitCursorResponse",
         ))
-        .method(unary("get_cursor", "GetCursor", "crate::v1::GetCursorRequest", "crate::v1::GetCursorResponse"))
+        .method(unary(
+            "get_cursor",
+            "GetCursor",
+            "crate::v1::GetCursorRequest",
+            "crate::v1::GetCursorResponse",
+        ))
         .build();
     Builder::new().build_client(false).compile(&[service]);
 }

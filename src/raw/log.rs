@@ -72,6 +72,9 @@ mod tests {
             assert_eq!(got.event.as_ref(), Some(want));
             assert_eq!(got.received_at_ms, i as i64);
         }
-        assert_eq!((typed.cursor.as_str(), typed.lost_events, typed.gap, typed.caught_up), ("3:120", 7, true, true));
+        assert_eq!(
+            (typed.cursor.as_str(), typed.lost_events, typed.gap, typed.caught_up),
+            ("3:120", 7, true, true)
+        );
     }
 }

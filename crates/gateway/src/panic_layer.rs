@@ -91,8 +91,9 @@ pub fn spawn_stream<T: Send + 'static>(
             let message = panic_message(&*payload);
             tracing::error!(method, panic = message, "RPC response stream panicked; ended with INTERNAL");
             metrics::counter!("rpc_panics_total").increment(1);
-            let status =
-                tonic::Status::internal(format!("internal error in {method}; the gateway log has the details"));
+            let status = tonic::Status::internal(format!(
+                "internal error in {method}; the gateway log has the details"
+            ));
             let _ = tx.send(Err(status)).await;
         }
     });

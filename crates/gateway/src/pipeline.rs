@@ -178,7 +178,6 @@ impl Pipeline {
         shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
         resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     ) -> Self {
-
         let (tx, rx) = mpsc::channel(cfg.queue_capacity_events);
         let counters = Arc::new(Counters::default());
         let room = Arc::new(Semaphore::new(cfg.queue_capacity_events));

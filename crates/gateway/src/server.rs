@@ -262,6 +262,7 @@ pub async fn serve(
     let opened =
         adflow_store::open(&cfg.storage, shared_counters).await.context("opening the event store")?;
     let (store, resilient) = (opened.store, opened.resilient);
+    metrics::counter!("batches_processed_total", "backend" => store.backend()).increment(0);
     let analytics = Arc::new(RwLock::new(Analytics::new(cfg.analytics.clone())));
     // Shared counters live in the backend; otherwise this gateway's memory answers.
     let local_analytics = opened.counters.is_none().then(|| analytics.clone());
@@ -315,7 +316,8 @@ pub async fn serve(
         None => (None, dedup),
     };
     let resumed = from.is_some();
-    let replayed = crate::startup::rebuild(&*store, local_analytics.as_deref(), dedup.as_deref(), from).await?;
+    let replayed =
+        crate::startup::rebuild(&*store, local_analytics.as_deref(), dedup.as_deref(), from).await?;
     tracing::info!(
         events = replayed,
         from_checkpoint = resumed,

@@ -111,7 +111,11 @@ pub async fn scrub(store: Arc<dyn EventStore>, mut stop: tokio::sync::watch::Rec
             _ = stop.changed() => return,
         }
     }
-    tracing::info!(records = n, elapsed_ms = started.elapsed().as_millis() as u64, "store scrub finished (damage, if any, was reported above)");
+    tracing::info!(
+        records = n,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store scrub finished (damage, if any, was reported above)"
+    );
 }
 
 /// Loads the checkpoint into `analytics` and `dedup`; returns where the store must be
@@ -146,9 +150,9 @@ pub fn load_checkpoint(
             metrics::counter!("checkpoint_failures_total").increment(1);
             tracing::warn!(error = %e, "checkpoint not used; rebuilding from the whole event store");
             let d = &cfg.ingest.dedup;
-            let fresh = dedup.map(|_| Arc::new(Window::with_budget(d.window_secs as i64 * 1000, d.max_memory_mb << 20)));
+            let fresh = dedup
+                .map(|_| Arc::new(Window::with_budget(d.window_secs as i64 * 1000, d.max_memory_mb << 20)));
             (None, fresh)
         }
     }
 }
-

@@ -433,9 +433,14 @@ async fn intruders(
 async fn live_reader(dir: PathBuf, killed: Arc<AtomicBool>) -> usize {
     let mut n = 0;
     while !killed.load(Ordering::SeqCst) {
-        let s = FileStore::open(FileConfig { dir: dir.clone(), segment_bytes: segment_bytes(), min_free_mb: 0, ..FileConfig::default() })
-            .await
-            .expect("opening the live store");
+        let s = FileStore::open(FileConfig {
+            dir: dir.clone(),
+            segment_bytes: segment_bytes(),
+            min_free_mb: 0,
+            ..FileConfig::default()
+        })
+        .await
+        .expect("opening the live store");
         let d = s.damage();
         if !d.is_empty() {
             eprintln!("crash_events: live open {n}: {d:?}");
@@ -717,10 +722,14 @@ async fn resend_acked(url: String, mut rng: Rng, b: Shared, killed: Arc<AtomicBo
 /// How many times each event id is in the segments, read with the store's reader (the
 /// gateway must be stopped), and how many segment files there are.
 async fn stored_ids(dir: &Path) -> (HashMap<String, u32>, usize) {
-    let s =
-        FileStore::open(FileConfig { dir: dir.to_path_buf(), segment_bytes: segment_bytes(), min_free_mb: 0, ..FileConfig::default() })
-            .await
-            .expect("opening the event store");
+    let s = FileStore::open(FileConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes: segment_bytes(),
+        min_free_mb: 0,
+        ..FileConfig::default()
+    })
+    .await
+    .expect("opening the event store");
     let mut counts = HashMap::new();
     let mut cur = None;
     loop {

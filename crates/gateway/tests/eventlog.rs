@@ -104,7 +104,8 @@ async fn reads_from_every_start_with_filters_and_resumable_cursors() {
         event_types: vec![EventType::Click as i32],
         ..Default::default()
     };
-    let want: Vec<String> = (0..1010).filter(|i| i % 3 == 1 && i % 4 == 0).map(|i| format!("log-{i:05}")).collect();
+    let want: Vec<String> =
+        (0..1010).filter(|i| i % 3 == 1 && i % 4 == 0).map(|i| format!("log-{i:05}")).collect();
     assert_eq!(read_all(&mut c, req).await.0, want);
     gw.stop().await;
 }
@@ -126,7 +127,11 @@ async fn follow_mode_streams_new_commits_in_order() {
         let from = 10 + round * 50;
         send(&gw, from..from + 50).await;
         while got.len() < from + 50 {
-            let b = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("a batch").unwrap().unwrap();
+            let b = tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .expect("a batch")
+                .unwrap()
+                .unwrap();
             got.extend(ids(&b));
         }
     }
@@ -186,7 +191,7 @@ async fn hostile_arguments_are_refused_with_their_reason() {
         (pb::ReadRequest { event_types: vec![99], ..Default::default() }, "event_types"),
     ];
     for (req, says) in cases {
-        let e = c.read(req).await.err().expect("refused");
+        let e = c.read(req).await.expect_err("refused");
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains(says), "{says}: {}", e.message());
         assert!(e.message().len() < 300, "the message echoes at most a little of the input");
@@ -237,7 +242,8 @@ async fn under_the_free_disk_watermark_ingest_is_refused_before_the_disk_fills()
     // More free space than any disk has: the watermark is crossed from the start.
     cfg.storage.file.min_free_mb = 1 << 40;
     let gw = TestGateway::start(cfg).await;
-    let e = gw.ingest().await.send_events(batch(vec![event("w-1", "ad", EventType::Click)])).await.unwrap_err();
+    let e =
+        gw.ingest().await.send_events(batch(vec![event("w-1", "ad", EventType::Click)])).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("disk nearly full"), "{}", e.message());
     assert!(e.metadata().get("grpc-retry-pushback-ms").is_some());

@@ -8,8 +8,8 @@
 //! is `minutes u32, [bucket]*, hours u32, [bucket]*`, a bucket `index i64, by_type [u64; 8],
 //! revenue f64, video_ms u64`. Integrity (CRC, truncation) is the caller's framing.
 
-use super::{Analytics, Counters, Retention, Series};
 use super::HashMap;
+use super::{Analytics, Counters, Retention, Series};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
@@ -139,7 +139,13 @@ mod tests {
         let mut events = Vec::new();
         for i in 0..2_000i64 {
             let ts = now - i * 37_000;
-            events.push(event(&format!("ad-{}", i % 13), &format!("c-{}", i % 3), EventType::Impression, ts, None));
+            events.push(event(
+                &format!("ad-{}", i % 13),
+                &format!("c-{}", i % 3),
+                EventType::Impression,
+                ts,
+                None,
+            ));
             if i % 5 == 0 {
                 events.push(event(&format!("ad-{}", i % 13), "c-0", EventType::Conversion, ts, Some(1.25)));
             }

@@ -14,8 +14,8 @@
 //! keys [u64; slots], gens [u8; slots]`. Integrity (CRC, truncation) is the caller's
 //! framing; this module refuses shapes it cannot load (`SnapshotError`).
 
-use super::{DedupWindow, Generation, SHARDS, Shard};
 use super::table::Table;
+use super::{DedupWindow, Generation, SHARDS, Shard};
 use std::io::{Read, Write};
 
 /// Why a snapshot could not be loaded.
@@ -57,7 +57,9 @@ fn get_words(r: &mut impl Read, n: usize) -> std::io::Result<Vec<u64>> {
     while left > 0 {
         let take = left.min(4096);
         r.read_exact(&mut buf[..take * 8])?;
-        out.extend(buf[..take * 8].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))));
+        out.extend(
+            buf[..take * 8].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        );
         left -= take;
     }
     Ok(out)
@@ -71,7 +73,8 @@ impl<P: Clone> DedupWindow<P> {
         for i in 0..SHARDS {
             let (table, gens, next_id) = {
                 let s = self.lock(i);
-                let gens: Vec<(u8, i64, usize)> = s.gens.iter().map(|g| (g.id, g.start_ms, g.count)).collect();
+                let gens: Vec<(u8, i64, usize)> =
+                    s.gens.iter().map(|g| (g.id, g.start_ms, g.count)).collect();
                 let mut t = s.table.clone();
                 for k in s.pending.keys() {
                     if let Some(at) = t.find(*k) {
@@ -131,8 +134,9 @@ impl<P: Clone> DedupWindow<P> {
             let keys = get_words(r, slots)?;
             let mut tags = vec![0u8; slots];
             r.read_exact(&mut tags)?;
-            let table = Table::from_parts(keys, tags)
-                .ok_or_else(|| SnapshotError::Mismatch(format!("shard {i}: table fuller than its load bound")))?;
+            let table = Table::from_parts(keys, tags).ok_or_else(|| {
+                SnapshotError::Mismatch(format!("shard {i}: table fuller than its load bound"))
+            })?;
             loaded.push((table, gens, next_id));
         }
         let mut total = 0;

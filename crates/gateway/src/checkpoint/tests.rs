@@ -104,7 +104,8 @@ async fn a_checkpoint_past_the_stores_end_or_for_another_window_is_refused() {
     f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
     // Another (empty) store: the position is past its end.
     let other = tempfile::tempdir().unwrap();
-    let empty = FileStore::open(FileConfig { dir: other.path().to_path_buf(), ..Default::default() }).await.unwrap();
+    let empty =
+        FileStore::open(FileConfig { dir: other.path().to_path_buf(), ..Default::default() }).await.unwrap();
     let e = f.cp.load(&Retention::default(), None, &empty, NOW).err().expect("refused");
     assert!(e.to_string().contains("past the end"), "{e}");
     // A different dedup window length.

@@ -95,7 +95,10 @@ impl Filter {
 
 fn cursor_arg(c: &str) -> Result<Cursor, Status> {
     if c.is_empty() || c.len() > MAX_CURSOR {
-        return Err(Status::invalid_argument(format!("cursor must be 1 to {MAX_CURSOR} characters, got {}", c.len())));
+        return Err(Status::invalid_argument(format!(
+            "cursor must be 1 to {MAX_CURSOR} characters, got {}",
+            c.len()
+        )));
     }
     Ok(Cursor(c.to_owned()))
 }
@@ -119,7 +122,12 @@ impl Reader {
         let mut first = true;
         loop {
             if *self.stop.borrow() {
-                let _ = self.tx.send(Err(Status::unavailable("the gateway is shutting down; resume from the last cursor"))).await;
+                let _ = self
+                    .tx
+                    .send(Err(Status::unavailable(
+                        "the gateway is shutting down; resume from the last cursor",
+                    )))
+                    .await;
                 return;
             }
             let page: LogPage = match self.store.log_read(&cursor, self.batch).await {
@@ -180,7 +188,9 @@ impl EventLog for EventLogService {
         let batch = match req.max_batch_events {
             0 => DEFAULT_BATCH,
             n if n > MAX_BATCH => {
-                return Err(Status::invalid_argument(format!("max_batch_events is {n}, at most {MAX_BATCH}")));
+                return Err(Status::invalid_argument(format!(
+                    "max_batch_events is {n}, at most {MAX_BATCH}"
+                )));
             }
             n => n,
         } as usize;
@@ -196,10 +206,12 @@ impl EventLog for EventLogService {
             },
             Some(S::Cursor(c)) => (Start::At(cursor_arg(c)?), 0),
             Some(S::FromTimeMs(t)) => (Start::Time(*t), 0),
-            None if !req.group.is_empty() => match self.store.group_get(&req.group).await.map_err(from_store)? {
-                Some(pos) => (Start::At(pos.cursor), pos.lost_events),
-                None => (Start::Oldest, 0),
-            },
+            None if !req.group.is_empty() => {
+                match self.store.group_get(&req.group).await.map_err(from_store)? {
+                    Some(pos) => (Start::At(pos.cursor), pos.lost_events),
+                    None => (Start::Oldest, 0),
+                }
+            }
             None => (Start::Oldest, 0),
         };
         let cursor = self.store.log_start(&start).await.map_err(from_store)?;
@@ -238,8 +250,12 @@ impl EventLog for EventLogService {
         let req = request.into_inner();
         group_arg(&req.group)?;
         match self.store.group_get(&req.group).await.map_err(from_store)? {
-            Some(p) => Ok(Response::new(pb::GetCursorResponse { cursor: p.cursor.0, lost_events: p.lost_events })),
-            None => Err(Status::not_found(format!("consumer group {:?} has not committed a cursor", req.group))),
+            Some(p) => {
+                Ok(Response::new(pb::GetCursorResponse { cursor: p.cursor.0, lost_events: p.lost_events }))
+            }
+            None => {
+                Err(Status::not_found(format!("consumer group {:?} has not committed a cursor", req.group)))
+            }
         }
     }
 }

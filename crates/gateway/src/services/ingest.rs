@@ -74,7 +74,11 @@ impl EventIngest for IngestService {
             shutdown: self.shutdown.clone(),
             replies: tx.clone(),
         };
-        crate::panic_layer::spawn_stream("/adflow.v1.EventIngest/StreamEvents", tx, job.run(req.into_inner()));
+        crate::panic_layer::spawn_stream(
+            "/adflow.v1.EventIngest/StreamEvents",
+            tx,
+            job.run(req.into_inner()),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -30,6 +30,7 @@ pub fn config(dir: &Path) -> Config {
     cfg.storage.file = FileConfig { dir: dir.join("events"), min_free_mb: 0, ..FileConfig::default() };
     cfg.queue.path = dir.join("queue.redb");
     cfg.metrics.listen = String::new(); // tests run many gateways at once; the metrics test sets its own
+    cfg.dashboard.listen = String::new(); // likewise; the dashboard tests set their own
     cfg
 }
 

@@ -96,7 +96,12 @@ pub(super) fn read(
 /// record as damage, so a forged cursor could fill the log and `quarantine/`. A cursor at
 /// damage this store already knows about is accepted (readers skip it as usual). Cursors
 /// into segments retention removed are accepted (the read reports the gap).
-pub(super) fn check_boundary(dir: &Path, damage: &damage::Log, active: (u64, u64), at: (u64, u64)) -> Result<bool> {
+pub(super) fn check_boundary(
+    dir: &Path,
+    damage: &damage::Log,
+    active: (u64, u64),
+    at: (u64, u64),
+) -> Result<bool> {
     let path = segment_path(dir, at.0);
     let Some(f) = open(&path)? else { return Ok(true) };
     let end = if at.0 == active.0 { active.1 } else { f.metadata().map_err(io("stat", &path))?.len() };

@@ -21,7 +21,12 @@ pub(super) struct Upkeep {
 
 impl Upkeep {
     /// Checks the watermark once now, then keeps checking it and sweeping in the background.
-    pub fn start(cfg: FileConfig, writer: Arc<Mutex<Writer>>, groups: Arc<Groups>, index: Arc<TimeIndex>) -> Self {
+    pub fn start(
+        cfg: FileConfig,
+        writer: Arc<Mutex<Writer>>,
+        groups: Arc<Groups>,
+        index: Arc<TimeIndex>,
+    ) -> Self {
         let refusal = Arc::new(Mutex::new(retention::watermark(&cfg)));
         let (stop, mut stopped) = watch::channel(false);
         let r = refusal.clone();
@@ -33,7 +38,8 @@ impl Upkeep {
                     _ = tick.tick() => {}
                     _ = stopped.changed() => return,
                 }
-                let (cfg, r, groups, index, writer) = (cfg.clone(), r.clone(), groups.clone(), index.clone(), writer.clone());
+                let (cfg, r, groups, index, writer) =
+                    (cfg.clone(), r.clone(), groups.clone(), index.clone(), writer.clone());
                 let sweep = n.is_multiple_of(SWEEP_EVERY);
                 n += 1;
                 let _ = tokio::task::spawn_blocking(move || {
@@ -41,8 +47,12 @@ impl Upkeep {
                     let mut current = r.lock().unwrap_or_else(|p| p.into_inner());
                     if *current != refusal {
                         match &refusal {
-                            Some(why) => tracing::error!(%why, "refusing new events until disk space is freed"),
-                            None => tracing::info!("disk space back above storage.file.min_free_mb; accepting events"),
+                            Some(why) => {
+                                tracing::error!(%why, "refusing new events until disk space is freed")
+                            }
+                            None => tracing::info!(
+                                "disk space back above storage.file.min_free_mb; accepting events"
+                            ),
                         }
                         *current = refusal;
                     }

@@ -19,9 +19,9 @@ use super::groups::Groups;
 use super::log::TimeIndex;
 use super::reader::{Item, SegmentReader};
 use super::{FileConfig, io, list_segments, parse_cursor, segment_path, sync_dir};
+use crate::Cursor;
 use crate::Result;
 use crate::eventlog::GroupPosition;
-use crate::Cursor;
 use std::fs::File;
 use std::path::Path;
 
@@ -63,7 +63,13 @@ fn count_records(dir: &Path, n: u64, from: u64, len: u64) -> Result<u64> {
 }
 
 /// Removes what the retention settings say must go; returns the segments removed.
-pub(super) fn sweep(cfg: &FileConfig, active: u64, now_ms: i64, groups: &Groups, index: &TimeIndex) -> Result<u64> {
+pub(super) fn sweep(
+    cfg: &FileConfig,
+    active: u64,
+    now_ms: i64,
+    groups: &Groups,
+    index: &TimeIndex,
+) -> Result<u64> {
     let dir = &cfg.dir;
     let segs = segments(dir)?;
     let mut total: u64 = segs.iter().map(|s| s.len).sum();
