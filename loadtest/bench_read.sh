@@ -6,12 +6,12 @@
 #      while another loadtest process ingests at full load (stream mode), then at half of
 #      that rate.
 # Usage: loadtest/bench_read.sh   Env: EVENTS (default 5000000), DUR (seconds, default 10),
-# PORT (default 50581).
+# PORT (default 50581), B (release binaries to use; default: build target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-5000000}; DUR=${DUR:-10}; PORT=${PORT:-50581}
-B=target/release
-cargo build --release -q -p adflow-gateway -p adflow-loadtest
+# B: a directory holding release binaries to use as they are (default: build them here).
+if [ -z "${B:-}" ]; then B=target/release; cargo build --release -q -p adflow-gateway -p adflow-loadtest; fi
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(date -u +%FT%TZ)"
 DATA=$(mktemp -d /tmp/adflow-read.XXXXXX)
