@@ -6,7 +6,7 @@
 #      while another loadtest process ingests at full load (stream mode), then at half of
 #      that rate.
 # Usage: loadtest/bench_read.sh   Env: EVENTS (default 5000000), DUR (seconds, default 10),
-# PORT (default 50581), B (release binaries to use; default: build target/release).
+# PORT (default 50581), GW_ENV (extra VAR=value settings for the gateway), B (release binaries to use; default: build target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-5000000}; DUR=${DUR:-10}; PORT=${PORT:-50581}
@@ -15,7 +15,7 @@ if [ -z "${B:-}" ]; then B=target/release; cargo build --release -q -p adflow-ga
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(date -u +%FT%TZ)"
 DATA=$(mktemp -d /tmp/adflow-read.XXXXXX)
-ADFLOW_STORAGE__FILE__DIR=$DATA/events ADFLOW_QUEUE__PATH=$DATA/queue.redb ADFLOW_SERVER__LISTEN=127.0.0.1:$PORT \
+env ${GW_ENV:-} ADFLOW_STORAGE__FILE__DIR=$DATA/events ADFLOW_QUEUE__PATH=$DATA/queue.redb ADFLOW_SERVER__LISTEN=127.0.0.1:$PORT \
   ADFLOW_METRICS__LISTEN= ADFLOW_DASHBOARD__LISTEN= ADFLOW_WORKERS__IN_PROCESS=0 ADFLOW_LOG__LEVEL=warn $B/adflow-gateway & GP=$!
 trap 'kill -TERM $GP 2>/dev/null; wait $GP 2>/dev/null; rm -rf "$DATA"' EXIT
 wait_port "$PORT"
@@ -29,11 +29,11 @@ echo "== follow-mode lag under full ingest load (stream mode, durable acks)"
 $L stream $A --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable --duration $((DUR + 2)) --warmup 0 --quiet > "$DATA/ingest.txt" &
 IP=$!
 $L read $A --follow --duration "$DUR" --warmup 1 --quiet
-wait $IP; echo "  ingest meanwhile: $(grep -E 'throughput' "$DATA/ingest.txt" | tr -s ' ')"
+wait $IP; echo "  ingest meanwhile: $(grep -E 'throughput|latency' "$DATA/ingest.txt" | tr -s ' ' | tr '\n' ' ')"
 RATE=$(grep -E 'throughput' "$DATA/ingest.txt" | awk '{print int($2/2)}')
 echo "== follow-mode lag at half that rate ($RATE events/s)"
 $L stream $A --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable --rate "$RATE" --duration $((DUR + 2)) --warmup 0 --quiet > "$DATA/ingest.txt" &
 IP=$!
 $L read $A --follow --duration "$DUR" --warmup 1 --quiet
-wait $IP; echo "  ingest meanwhile: $(grep -E 'throughput' "$DATA/ingest.txt" | tr -s ' ')"
+wait $IP; echo "  ingest meanwhile: $(grep -E 'throughput|latency' "$DATA/ingest.txt" | tr -s ' ' | tr '\n' ' ')"
 echo "  gateway peak RSS: $(grep VmHWM /proc/$GP/status | awk '{print $2/1024 " MB"}')"

@@ -56,9 +56,12 @@ pub fn spec(i: u64) -> pb::AdSpec {
 /// One submitting task.
 pub async fn submit_loop(mut client: AdServiceClient<Channel>, plan: Arc<Plan>, seed: u64) -> Tally {
     let mut t = Tally::default();
-    let n = plan.batch;
     let mut i = seed;
-    while plan.claim(n).await {
+    loop {
+        let n = plan.claim(plan.batch).await;
+        if n == 0 {
+            break;
+        }
         let start = Instant::now();
         let res = if n == 1 {
             i += 1;

@@ -44,23 +44,29 @@ impl Plan {
         Some(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
     }
 
-    /// Claims `n` events from the budget; false when the run is over.
-    pub async fn claim(&self, n: usize) -> bool {
+    /// Claims up to `n` events from the budget: how many this call may send (fewer than
+    /// `n` for the last call of a `--count` run), 0 when the run is over.
+    pub async fn claim(&self, n: usize) -> usize {
         if Instant::now() >= self.until {
-            return false;
+            return 0;
         }
-        if let Some(b) = &self.budget
-            && b.fetch_sub(n as i64, Ordering::Relaxed) < n as i64
-        {
-            return false;
-        }
+        let n = match &self.budget {
+            Some(b) => {
+                let before = b.fetch_sub(n as i64, Ordering::Relaxed);
+                if before <= 0 {
+                    return 0;
+                }
+                n.min(before as usize)
+            }
+            None => n,
+        };
         if let Some(l) = &self.limiter {
-            let n = NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
-            if l.until_n_ready(n).await.is_err() {
-                return false;
+            let k = NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
+            if l.until_n_ready(k).await.is_err() {
+                return 0;
             }
         }
-        true
+        n
     }
 
     /// Whether a call that ran from `start` to `end` counts.
@@ -96,8 +102,12 @@ pub async fn call_loop(
     unary: bool,
 ) -> Tally {
     let mut t = Tally::default();
-    let n = if unary { 1 } else { plan.batch };
-    while plan.claim(n).await {
+    let want = if unary { 1 } else { plan.batch };
+    loop {
+        let n = plan.claim(want).await;
+        if n == 0 {
+            break;
+        }
         let start = Instant::now();
         let res = if unary {
             let req = SendEventRequest { event: Some(g.event(now_ms())), ack_mode: plan.ack_mode };
@@ -128,7 +138,7 @@ pub async fn stream_loop(mut client: EventIngestClient<Channel>, mut g: Generato
     let mut t = Tally::default();
     let (tx, rx) = tokio::sync::mpsc::channel::<SendEventsRequest>(plan.inflight);
     let permits = Arc::new(tokio::sync::Semaphore::new(plan.inflight));
-    let sent = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
+    let sent = Arc::new(std::sync::Mutex::new(VecDeque::<(Instant, usize)>::new()));
     let producer = {
         let (plan, permits, sent) = (plan.clone(), permits.clone(), sent.clone());
         tokio::spawn(async move {
@@ -137,17 +147,18 @@ pub async fn stream_loop(mut client: EventIngestClient<Channel>, mut g: Generato
                 let Ok(p) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                if !plan.claim(plan.batch).await {
+                let n = plan.claim(plan.batch).await;
+                if n == 0 {
                     break;
                 }
                 p.forget();
                 let req = SendEventsRequest {
-                    events: g.batch(plan.batch, now_ms()),
+                    events: g.batch(n, now_ms()),
                     ack_mode: plan.ack_mode,
                     sequence: seq,
                 };
                 seq += 1;
-                sent.lock().unwrap_or_else(|e| e.into_inner()).push_back(Instant::now());
+                sent.lock().unwrap_or_else(|e| e.into_inner()).push_back((Instant::now(), n));
                 if tx.send(req).await.is_err() {
                     break;
                 }
@@ -158,11 +169,12 @@ pub async fn stream_loop(mut client: EventIngestClient<Channel>, mut g: Generato
         Ok(resp) => {
             let mut replies = resp.into_inner();
             while let Some(item) = replies.next().await {
-                let start = sent.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let first = sent.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 let end = Instant::now();
+                let (start, n) = first.map(|(at, n)| (Some(at), n)).unwrap_or((None, plan.batch));
                 permits.add_permits(1);
                 match item {
-                    Ok(r) => record(&mut t, &plan, &r, plan.batch, start.unwrap_or(end), end),
+                    Ok(r) => record(&mut t, &plan, &r, n, start.unwrap_or(end), end),
                     Err(s) => {
                         t.code(s.code());
                         break;
