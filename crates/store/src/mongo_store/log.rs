@@ -76,7 +76,13 @@ fn cursor_of(r: i64, id: &str) -> Cursor {
 /// True when the server takes inserts into a collection indexed on `{r: 1, _id: 1}`
 /// (tried on a scratch collection, dropped again).
 pub(super) async fn compound_id_index_works(db: &mongodb::Database, coll: &str) -> bool {
-    let probe = db.collection::<Document>(&format!("{coll}_index_probe"));
+    // A probe collection of this call only: gateways starting together on one database
+    // must not drop each other's probe (a probe dropped between its index and its insert
+    // would pass without the index, and the real collection would get an index this
+    // server then refuses every insert under).
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let probe = db.collection::<Document>(&format!("{coll}_index_probe_{}_{nanos}", std::process::id()));
     let _ = probe.drop().await;
     let keys = mongodb::IndexModel::builder().keys(doc! {"r": 1, "_id": 1}).build();
     let ok = probe.create_index(keys).await.is_ok()
