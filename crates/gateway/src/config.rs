@@ -434,7 +434,7 @@ impl Config {
         if !(1..=10_000).contains(&self.workers.concurrency) {
             return Err(invalid("workers.concurrency", "must be 1..=10000"));
         }
-        if self.workers.partitions.iter().any(|p| !(1..=5).contains(p)) {
+        if self.workers.partitions.iter().any(|p| adflow_queue::Priority::new(*p).is_err()) {
             return Err(invalid("workers.partitions", "entries must be 1..=5"));
         }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {

@@ -12,7 +12,7 @@
 use crate::services::workers::WorkerHub;
 use adflow_domain::now_ms;
 use adflow_domain::pb;
-use adflow_queue::AdQueue;
+use adflow_queue::Reports;
 use adflow_store::EventStore;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use std::sync::Arc;
@@ -136,7 +136,7 @@ fn register() {
 
 /// Refreshes the gauges every second until `stop` turns true.
 pub async fn sample(
-    queue: Arc<dyn AdQueue>,
+    queue: Arc<dyn Reports>,
     hub: Arc<WorkerHub>,
     store: Arc<dyn EventStore>,
     resilient: Option<Arc<adflow_store::resilient::Resilient>>,
