@@ -159,7 +159,7 @@ impl Inner {
 
     async fn get(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
         crate::parse_id(id)?;
-        let v: Vec<Value> = self.call(&self.scripts.get).arg(&id).run().await?;
+        let v: Vec<Value> = self.call(&self.scripts.get).arg(id).run().await?;
         let mut it = v.into_iter();
         let (Some(f), Some(pos)) = (it.next(), it.next()) else {
             return Err(QueueError::NotFound(id.to_owned()));
@@ -171,7 +171,7 @@ impl Inner {
     async fn stats(&self, now: i64) -> Result<pb::QueueStats, QueueError> {
         type Raw = (Vec<(u64, u8, i64)>, u64, u64, i64, u64, u64);
         let (parts, in_flight, dead, sum, done, minute): Raw =
-            self.call(&self.scripts.stats).arg(&now).run().await?;
+            self.call(&self.scripts.stats).arg(now).run().await?;
         let partitions: Vec<pb::PartitionStats> = parts
             .into_iter()
             .zip((1..=MAX_PRIORITY).rev())

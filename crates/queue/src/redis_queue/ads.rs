@@ -146,7 +146,7 @@ impl Ads for RedisQueue {
     async fn cancel(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
         crate::parse_id(id)?;
         let v: Vec<Value> =
-            self.inner.call(&self.inner.scripts.cancel).arg(&id).arg(&now).arg(&self.inner.ttl).run().await?;
+            self.inner.call(&self.inner.scripts.cancel).arg(id).arg(now).arg(&self.inner.ttl).run().await?;
         let mut it = v.into_iter();
         let code: i64 = parse(it.next().unwrap_or(Value::Nil))?;
         match code {

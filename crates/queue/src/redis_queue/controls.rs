@@ -14,7 +14,7 @@ impl Controls for RedisQueue {
         error::priority(priority)?;
         crate::parse_id(id)?;
         let v: Vec<Value> =
-            self.inner.call(&self.inner.scripts.set_priority).arg(&id).arg(&priority).run().await?;
+            self.inner.call(&self.inner.scripts.set_priority).arg(id).arg(priority).run().await?;
         let mut it = v.into_iter();
         match parse::<i64>(it.next().unwrap_or(Value::Nil))? {
             0 => Ok((parse(it.next().unwrap_or(Value::Nil))?, priority)),
@@ -39,12 +39,12 @@ impl Controls for RedisQueue {
         let min_wait = filter.older_than_seconds as i64 * 1000;
         self.inner
             .call(&self.inner.scripts.reprioritize)
-            .arg(&priority)
-            .arg(&(dry_run as u8))
-            .arg(&filter.current_priority)
+            .arg(priority)
+            .arg(dry_run as u8)
+            .arg(filter.current_priority)
             .arg(&fam)
-            .arg(&min_wait)
-            .arg(&now)
+            .arg(min_wait)
+            .arg(now)
             .run()
             .await
     }
@@ -99,6 +99,6 @@ impl Controls for RedisQueue {
 
     async fn purge(&self, priority: u8, now: i64) -> Result<u64, QueueError> {
         error::priority(priority)?;
-        self.inner.call(&self.inner.scripts.purge).arg(&priority).arg(&now).arg(&self.inner.ttl).run().await
+        self.inner.call(&self.inner.scripts.purge).arg(priority).arg(now).arg(&self.inner.ttl).run().await
     }
 }

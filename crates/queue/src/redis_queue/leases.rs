@@ -19,7 +19,7 @@ impl Leases for RedisQueue {
         }
         let sess = self.inner.session(session);
         let r: Result<Vec<(u64, i64, String, AdFields)>, _> =
-            self.inner.call(&self.inner.scripts.lease).arg(&now).arg(&n).arg(&mask).arg(&sess).run().await;
+            self.inner.call(&self.inner.scripts.lease).arg(now).arg(n).arg(mask).arg(&sess).run().await;
         let rows = match r {
             Ok(rows) => rows,
             Err(e) => {
@@ -128,14 +128,8 @@ impl Leases for RedisQueue {
         crate::model::check_extension(seconds)?;
         let sess = self.inner.session(session);
         let deadline = now + seconds as i64 * 1000;
-        let v: Vec<i64> = self
-            .inner
-            .call(&self.inner.scripts.extend)
-            .arg(&lease_id)
-            .arg(&sess)
-            .arg(&deadline)
-            .run()
-            .await?;
+        let v: Vec<i64> =
+            self.inner.call(&self.inner.scripts.extend).arg(lease_id).arg(&sess).arg(deadline).run().await?;
         match v.first() {
             Some(0) => Ok(deadline),
             Some(&code) => Err(refusal(code, lease_id)),
@@ -145,7 +139,7 @@ impl Leases for RedisQueue {
 
     async fn release_session(&self, session: u64, now: i64) -> usize {
         let sess = self.inner.session(session);
-        match self.inner.call(&self.inner.scripts.release).arg(&sess).arg(&now).run::<usize>().await {
+        match self.inner.call(&self.inner.scripts.release).arg(&sess).arg(now).run::<usize>().await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, session, "releasing a session's leases failed; they expire instead");

@@ -19,7 +19,7 @@ impl Reports for RedisQueue {
 
     async fn peek(&self, n: usize, now: i64) -> Result<Vec<pb::QueuedAd>, QueueError> {
         type Raw = (Vec<u8>, Vec<(String, u8, u64, i64, i64, Vec<u8>)>);
-        let (paused, rows): Raw = self.inner.call(&self.inner.scripts.peek).arg(&n).arg(&now).run().await?;
+        let (paused, rows): Raw = self.inner.call(&self.inner.scripts.peek).arg(n).arg(now).run().await?;
         let pol = self.policy().await?;
         // The candidates go through the same scheduling index as the embedded queue.
         let mut index = Index::default();

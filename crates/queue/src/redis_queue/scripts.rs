@@ -20,11 +20,13 @@
 //! - Channels: `P:wake` (new work), `P:ad` (`<id>:<status>` when a watched ad changed).
 
 //!
-//! Each script runs after a prelude: `BASE` (`ENQ_BASE_MS`), then `lua/prelude.lua`
+//! Each script runs after a prelude: `BASE` (`ENQ_BASE_MS`) and `MAX_PRIORITY` (the
+//! index's), then `lua/prelude.lua`
 //! (shared helpers), then what is generated here from the Rust constants, so the stored
 //! codes are spelled once: `policy()` reads the `P:policy` hash by `policy::CODES`, and
 //! `fields(id)` (`AD_FIELDS`, `AD_FIELDS_FAM`) reads an ad in the order `AdFields` decodes.
 
+use crate::index::MAX_PRIORITY;
 use crate::{fields, policy};
 use redis::Script;
 
@@ -81,7 +83,7 @@ impl Scripts {
     /// Builds the scripts (their SHA1s are computed here; Redis loads them on first use).
     pub(super) fn new() -> Self {
         let prelude = format!(
-            "local BASE = {ENQ_BASE_MS}\nlocal P = KEYS[1]\n{}{}",
+            "local BASE = {ENQ_BASE_MS}\nlocal MAX_PRIORITY = {MAX_PRIORITY}\nlocal P = KEYS[1]\n{}{}",
             include_str!("lua/prelude.lua"),
             generated()
         );

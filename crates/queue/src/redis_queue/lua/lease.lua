@@ -1,10 +1,13 @@
 -- ARGV: now, n, partition mask, session. Returns {lease id, deadline, ad id, fields} per
 -- lease. Reads each partition's first n members once and walks them; counters are
 -- updated once per call.
+-- The choice repeats `Index::choose` (index.rs): overdue ads first by deadline, then the
+-- partition heads by effective priority (aging: one level per step, capped), longest wait,
+-- higher priority. conformance/scheduling.rs checks the two against each other.
 local now, n, mask, sess = num(ARGV[1]), num(ARGV[2]), num(ARGV[3]), ARGV[4]
 local pol = policy()
 local allowed, heads, cur = {}, {}, {}
-for p = 1, 5 do
+for p = 1, MAX_PRIORITY do
   allowed[p] = math.floor(mask / 2 ^ (p - 1)) % 2 == 1 and redis.call('SISMEMBER', P .. ':paused', p) == 0
   if allowed[p] then
     heads[p] = redis.call('ZRANGE', P .. ':q:' .. p, 0, n - 1)
@@ -38,12 +41,12 @@ while #out < n do
   end
   if not pick then
     local be, bq, bp
-    for p = 1, 5 do
+    for p = 1, MAX_PRIORITY do
       local h = allowed[p] and head(p)
       if h then
         local enq = enq_of(h)
         local eff = p
-        if pol.anti_starvation and pol.aging_ms > 0 then eff = math.min(5, p + math.floor(math.max(0, now - enq) / pol.aging_ms)) end
+        if pol.anti_starvation and pol.aging_ms > 0 then eff = math.min(MAX_PRIORITY, p + math.floor(math.max(0, now - enq) / pol.aging_ms)) end
         if not pick or eff > be or (eff == be and (enq < bq or (enq == bq and p > bp))) then
           pick, be, bq, bp = h, eff, enq, p
         end

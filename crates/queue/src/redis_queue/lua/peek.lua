@@ -9,7 +9,7 @@ local function add(id)
   out[#out + 1] = { id, h[1], h[2], h[3], h[4], h[5] }
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, 2 * n)) do add(id) end
-for p = 1, 5 do
+for p = 1, MAX_PRIORITY do
   for _, id in ipairs(redis.call('ZRANGE', P .. ':q:' .. p, 0, n - 1)) do add(id) end
 end
 return { redis.call('SMEMBERS', P .. ':paused'), out }

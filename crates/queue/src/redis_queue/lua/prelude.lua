@@ -43,7 +43,7 @@ local function position(id)
   -- In a paused partition, every ad of every unpaused one is served first.
   local first = pr + 1
   if redis.call('SISMEMBER', P .. ':paused', pr) == 1 then first = 1 end
-  for p = first, 5 do
+  for p = first, MAX_PRIORITY do
     if p ~= pr and redis.call('SISMEMBER', P .. ':paused', p) == 0 then n = n + redis.call('ZCARD', P .. ':q:' .. p) end
   end
   return n

@@ -1,6 +1,6 @@
 -- ARGV: none. Recomputes the deadline of queued ads that follow the policy's max wait.
 local pol = policy()
-for p = 1, 5 do
+for p = 1, MAX_PRIORITY do
   for _, id in ipairs(redis.call('ZRANGE', P .. ':q:' .. p, 0, -1)) do
     local h = redis.call('HMGET', adk(id), 'mw', 'enq')
     if num(h[1]) == 0 then

@@ -2,7 +2,7 @@
 -- now. Returns {changed, matched}.
 local target, dry, cur, fam, minw, now = ARGV[1], ARGV[2] == '1', num(ARGV[3]), ARGV[4], num(ARGV[5]), num(ARGV[6])
 local matched, move = 0, {}
-for p = 1, 5 do
+for p = 1, MAX_PRIORITY do
   if cur == 0 or cur == p then
     for _, id in ipairs(redis.call('ZRANGE', P .. ':q:' .. p, 0, -1)) do
       local h = redis.call('HMGET', adk(id), 'enq', 'fam')

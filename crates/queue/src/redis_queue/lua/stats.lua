@@ -2,7 +2,7 @@
 -- sum of enqueue offsets, completed total, completed in the last minute}.
 local now = num(ARGV[1])
 local parts = {}
-for p = 5, 1, -1 do
+for p = MAX_PRIORITY, 1, -1 do
   local head = redis.call('ZRANGE', P .. ':q:' .. p, 0, 0)[1]
   local oldest = -1
   if head then oldest = num(redis.call('HGET', adk(head), 'enq')) end

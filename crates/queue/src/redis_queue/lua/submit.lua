@@ -5,7 +5,7 @@ local pol = policy()
 local count = (#ARGV - 1) / 6
 local seq = redis.call('INCRBY', P .. ':seq', count) - count
 local queued, paused = {}, {}
-for p = 1, 5 do
+for p = 1, MAX_PRIORITY do
   queued[p] = redis.call('ZCARD', P .. ':q:' .. p)
   paused[p] = redis.call('SISMEMBER', P .. ':paused', p) == 1
 end
@@ -24,7 +24,7 @@ for i = 2, #ARGV, 6 do
   local pos = queued[pr]
   local first = pr + 1
   if paused[pr] then first = 1 end
-  for p = first, 5 do
+  for p = first, MAX_PRIORITY do
     if p ~= pr and not paused[p] then pos = pos + queued[p] end
   end
   queued[pr] = queued[pr] + 1
