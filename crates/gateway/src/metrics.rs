@@ -160,7 +160,7 @@ pub async fn sample(
         let h = store.health().await;
         let up = if h.ok && !h.degraded { 1.0 } else { 0.0 };
         gauge!("backend_up", "backend" => store.backend()).set(up);
-        gauge!("spill_buffer_events").set(store.spill_pending() as f64);
+        gauge!("spill_buffer_events").set(resilient.as_ref().map_or(0, |r| r.spill_pending()) as f64);
         if let Some(r) = &resilient {
             counter!("spilled_events_total").absolute(r.spilled());
             counter!("replayed_events_total").absolute(r.replayed());
