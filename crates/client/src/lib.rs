@@ -12,6 +12,10 @@
 //!   resumes at the group's committed cursor, reconnects with backoff when the stream
 //!   breaks (resuming after the last batch it handed out), and commits after processing.
 //! - Typed helpers for ads and analytics, so callers rarely touch the generated code.
+//!
+//! # Layout
+//! - this file: `Client` (connection, TLS, API key) and the typed ad and analytics calls.
+//! - `sender`: `EventSender`, the batching, retrying background sender of events.
 
 mod consumer;
 mod sender;

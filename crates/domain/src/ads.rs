@@ -13,6 +13,55 @@ pub struct InvalidAd {
     pub message: String,
 }
 
+/// An ad's priority: 1..=5, 5 the highest. The one place the range is checked: ad
+/// validation, the queue, the operator controls and the worker partitions all build one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Priority(u8);
+
+/// A number that is not a priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is outside 1..=5 (5 is the highest)")]
+pub struct NotAPriority(pub u64);
+
+impl Priority {
+    /// The lowest priority.
+    pub const MIN: u8 = 1;
+    /// The highest priority.
+    pub const MAX: u8 = 5;
+
+    /// Checks `p` (any integer type).
+    pub fn new(p: impl Into<u64>) -> Result<Self, NotAPriority> {
+        let p = p.into();
+        if (Self::MIN as u64..=Self::MAX as u64).contains(&p) {
+            Ok(Self(p as u8))
+        } else {
+            Err(NotAPriority(p))
+        }
+    }
+
+    /// The number, 1..=5.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Every priority, highest first.
+    pub fn all_desc() -> impl Iterator<Item = Priority> {
+        (Self::MIN..=Self::MAX).rev().map(Self)
+    }
+}
+
+impl From<Priority> for u8 {
+    fn from(p: Priority) -> u8 {
+        p.0
+    }
+}
+
+impl From<Priority> for u32 {
+    fn from(p: Priority) -> u32 {
+        p.0.into()
+    }
+}
+
 fn bad(field: &'static str, message: String) -> Result<(), InvalidAd> {
     Err(InvalidAd { field, message })
 }
@@ -52,8 +101,8 @@ pub fn check(a: &AdSpec) -> Result<(), InvalidAd> {
     if a.duration_seconds > 600 {
         return bad("ad.duration_seconds", format!("{} is above 600", a.duration_seconds));
     }
-    if !(1..=5).contains(&a.priority) {
-        return bad("ad.priority", format!("{} is outside 1..=5 (5 is the highest)", a.priority));
+    if let Err(e) = Priority::new(a.priority) {
+        return bad("ad.priority", e.to_string());
     }
     if a.max_wait_seconds > 86_400 {
         return bad("ad.max_wait_seconds", format!("{} is above 86400", a.max_wait_seconds));

@@ -1,6 +1,13 @@
 //! adflow's domain logic, free of I/O: what makes an ad event valid, how the dedup
 //! window remembers event ids, and how committed events become analytics counters.
 //! Everything here is synchronous and unit-tested in place; the gateway wires it up.
+//!
+//! # Layout
+//! - `ads`: validation of submitted ads and the `Priority` type (1..=5, checked here only).
+//! - `validate`: validation of ad events (the hot path works on the raw bytes).
+//! - `dedup` (+ `dedup/table.rs`): the event-id window that makes client retries harmless.
+//! - `analytics`: per-ad, per-minute counters of committed events and their sums.
+//! - this file: `StoredEvent` (an accepted event as the store keeps it) and `now_ms`.
 
 pub mod ads;
 pub mod analytics;

@@ -34,11 +34,7 @@ pub fn older_than_seconds(x: &pb::SetPriorityOlderThan) -> u32 {
 /// Checks the arguments of a typed command (whoever produced it); the error names the field.
 pub fn validate(c: &pb::AgentCommand) -> Result<(), String> {
     let prio = |p: u32, field: &str| {
-        if (1..=5).contains(&p) {
-            Ok(())
-        } else {
-            Err(format!("{field}: priority {p} is outside 1..=5 (5 is the highest)"))
-        }
+        adflow_queue::Priority::new(p).map(drop).map_err(|e| format!("{field}: priority {e}"))
     };
     let family = |f: &str, required: bool| {
         if f.len() > 64 || required && f.trim().is_empty() {

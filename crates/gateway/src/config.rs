@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod servers;
+pub use servers::{MongoServer, RedisServer};
+
 /// The shipped defaults file, merged when it exists in the working directory.
 pub const DEFAULT_FILE: &str = "configs/default.toml";
 
@@ -53,6 +56,10 @@ pub struct Config {
     pub validation: Limits,
     /// Analytics counters retention.
     pub analytics: Retention,
+    /// The Redis server shared by events, counters, dedup and the queue (`[redis]`).
+    pub redis: RedisServer,
+    /// The MongoDB database shared by events, counters and the queue (`[mongodb]`).
+    pub mongodb: MongoServer,
     /// Where events are stored.
     pub storage: StorageConfig,
     /// Checkpoints of analytics and the dedup window (bounded restart time).
@@ -362,7 +369,8 @@ impl Config {
 
     /// Extracts and validates a configuration from any figment (used by tests too).
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
-        let cfg: Config = fig.extract().map_err(Box::new)?;
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        servers::apply(&cfg.redis, &cfg.mongodb, &mut cfg.storage, &mut cfg.queue)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -434,7 +442,7 @@ impl Config {
         if !(1..=10_000).contains(&self.workers.concurrency) {
             return Err(invalid("workers.concurrency", "must be 1..=10000"));
         }
-        if self.workers.partitions.iter().any(|p| !(1..=5).contains(p)) {
+        if self.workers.partitions.iter().any(|p| adflow_queue::Priority::new(*p).is_err()) {
             return Err(invalid("workers.partitions", "entries must be 1..=5"));
         }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
@@ -597,6 +605,7 @@ mod tests {
         assert_eq!(cfg.tracing.otlp_endpoint, "http://jaeger:4317");
         assert_eq!(cfg.workers.in_process, 0);
         assert_eq!(cfg.storage.backend, adflow_store::Backend::Redis, "compose runs on its Redis");
+        assert_eq!(cfg.storage.redis.url, "redis://redis:6379/", "[redis] names it once");
         assert!(cfg.auth.enabled);
         let authz = crate::auth::Authz::new(&cfg.auth, &[]);
         let mut h = http::HeaderMap::new();

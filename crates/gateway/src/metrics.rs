@@ -12,7 +12,7 @@
 use crate::services::workers::WorkerHub;
 use adflow_domain::now_ms;
 use adflow_domain::pb;
-use adflow_queue::AdQueue;
+use adflow_queue::Reports;
 use adflow_store::EventStore;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use std::sync::Arc;
@@ -136,7 +136,7 @@ fn register() {
 
 /// Refreshes the gauges every second until `stop` turns true.
 pub async fn sample(
-    queue: Arc<dyn AdQueue>,
+    queue: Arc<dyn Reports>,
     hub: Arc<WorkerHub>,
     store: Arc<dyn EventStore>,
     resilient: Option<Arc<adflow_store::resilient::Resilient>>,
@@ -160,7 +160,7 @@ pub async fn sample(
         let h = store.health().await;
         let up = if h.ok && !h.degraded { 1.0 } else { 0.0 };
         gauge!("backend_up", "backend" => store.backend()).set(up);
-        gauge!("spill_buffer_events").set(store.spill_pending() as f64);
+        gauge!("spill_buffer_events").set(resilient.as_ref().map_or(0, |r| r.spill_pending()) as f64);
         if let Some(r) = &resilient {
             counter!("spilled_events_total").absolute(r.spilled());
             counter!("replayed_events_total").absolute(r.replayed());

@@ -21,8 +21,7 @@ use adflow_domain::pb::analytics_server::AnalyticsServer;
 use adflow_domain::pb::queue_control_server::QueueControlServer;
 use adflow_domain::pb::worker_service_server::WorkerServiceServer;
 use adflow_proto::raw_ingest::event_ingest_server::EventIngestServer;
-use adflow_queue::policy::QueueBackend;
-use adflow_queue::{AdQueue, EmbeddedQueue, MongoQueue, RedisQueue};
+use adflow_queue::{AdQueue, Leases};
 use adflow_store::EventStore;
 use adflow_store::counters::{CounterSource, Local};
 use adflow_worker::run::WorkerConfig;
@@ -48,28 +47,6 @@ const SERVICES: [&str; 8] = [
     "adflow.v1.WorkerService",
     "adflow.v1.AgentService",
 ];
-
-/// The queue settings with `auto` resolved: the queue lives where the events do, on the
-/// same server (so several gateways on one backend share everything).
-fn queue_config(cfg: &Config) -> adflow_queue::QueueConfig {
-    let mut q = cfg.queue.clone();
-    if q.backend == QueueBackend::Auto {
-        match cfg.storage.backend {
-            adflow_store::Backend::File => q.backend = QueueBackend::Embedded,
-            adflow_store::Backend::Redis => {
-                q.backend = QueueBackend::Redis;
-                q.redis.url = cfg.storage.redis.url.clone();
-                q.redis.cluster_nodes = cfg.storage.redis.cluster_nodes.clone();
-            }
-            adflow_store::Backend::Mongodb => {
-                q.backend = QueueBackend::Mongodb;
-                q.mongodb.uri = cfg.storage.mongodb.uri.clone();
-                q.mongodb.database = cfg.storage.mongodb.database.clone();
-            }
-        }
-    }
-    q
-}
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for s in SERVICES {
@@ -166,7 +143,7 @@ async fn watch_health(
 }
 
 /// Redelivers or dead-letters expired leases, four times a second.
-async fn expire_leases(queue: Arc<dyn AdQueue>, mut stop: watch::Receiver<bool>) {
+async fn expire_leases(queue: Arc<dyn Leases>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -359,21 +336,8 @@ pub async fn serve(
         }
         _ => None,
     };
-    let qcfg = queue_config(&cfg);
-    let queue: Arc<dyn AdQueue> = match qcfg.backend {
-        QueueBackend::Auto => unreachable!("queue_config resolves auto"),
-        QueueBackend::Embedded => Arc::new(
-            tokio::task::spawn_blocking(move || EmbeddedQueue::open(&qcfg))
-                .await?
-                .context("opening the ad queue")?,
-        ),
-        QueueBackend::Redis => {
-            Arc::new(RedisQueue::open(&qcfg, &qcfg.redis).await.context("opening the redis ad queue")?)
-        }
-        QueueBackend::Mongodb => {
-            Arc::new(MongoQueue::open(&qcfg, &qcfg.mongodb).await.context("opening the mongodb ad queue")?)
-        }
-    };
+    let queue: Arc<dyn AdQueue> =
+        adflow_queue::open(&cfg.queue, &cfg.storage).await.context("opening the ad queue")?;
     // Remote backends: replay the spill buffer whenever the backend is reachable. It
     // keeps running until the pipeline has flushed (see the end of this function).
     let (drain_stop_tx, drain_stop_rx) = watch::channel(false);

@@ -1,25 +1,36 @@
-//! The one place where domain errors become gRPC statuses. Every variant maps to the
-//! code a client can act on: INVALID_ARGUMENT (fix the request), RESOURCE_EXHAUSTED
-//! (back off and retry), UNAVAILABLE (retry later or elsewhere; nothing was stored).
+//! The one place where domain errors become gRPC statuses: ingest, queue and store
+//! errors. Every variant maps to the code a client can act on: INVALID_ARGUMENT (fix the
+//! request), NOT_FOUND, FAILED_PRECONDITION (the state changed), RESOURCE_EXHAUSTED
+//! (back off and retry), UNAVAILABLE (retry later or elsewhere; nothing was stored),
+//! INTERNAL (a bug or damaged data: a retry repeats it). Services call these; none maps
+//! an error itself.
 
 use crate::pipeline::IngestError;
-use adflow_queue::QueueError;
-use tonic::Status;
+use adflow_queue::{BackendErrorKind, QueueError};
+use adflow_store::StoreError;
+use tonic::{Code, Status};
 
-/// The status of a queue error (a function: both types are foreign to this crate).
-pub(crate) fn from_queue(e: QueueError) -> Status {
-    let msg = e.to_string();
+/// The code of a queue error (also used for the per-lease refusals of a worker message).
+pub(crate) fn queue_code(e: &QueueError) -> Code {
     match e {
-        QueueError::NotFound(_) | QueueError::UnknownLease(_) => Status::not_found(msg),
-        QueueError::BadId(_) | QueueError::Invalid { .. } => Status::invalid_argument(msg),
-        QueueError::WrongState { .. } | QueueError::StaleLease(_) => Status::failed_precondition(msg),
-        QueueError::Journal(_) | QueueError::Backend(_) => Status::unavailable(msg),
+        QueueError::NotFound(_) | QueueError::UnknownLease(_) => Code::NotFound,
+        QueueError::BadId(_) | QueueError::Invalid { .. } => Code::InvalidArgument,
+        QueueError::WrongState { .. } | QueueError::StaleLease(_) => Code::FailedPrecondition,
+        QueueError::Journal(_) | QueueError::Backend { kind: BackendErrorKind::Unavailable, .. } => {
+            Code::Unavailable
+        }
+        QueueError::Backend { kind: BackendErrorKind::Internal, .. } => Code::Internal,
     }
 }
 
+/// The status of a queue error (a function: both types are foreign to this crate).
+pub(crate) fn from_queue(e: QueueError) -> Status {
+    Status::new(queue_code(&e), e.to_string())
+}
+
 /// The status of a store error met while serving a read.
-pub(crate) fn from_store(e: adflow_store::StoreError) -> Status {
-    use adflow_store::StoreError as E;
+pub(crate) fn from_store(e: StoreError) -> Status {
+    use StoreError as E;
     let msg = e.to_string();
     match e {
         E::BadCursor(_) => Status::invalid_argument(msg),
@@ -81,6 +92,21 @@ mod tests {
         );
         assert_eq!(Status::from(IngestError::ShuttingDown).code(), Code::Unavailable);
         assert_eq!(Status::from(IngestError::CommitFailed("disk".into())).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn queue_backend_errors_say_whether_a_retry_helps() {
+        assert_eq!(
+            from_queue(QueueError::unavailable("redis: connection refused")).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            from_queue(QueueError::internal("redis: ERR Error running script")).code(),
+            Code::Internal
+        );
+        assert_eq!(from_queue(QueueError::StaleLease(3)).code(), Code::FailedPrecondition);
+        let store = StoreError::Backend { backend: "redis", op: "sum", message: "timed out".into() };
+        assert_eq!(from_store(store).code(), Code::Unavailable);
     }
 
     #[test]

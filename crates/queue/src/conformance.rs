@@ -1,10 +1,12 @@
 //! The queue conformance suite: the semantics every `AdQueue` backend must keep (order,
 //! leases, expiry, dead letters, sessions, restart, operator controls, watches, and no
 //! double lease under concurrency), and what a restart or a crash must keep
-//! (`durability`). A backend's test implements `Harness` and calls `run_all`; each check
+//! (`durability`), and that every backend serves ads in the order of the Rust `Index`
+//! (`scheduling`). A backend's test implements `Harness` and calls `run_all`; each check
 //! panics with a message naming the broken guarantee.
 
 pub mod durability;
+pub mod scheduling;
 
 use crate::index::ALL_PARTITIONS;
 use crate::{AdQueue, QueueConfig, QueueError};
@@ -117,6 +119,7 @@ pub async fn run_all(h: &dyn Harness) {
     concurrent_leases_never_share_an_ad(h).await;
     audit_log_pages_newest_first(h).await;
     durability::run_all(h).await;
+    scheduling::run_all(h).await;
 }
 
 /// Strict priority, FIFO inside a priority; ids, positions and the trace travel.

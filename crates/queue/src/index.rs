@@ -11,6 +11,12 @@
 //! `aging_step_ms` waited (capped at 5), and among equal effective priorities the ad that
 //! waited longest wins, so a low-priority ad under a flood of high-priority ones reaches
 //! the top level and then beats every younger ad there.
+//!
+//! These rules are the one definition of the serving order: the embedded and MongoDB
+//! queues pop from this index, and Redis `peek` runs its candidates through it. Only the
+//! Redis LEASE script (`redis_queue/lua/lease.lua`) repeats `choose` in Lua, to claim
+//! atomically; `conformance::scheduling` checks on every backend that leases come out in
+//! the order this index gives, aging, overdue ads and tie-breaks included.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -98,8 +98,18 @@ impl Journal {
             std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
         }
         // redb caches up to 1 GiB by default; the queue reads little (start-up, old ads).
-        let database =
-            Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| at(&e))?);
+        let database = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
+            // redb's own words ("Database already open. Cannot acquire lock.") name neither
+            // the file nor the way out.
+            redb::DatabaseError::DatabaseAlreadyOpen => JournalError::Db(format!(
+                "{} (queue.path) is already open in another process, most likely another gateway \
+                 started with the same queue.path: stop that gateway, or give this one its own \
+                 queue.path (or a shared queue backend: queue.backend = \"redis\" or \"mongodb\")",
+                path.display()
+            )),
+            e => at(&e),
+        })?;
+        let database = Arc::new(database);
         {
             let w = database.begin_write().map_err(db)?;
             w.open_table(ADS).map_err(db)?;

@@ -1,78 +1,46 @@
-//! The scheduling policy and the queue's configuration (`[queue]`).
+//! The scheduling policy as rules, independent of any backend: the `Rules` the index
+//! schedules by, the bounds a policy must respect, how an update applies, and the short
+//! codes under which the shared backends store it (the Lua prelude and the MongoDB
+//! documents are built from `CODES`, so the codes are spelled once).
 
+use crate::QueueError;
 use adflow_proto::v1 as pb;
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
-/// The queue backends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueBackend {
-    /// Follows `storage.backend` (file: embedded) and uses its server settings.
-    #[default]
-    Auto,
-    /// redb file in the gateway process.
-    Embedded,
-    /// Redis (or Redis Cluster), shared by every gateway.
-    Redis,
-    /// MongoDB, shared by every gateway.
-    Mongodb,
+/// Storage code of `anti_starvation` (stored as 1/0, or a bool in MongoDB).
+pub const ANTI_STARVATION: &str = "as";
+/// Storage code of `max_wait_seconds`.
+pub const MAX_WAIT: &str = "mw";
+/// Storage code of `aging_step_seconds`.
+pub const AGING_STEP: &str = "ag";
+/// Storage code of `max_attempts`.
+pub const MAX_ATTEMPTS: &str = "ma";
+/// Storage code of `lease_seconds`.
+pub const LEASE: &str = "ls";
+
+/// Every storage code, in the order of `stored`.
+pub const CODES: [&str; 5] = [ANTI_STARVATION, MAX_WAIT, AGING_STEP, MAX_ATTEMPTS, LEASE];
+
+/// The policy as stored: (code, value) in the order of `CODES`, the flag as 1/0.
+pub fn stored(p: &pb::Policy) -> [(&'static str, u32); 5] {
+    [
+        (ANTI_STARVATION, p.anti_starvation as u32),
+        (MAX_WAIT, p.max_wait_seconds),
+        (AGING_STEP, p.aging_step_seconds),
+        (MAX_ATTEMPTS, p.max_attempts),
+        (LEASE, p.lease_seconds),
+    ]
 }
 
-/// Queue settings: where it persists and the policy it starts with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QueueConfig {
-    /// Where the queue lives: "auto" (default: where the events are, on the same server),
-    /// "embedded" (redb file, one gateway), "redis" or "mongodb" (shared by every gateway).
-    pub backend: QueueBackend,
-    /// Settings of the redis queue.
-    pub redis: crate::redis_queue::RedisQueueConfig,
-    /// Settings of the mongodb queue.
-    pub mongodb: crate::mongo_queue::MongoQueueConfig,
-    /// The redb database file (default "data/queue.redb").
-    pub path: PathBuf,
-    /// Serve overdue ads first and age waiting ads (default true).
-    pub anti_starvation: bool,
-    /// Max wait for ads that set none, seconds (default 300).
-    pub max_wait_seconds: u32,
-    /// One effective priority level per this many seconds waited (default 60; 0: no aging).
-    pub aging_step_seconds: u32,
-    /// Leases per ad before it is dead-lettered (default 5).
-    pub max_attempts: u32,
-    /// Lease duration, seconds (default 30).
-    pub lease_seconds: u32,
-    /// Finished ads kept in memory for fast reads (default 16384; older ones come from disk).
-    pub recent_finished: usize,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        Self {
-            backend: QueueBackend::Auto,
-            redis: Default::default(),
-            mongodb: Default::default(),
-            path: PathBuf::from("data/queue.redb"),
-            anti_starvation: true,
-            max_wait_seconds: 300,
-            aging_step_seconds: 60,
-            max_attempts: 5,
-            lease_seconds: 30,
-            recent_finished: 16_384,
-        }
-    }
-}
-
-impl QueueConfig {
-    /// The policy these settings start with.
-    pub fn policy(&self) -> pb::Policy {
-        pb::Policy {
-            anti_starvation: self.anti_starvation,
-            max_wait_seconds: self.max_wait_seconds,
-            aging_step_seconds: self.aging_step_seconds,
-            max_attempts: self.max_attempts,
-            lease_seconds: self.lease_seconds,
-        }
+/// A policy read back by code; a missing value is the default's.
+pub fn from_stored(get: impl Fn(&'static str) -> Option<i64>) -> pb::Policy {
+    let d = crate::QueueConfig::default().policy();
+    let num = |code, dv: u32| get(code).map(|v| v.clamp(0, u32::MAX.into()) as u32).unwrap_or(dv);
+    pb::Policy {
+        anti_starvation: get(ANTI_STARVATION).map(|v| v != 0).unwrap_or(d.anti_starvation),
+        max_wait_seconds: num(MAX_WAIT, d.max_wait_seconds),
+        aging_step_seconds: num(AGING_STEP, d.aging_step_seconds),
+        max_attempts: num(MAX_ATTEMPTS, d.max_attempts),
+        lease_seconds: num(LEASE, d.lease_seconds),
     }
 }
 
@@ -111,3 +79,13 @@ pub fn apply(p: &pb::Policy, u: &pb::SetPolicyRequest) -> pb::Policy {
         lease_seconds: u.lease_seconds.unwrap_or(p.lease_seconds),
     }
 }
+
+/// `apply` then `check`: the policy an update leads to, or the field it breaks.
+pub fn updated(p: &pb::Policy, u: &pb::SetPolicyRequest) -> Result<pb::Policy, QueueError> {
+    let next = apply(p, u);
+    check(&next).map_err(|(field, message)| QueueError::Invalid { field, message })?;
+    Ok(next)
+}
+
+/// The backend choice lives in `config`; re-exported for the `policy::QueueBackend` path.
+pub use crate::config::QueueBackend;

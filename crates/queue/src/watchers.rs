@@ -1,6 +1,7 @@
-//! The local watchers of ads whose state lives in a shared backend (Redis, MongoDB): who
-//! watches which ad, and which status each last saw, so every status reaches a watcher
-//! once and in order even when the ad read back has already moved on.
+//! The local watchers of ads (WatchAd), for every backend: who watches which ad, and
+//! which status each last saw. The shared backends (Redis, MongoDB) `deliver` each status
+//! once and in order even when the ad read back has already moved on; the embedded queue
+//! `take`s the channels when it changes an ad and sends once the change is committed.
 
 use adflow_proto::v1 as pb;
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ impl Watchers {
     /// A channel of the later states of `ad` (closed at once when it is final).
     pub(crate) fn register(&self, ad: &pb::Ad) -> mpsc::Receiver<pb::Ad> {
         let (tx, rx) = mpsc::channel(64);
-        if !crate::embedded::is_final(ad.status) {
+        if !crate::status::is_final(ad.status) {
             self.lock().entry(ad.id.clone()).or_insert_with(|| (ad.status, Vec::new())).1.push(tx);
         }
         rx
@@ -47,11 +48,31 @@ impl Watchers {
                 return;
             }
             *last = ad.status;
-            let done = crate::embedded::is_final(ad.status);
+            let done = crate::status::is_final(ad.status);
             ws.retain(|tx| tx.try_send(ad.clone()).is_ok() || !tx.is_closed());
             if done || ws.is_empty() {
                 w.remove(id);
             }
+        }
+    }
+
+    /// Whether anyone watches `id`.
+    pub(crate) fn watching(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// The open channels of `id`'s watchers, for a change to `status` that the caller
+    /// sends itself (every change, not once per status); a final status, or no open
+    /// channel left, ends the watch.
+    pub(crate) fn take(&self, id: &str, status: i32) -> Vec<mpsc::Sender<pb::Ad>> {
+        let mut w = self.lock();
+        let Some((last, ws)) = w.get_mut(id) else { return Vec::new() };
+        *last = status;
+        ws.retain(|tx| !tx.is_closed());
+        if crate::status::is_final(status) || ws.is_empty() {
+            w.remove(id).map(|(_, ws)| ws).unwrap_or_default()
+        } else {
+            ws.clone()
         }
     }
 }

@@ -65,3 +65,17 @@ impl Harness for Embedded {
 async fn embedded_queue_passes_the_conformance_suite() {
     run_all(&Embedded { dir: tempfile::tempdir().unwrap(), last: Mutex::new(None) }).await;
 }
+
+#[test]
+fn a_queue_path_another_gateway_holds_is_named_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig { path: dir.path().join("queue.redb"), ..Default::default() };
+    let first = EmbeddedQueue::open(&cfg).expect("the first gateway opens the queue");
+    let Err(e) = EmbeddedQueue::open(&cfg) else { panic!("a second open of a held queue.path succeeded") };
+    let msg = e.to_string();
+    assert!(msg.contains(&cfg.path.display().to_string()), "names the file: {msg}");
+    assert!(msg.contains("another process"), "says another process holds it: {msg}");
+    assert!(msg.contains("queue.path") && msg.contains("stop"), "says what to do: {msg}");
+    drop(first);
+    EmbeddedQueue::open(&cfg).expect("once the first gateway is gone, the path opens");
+}

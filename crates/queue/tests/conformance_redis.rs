@@ -3,7 +3,7 @@
 //! are started by .ci/run. Each fresh queue gets its own hash-tagged prefix.
 
 use adflow_queue::conformance::{Opener, Shared, run_all};
-use adflow_queue::{AdQueue, QueueConfig, RedisQueue, RedisQueueConfig};
+use adflow_queue::{AdQueue, Ads, Leases, QueueConfig, RedisQueue, RedisQueueConfig};
 use async_trait::async_trait;
 use std::sync::Arc;
 

@@ -3,6 +3,16 @@
 //!
 //! The trait is deliberately small (append a batch durably, scan in pages, health,
 //! close): the pipeline batches and retries, the store only has to persist.
+//!
+//! # Layout
+//! - this file: `EventStore`, `StoreError`, `[storage]` and `open` (the one factory).
+//! - `file` (+ `file/`: reader, damage, log, groups, retention, maintenance): segment
+//!   files with framed records (`framing`), the embedded default.
+//! - `redis_store` (+ `redis_store/log.rs`), `mongo_store` (+ `mongo_store/log.rs`): the
+//!   shared backends; `redis_conn`: one connection type for a server or a cluster.
+//! - `resilient`: retries, breaker and spill buffer around a remote backend.
+//! - `counters`: analytics counters shared through the backend; `eventlog`: the types
+//!   of event-log reads. `conformance` (feature): the suite every backend passes.
 
 pub mod counters;
 pub mod eventlog;
@@ -155,10 +165,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// Why new events must be refused now (e.g. "disk nearly full: ..."), or None.
     fn refuse_writes(&self) -> Option<String> {
         None
-    }
-    /// Events held in a local spill buffer, waiting for the backend (0 for direct stores).
-    fn spill_pending(&self) -> u64 {
-        0
     }
 }
 

@@ -156,6 +156,12 @@ impl Resilient {
         self.spill.lock().await.pending
     }
 
+    /// Events held in the spill buffer, waiting for the backend (0 while its lock is busy):
+    /// a gauge that must not wait, unlike `pending`.
+    pub fn spill_pending(&self) -> u64 {
+        self.spill.try_lock().map(|s| s.pending).unwrap_or(0)
+    }
+
     /// Events spilled since start.
     pub fn spilled(&self) -> u64 {
         self.spilled.load(Ordering::Relaxed)
@@ -367,9 +373,5 @@ impl EventStore for Resilient {
         let s = self.spill.lock().await;
         s.store.close().await?;
         self.backend.close().await
-    }
-
-    fn spill_pending(&self) -> u64 {
-        self.spill.try_lock().map(|s| s.pending).unwrap_or(0)
     }
 }

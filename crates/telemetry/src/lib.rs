@@ -2,6 +2,11 @@
 //! (text or JSON) and, when an OTLP endpoint is configured, OpenTelemetry tracing with a
 //! W3C trace-context propagator; `prometheus` installs the metrics recorder and
 //! `serve_metrics` answers `GET /metrics` on a side port.
+//!
+//! # Layout
+//! - this file: `init` (filter, text/JSON logs, the optional OTLP layer).
+//! - `trace`: the OTLP settings and W3C trace-context helpers (`current_traceparent`).
+//! - `metrics_http`: the Prometheus recorder and the `/metrics` (and health) side port.
 
 pub mod metrics_http;
 pub mod trace;

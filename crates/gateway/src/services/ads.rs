@@ -3,7 +3,7 @@
 use crate::status::from_queue;
 use adflow_domain::validate::trunc;
 use adflow_domain::{ads, now_ms, pb};
-use adflow_queue::AdQueue;
+use adflow_queue::Ads;
 use pb::ad_service_server::AdService;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -46,12 +46,12 @@ pub(crate) fn check_family(field: &str, family: &str) -> Result<(), Status> {
 
 /// The AdService.
 pub struct AdsService {
-    queue: Arc<dyn AdQueue>,
+    queue: Arc<dyn Ads>,
 }
 
 impl AdsService {
     /// A service over `queue`.
-    pub fn new(queue: Arc<dyn AdQueue>) -> Self {
+    pub fn new(queue: Arc<dyn Ads>) -> Self {
         Self { queue }
     }
 }

@@ -25,7 +25,7 @@ impl AnalyticsService {
     }
 
     async fn sum(&self, scope: Scope<'_>, from: i64, to: i64, now: i64) -> Result<Counters, Status> {
-        self.counters.sum(scope, from, to, now).await.map_err(unavailable)
+        self.counters.sum(scope, from, to, now).await.map_err(crate::status::from_store)
     }
 
     /// Stats with the last-hour and last-day totals of the scope.
@@ -41,10 +41,6 @@ impl AnalyticsService {
         let day = self.sum(scope, end - DAY, end, now).await?.total();
         Ok(to_stats(id, c, hour, day))
     }
-}
-
-fn unavailable(e: adflow_store::StoreError) -> Status {
-    Status::unavailable(format!("reading the analytics counters failed: {e}"))
 }
 
 /// Resolves a request's period to [from, to); windows end just after `now`.
@@ -138,7 +134,7 @@ impl AnalyticsRpc for AnalyticsService {
             .counters
             .per_key(Kind::Ad, from, to, now)
             .await
-            .map_err(unavailable)?
+            .map_err(crate::status::from_store)?
             .into_iter()
             .filter(|(_, c)| c.denominator(metric) >= r.min_denominator)
             .collect();
@@ -167,7 +163,8 @@ impl AnalyticsRpc for AnalyticsService {
         };
         let now = now_ms();
         let (from, to) = resolve(r.period, now)?;
-        let mut camps = self.counters.per_key(Kind::Campaign, from, to, now).await.map_err(unavailable)?;
+        let mut camps =
+            self.counters.per_key(Kind::Campaign, from, to, now).await.map_err(crate::status::from_store)?;
         if !r.campaign_id.is_empty() {
             camps.retain(|(id, _)| *id == r.campaign_id);
         }

@@ -4,20 +4,20 @@ use super::ads::{check_ad_id, check_family};
 use super::workers::WorkerHub;
 use crate::status::from_queue;
 use adflow_domain::{now_ms, pb};
-use adflow_queue::AdQueue;
+use adflow_queue::{Operator, Priority};
 use pb::queue_control_server::QueueControl;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The QueueControl service.
 pub struct QueueControlService {
-    queue: Arc<dyn AdQueue>,
+    queue: Arc<dyn Operator>,
     hub: Arc<WorkerHub>,
 }
 
 impl QueueControlService {
     /// A service over `queue`, reporting the workers of `hub`.
-    pub fn new(queue: Arc<dyn AdQueue>, hub: Arc<WorkerHub>) -> Self {
+    pub fn new(queue: Arc<dyn Operator>, hub: Arc<WorkerHub>) -> Self {
         Self { queue, hub }
     }
 }
@@ -26,11 +26,7 @@ impl QueueControlService {
 const MAX_REQUEUE_IDS: usize = 1000;
 
 fn priority(p: u32) -> Result<u8, Status> {
-    if (1..=5).contains(&p) {
-        Ok(p as u8)
-    } else {
-        Err(Status::invalid_argument(format!("priority {p} is outside 1..=5")))
-    }
+    Priority::new(p).map(u8::from).map_err(|e| Status::invalid_argument(format!("priority {e}")))
 }
 
 fn limit(n: u32, default: usize, max: usize) -> Result<usize, Status> {

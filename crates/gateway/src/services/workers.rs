@@ -13,7 +13,7 @@ use adflow_domain::analytics::Counters;
 use adflow_domain::{now_ms, pb};
 use adflow_proto::codec::{MAX_REFUSAL_DETAILS, MAX_WORKER_ITEMS, inbound_error};
 use adflow_queue::index::{ALL_PARTITIONS, PartitionMask};
-use adflow_queue::{AdQueue, Leased, QueueError};
+use adflow_queue::{AdQueue, Leased, Leases, Priority, QueueError, Reports};
 use adflow_store::counters::CounterSource;
 use futures::StreamExt;
 use pb::{gateway_message, worker_message};
@@ -23,13 +23,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 const MAX_CREDITS: u32 = 10_000;
 
 /// The connected workers and what they hold.
 pub struct WorkerHub {
-    queue: Arc<dyn AdQueue>,
+    /// What sessions do with the queue.
+    leases: Arc<dyn Leases>,
+    /// The policy (lease duration) sessions announce.
+    reports: Arc<dyn Reports>,
     analytics: Arc<dyn CounterSource>,
     sessions: Mutex<HashMap<u64, pb::WorkerInfo>>,
     next: AtomicU64,
@@ -43,7 +46,14 @@ impl WorkerHub {
         analytics: Arc<dyn CounterSource>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { queue, analytics, sessions: Mutex::new(HashMap::new()), next: AtomicU64::new(1), shutdown }
+        Self {
+            leases: queue.clone(),
+            reports: queue,
+            analytics,
+            sessions: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            shutdown,
+        }
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, pb::WorkerInfo>> {
@@ -130,12 +140,7 @@ impl Refusals {
         if self.0.refusals.len() >= MAX_REFUSAL_DETAILS {
             return;
         }
-        let code = match e {
-            QueueError::StaleLease(_) => Code::FailedPrecondition,
-            QueueError::UnknownLease(_) => Code::NotFound,
-            QueueError::Invalid { .. } => Code::InvalidArgument,
-            _ => Code::Internal,
-        };
+        let code = crate::status::queue_code(e);
         self.0.refusals.push(pb::LeaseRefusal { lease_id, code: code as i32, message: e.to_string() });
     }
 }
@@ -157,8 +162,8 @@ fn mask_of(partitions: &[u32]) -> Result<PartitionMask, Status> {
     }
     let mut m = 0;
     for &p in partitions {
-        if !(1..=5).contains(&p) {
-            return Err(Status::invalid_argument(format!("hello.partitions: {p} is outside 1..=5")));
+        if let Err(e) = Priority::new(p) {
+            return Err(Status::invalid_argument(format!("hello.partitions: {e}")));
         }
         m |= 1 << (p - 1);
     }
@@ -220,7 +225,7 @@ impl pb::worker_service_server::WorkerService for WorkersService {
             },
         );
         let (tx, rx) = mpsc::channel(64);
-        let lease_seconds = self.hub.queue.policy().await.map_err(crate::status::from_queue)?.lease_seconds;
+        let lease_seconds = self.hub.reports.policy().await.map_err(crate::status::from_queue)?.lease_seconds;
         let _ = tx.send(Ok(gw(gateway_message::Kind::Welcome(pb::Welcome { lease_seconds })))).await;
         let session = Session {
             hub: self.hub.clone(),
@@ -248,7 +253,7 @@ struct Session {
 
 impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>) {
-        let mut work = self.hub.queue.work_signal();
+        let mut work = self.hub.leases.work_signal();
         let mut shutdown = self.hub.shutdown.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut received = 1u64; // the Hello
@@ -286,7 +291,7 @@ impl Session {
                 }
             }
         }
-        let released = self.hub.queue.release_session(self.id, now_ms()).await;
+        let released = self.hub.leases.release_session(self.id, now_ms()).await;
         self.hub.sessions().remove(&self.id);
         tracing::debug!(session = self.id, released, "worker session closed");
     }
@@ -294,7 +299,7 @@ impl Session {
     /// Leases what the credits allow; false when the worker is gone.
     async fn dispatch(&mut self) -> bool {
         let now = now_ms();
-        let leased = self.hub.queue.lease(self.id, self.mask, self.credits as usize, now).await;
+        let leased = self.hub.leases.lease(self.id, self.mask, self.credits as usize, now).await;
         if leased.is_empty() {
             return true;
         }
@@ -315,7 +320,7 @@ impl Session {
     /// Applies one worker message; false when the session must end.
     async fn handle(&mut self, msg: pb::WorkerMessage) -> bool {
         let now = now_ms();
-        let q = &self.hub.queue;
+        let q = &self.hub.leases;
         let items = match &msg.kind {
             Some(worker_message::Kind::Acks(b)) => check_items("acks", b.acks.len()),
             Some(worker_message::Kind::Nacks(b)) => check_items("nacks", b.nacks.len()),

@@ -5,10 +5,10 @@
 
 use crate::index::{AdKey, Index, Rules};
 use crate::journal::Journal;
-use crate::{parse_id, policy};
-use adflow_proto::v1::{self as pb, AdStatus};
+use crate::watchers::Watchers;
+use crate::{model, parse_id, policy};
+use adflow_proto::v1::{self as pb};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use tokio::sync::mpsc;
 
 pub(super) struct Record {
     pub(super) ad: pb::Ad,
@@ -56,7 +56,7 @@ pub(super) struct State {
     pub(super) leases: HashMap<u64, LeaseInfo>,
     pub(super) lease_deadlines: BTreeMap<(i64, u64), ()>,
     pub(super) dead: BTreeMap<(i64, AdKey), ()>,
-    pub(super) watchers: HashMap<AdKey, Vec<mpsc::Sender<pb::Ad>>>,
+    pub(super) watchers: Watchers,
     pub(super) next_seq: u64,
     /// The next lease id; every id below it was handed out (in this run or an earlier
     /// one: the journal keeps the highest, committed before its lease is handed out).
@@ -65,23 +65,6 @@ pub(super) struct State {
     pub(super) rate: Rate,
     pub(super) completed_total: u64,
     pub(super) sum_enqueued: i128,
-}
-
-/// The lower-case name of a status, for messages.
-pub(crate) fn status_name(s: i32) -> &'static str {
-    match AdStatus::try_from(s) {
-        Ok(AdStatus::Queued) => "queued",
-        Ok(AdStatus::Processing) => "processing",
-        Ok(AdStatus::Completed) => "completed",
-        Ok(AdStatus::DeadLetter) => "dead-lettered",
-        Ok(AdStatus::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}
-
-/// Completed and cancelled ads never change again.
-pub(crate) fn is_final(s: i32) -> bool {
-    matches!(AdStatus::try_from(s), Ok(AdStatus::Completed | AdStatus::Cancelled))
 }
 
 impl State {
@@ -94,7 +77,7 @@ impl State {
             leases: HashMap::new(),
             lease_deadlines: BTreeMap::new(),
             dead: BTreeMap::new(),
-            watchers: HashMap::new(),
+            watchers: Watchers::default(),
             next_seq: 1,
             next_lease: 1,
             policy,
@@ -141,7 +124,7 @@ impl State {
         let mut a = ad.clone();
         let key = parse_id(&ad.id).unwrap_or_default();
         let position = self.index.position(key).unwrap_or(0);
-        crate::fill_computed(&mut a, position, self.rate.last_minute(now) as f64 / 60.0, now);
+        model::fill_computed(&mut a, position, self.rate.last_minute(now) as f64 / 60.0, now);
         a
     }
 
@@ -149,9 +132,6 @@ impl State {
     /// change was queued on the journal just before): WatchAd never reports a state that
     /// a crash could undo, and reports the states in the order they happened.
     pub(super) fn notify(&mut self, journal: &Journal, key: AdKey, now: i64) {
-        if !self.watchers.contains_key(&key) {
-            return;
-        }
         let ad = match self.ads.get(&key) {
             Some(r) => &r.ad,
             None => match self.recent.get(&key) {
@@ -159,13 +139,12 @@ impl State {
                 None => return,
             },
         };
+        if !self.watchers.watching(&ad.id) {
+            return;
+        }
         let snap = self.snapshot(ad, now);
-        let done = is_final(snap.status);
-        let Some(ws) = self.watchers.get_mut(&key) else { return };
-        ws.retain(|w| !w.is_closed());
         // A final state is the last message: the watchers are dropped after it.
-        let to =
-            if done || ws.is_empty() { self.watchers.remove(&key).unwrap_or_default() } else { ws.clone() };
+        let to = self.watchers.take(&snap.id, snap.status);
         if !to.is_empty() {
             journal.after(move || {
                 for w in &to {

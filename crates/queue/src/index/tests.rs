@@ -1,3 +1,6 @@
+//! Unit tests of the scheduling index: strict priority and FIFO, overdue ads first, aging
+//! and its tie-breaks, paused partitions and masks, positions.
+
 use super::*;
 
 const STRICT: Rules = Rules { anti_starvation: false, aging_step_ms: 0 };

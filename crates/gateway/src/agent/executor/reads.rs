@@ -86,7 +86,7 @@ pub(super) async fn read(ctx: &Ctx, c: &Command) -> Result<pb::CommandResult, St
                 .analytics
                 .sum(Scope::All, now - 3_600_000, now + 1, now)
                 .await
-                .map_err(|e| Status::unavailable(format!("reading the analytics counters: {e}")))?;
+                .map_err(crate::status::from_store)?;
             let c = ctx.pipeline.counters();
             use std::sync::atomic::Ordering::Relaxed;
             let rows = vec![
