@@ -72,6 +72,10 @@ pub fn describe() {
     describe_gauge!("store_disk_free_bytes", "Free bytes on the events filesystem (file backend).");
     describe_counter!("eventlog_read_events_total", "Events sent to EventLog readers.");
     describe_gauge!("eventlog_readers", "Open EventLog.Read streams.");
+    describe_histogram!(
+        "eventlog_follow_delivery_seconds",
+        "Follow mode: from the commit that woke a reader to its batch handed to the transport."
+    );
     describe_counter!(
         "eventlog_group_lost_events_total",
         "Events removed by the size limit before a consumer group read them, by group."
@@ -129,7 +133,7 @@ fn register() {
     for p in 1..=5u32 {
         gauge!("queue_size", "priority" => p.to_string()).increment(0.0);
     }
-    for name in ["batch_flush_seconds", "queue_wait_seconds"] {
+    for name in ["batch_flush_seconds", "queue_wait_seconds", "eventlog_follow_delivery_seconds"] {
         let _ = metrics::histogram!(name);
     }
 }

@@ -120,6 +120,9 @@ struct Reader {
 impl Reader {
     async fn run(mut self, mut cursor: Cursor, mut lost_events: u64) {
         let mut first = true;
+        // When follow mode was last woken by a commit: the time to deliver what that
+        // commit made readable is the follow mode's own lag.
+        let mut woken: Option<std::time::Instant> = None;
         loop {
             if *self.stop.borrow() {
                 let _ = self
@@ -160,6 +163,11 @@ impl Reader {
                     return; // the reader went away
                 }
                 metrics::counter!("eventlog_read_events_total").increment(n as u64);
+                if let Some(at) = woken.take()
+                    && n > 0
+                {
+                    metrics::histogram!("eventlog_follow_delivery_seconds").record(at.elapsed().as_secs_f64());
+                }
                 first = false;
             }
             cursor = next;
@@ -170,7 +178,7 @@ impl Reader {
                 return;
             }
             tokio::select! {
-                _ = self.store.log_wait(&cursor, FOLLOW_WAIT) => {}
+                _ = self.store.log_wait(&cursor, FOLLOW_WAIT) => woken = Some(std::time::Instant::now()),
                 _ = self.tx.closed() => return,
                 _ = self.stop.changed() => {}
             }
