@@ -15,8 +15,8 @@ if [ -z "${B:-}" ]; then B=target/release; cargo build --release -q -p adflow-ga
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(date -u +%FT%TZ)"
 DATA=$(mktemp -d /tmp/adflow-read.XXXXXX)
-env ${GW_ENV:-} ADFLOW_STORAGE__FILE__DIR=$DATA/events ADFLOW_QUEUE__PATH=$DATA/queue.redb ADFLOW_SERVER__LISTEN=127.0.0.1:$PORT \
-  ADFLOW_METRICS__LISTEN= ADFLOW_DASHBOARD__LISTEN= ADFLOW_WORKERS__IN_PROCESS=0 ADFLOW_LOG__LEVEL=warn $B/adflow-gateway & GP=$!
+env ADFLOW_STORAGE__FILE__DIR=$DATA/events ADFLOW_QUEUE__PATH=$DATA/queue.redb ADFLOW_SERVER__LISTEN=127.0.0.1:$PORT \
+  ADFLOW_METRICS__LISTEN= ADFLOW_DASHBOARD__LISTEN= ADFLOW_WORKERS__IN_PROCESS=0 ADFLOW_LOG__LEVEL=warn ${GW_ENV:-} $B/adflow-gateway & GP=$!
 trap 'kill -TERM $GP 2>/dev/null; wait $GP 2>/dev/null; rm -rf "$DATA"' EXIT
 wait_port "$PORT"
 L="$B/adflow-loadtest"; A="--addr 127.0.0.1:$PORT"
