@@ -166,7 +166,8 @@ impl Reader {
                 if let Some(at) = woken.take()
                     && n > 0
                 {
-                    metrics::histogram!("eventlog_follow_delivery_seconds").record(at.elapsed().as_secs_f64());
+                    metrics::histogram!("eventlog_follow_delivery_seconds")
+                        .record(at.elapsed().as_secs_f64());
                 }
                 first = false;
             }
