@@ -295,6 +295,7 @@ impl Harness {
              [queue]\nbackend = \"embedded\"\npath = {:?}\n\
              [workers]\nin_process = 0\n\
              [metrics]\nlisten = \"\"\n\
+             [dashboard]\nlisten = \"\"\n\
              [log]\nlevel = \"info\"\n{}",
             dir.join("events").to_str().unwrap(),
             segment_bytes(),
