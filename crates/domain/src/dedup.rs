@@ -8,7 +8,9 @@
 //! The set is split into 64 shards, each behind its own `std::sync::Mutex` held only for
 //! one probe (no `.await` inside). A shard is a flat open-addressing table (`table`): 8
 //! bytes of fingerprint + 1 byte of generation per slot, at most 3/4 full, so an id costs
-//! 12-24 bytes (`MAX_BYTES_PER_ID`), against ~40 for a `HashMap` plus expiry lists.
+//! 12-18 bytes (`MAX_BYTES_PER_ID`), against ~40 for a `HashMap` plus expiry lists. A
+//! full table grows by half (not double): the table just grown is at least 1/2 full, and
+//! the table it replaces, which the allocator may keep for a while, is smaller.
 //! Time is cut into generations (window / 8 each, and a generation also closes once it
 //! holds its share of the bound). Expiry drops whole generations once they are older
 //! than the window by rebuilding the shard's table without them (one pass per
@@ -128,8 +130,8 @@ impl<P> Shard<P> {
 }
 
 /// Bytes of memory one remembered id costs at most: a 9-byte slot at the lowest load
-/// after a table doubles (3/8). Checked by `memory_per_id_is_within_the_stated_bound`.
-pub const MAX_BYTES_PER_ID: usize = 24;
+/// after a table grows by half (1/2). Checked by `memory_per_id_is_within_the_stated_bound`.
+pub const MAX_BYTES_PER_ID: usize = 18;
 
 /// A time-windowed, memory-bounded set of recently accepted event ids, with the ids whose
 /// commit is still in flight marked pending with a token of type `P`.
@@ -220,7 +222,7 @@ impl<P: Clone> DedupWindow<P> {
         }
         if s.table.len() >= s.table.room() {
             if s.table.slots() < self.max_slots {
-                let slots = (s.table.slots() * 2).min(self.max_slots);
+                let slots = (s.table.slots() * 3 / 2).min(self.max_slots);
                 s.rebuild(slots);
             } else {
                 // The budget is reached: forget the oldest generation early (the newest

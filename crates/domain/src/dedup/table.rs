@@ -2,7 +2,7 @@
 //! two flat arrays, 8 bytes of key and 1 byte of generation per slot, no per-entry
 //! allocation and no control bytes. A slot holding 0 is empty (keys are never 0).
 //! Up to 3/4 of the slots are used, so an id costs between 12 bytes (table full) and
-//! 24 bytes (just grown) of memory. Expiring a generation rebuilds the table without
+//! 18 bytes (just grown by half) of memory. Expiring a generation rebuilds the table without
 //! it (one pass over the slots, once per generation), which also resizes it.
 
 /// Most slots used, as a fraction of the table: 3/4. (Linear probing's miss, the common
