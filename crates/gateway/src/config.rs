@@ -260,7 +260,7 @@ pub struct DedupConfig {
     /// Keep the ids in Redis (`storage.redis`), shared by every gateway, instead of in this
     /// gateway's memory. Unset (the default): on exactly when the storage backend is redis.
     pub shared: Option<bool>,
-    /// Memory budget of the window in MiB (default 256: 22.4M ids, 12-24 bytes each, i.e.
+    /// Memory budget of the window in MiB (default 256: 22.4M ids, 12-18 bytes each, i.e.
     /// the full window up to 37k events/s sustained, ~32 s at 690k events/s). When full,
     /// the oldest ids are forgotten early: counted, logged (WARN) and reported as
     /// `dedup_effective_window_seconds` and on /healthz.
