@@ -7,7 +7,7 @@
 
 mod common;
 
-use adflow_domain::pb::{self, EventType, Period, Window, period};
+use adflow_domain::pb::EventType;
 use common::{Ingest, TestGateway, batch, config, event};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -66,11 +66,7 @@ async fn send(c: &mut Ingest, ids: std::ops::Range<usize>) -> (u32, u32) {
 }
 
 async fn total(gw: &TestGateway) -> u64 {
-    let req = pb::GetAdStatsRequest {
-        ad_id: "ad-cp".into(),
-        period: Some(Period { period: Some(period::Period::Window(Window::LastDay as i32)) }),
-    };
-    gw.analytics().await.get_ad_stats(req).await.unwrap().into_inner().stats.unwrap().counts.unwrap().total
+    common::day_total(gw, "ad-cp").await
 }
 
 /// The "rebuilt" start-up line's `events=` value.

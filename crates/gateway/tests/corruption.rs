@@ -6,7 +6,7 @@
 
 mod common;
 
-use adflow_domain::pb::{self, EventType, Period, Window, period};
+use adflow_domain::pb::EventType;
 use common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,11 +78,7 @@ async fn send_all(c: &mut Ingest, ids: &[String]) -> (u32, u32) {
 }
 
 async fn total(gw: &TestGateway) -> u64 {
-    let req = pb::GetAdStatsRequest {
-        ad_id: "ad-c".into(),
-        period: Some(Period { period: Some(period::Period::Window(Window::LastDay as i32)) }),
-    };
-    gw.analytics().await.get_ad_stats(req).await.unwrap().into_inner().stats.unwrap().counts.unwrap().total
+    common::day_total(gw, "ad-c").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

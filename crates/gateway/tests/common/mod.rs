@@ -117,3 +117,10 @@ pub fn event(id: &str, ad: &str, t: EventType) -> AdEvent {
 pub fn batch(events: Vec<AdEvent>) -> pb::SendEventsRequest {
     pb::SendEventsRequest { events, ..Default::default() }
 }
+
+/// Events of `ad` counted over the last day, as GetAdStats reports them.
+pub async fn day_total(gw: &TestGateway, ad: &str) -> u64 {
+    let window = pb::period::Period::Window(pb::Window::LastDay as i32);
+    let req = pb::GetAdStatsRequest { ad_id: ad.into(), period: Some(pb::Period { period: Some(window) }) };
+    gw.analytics().await.get_ad_stats(req).await.unwrap().into_inner().stats.unwrap().counts.unwrap().total
+}
