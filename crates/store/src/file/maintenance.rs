@@ -15,6 +15,8 @@ const SWEEP_EVERY: u64 = 10;
 /// The running upkeep task and what it found.
 pub(super) struct Upkeep {
     refusal: Arc<Mutex<Option<String>>>,
+    /// Whether `refusal` holds a reason: read on every ingest request without the lock.
+    refusing: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -27,9 +29,11 @@ impl Upkeep {
         groups: Arc<Groups>,
         index: Arc<TimeIndex>,
     ) -> Self {
-        let refusal = Arc::new(Mutex::new(retention::watermark(&cfg)));
+        let first = retention::watermark(&cfg);
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(first.is_some()));
+        let refusal = Arc::new(Mutex::new(first));
         let (stop, mut stopped) = watch::channel(false);
-        let r = refusal.clone();
+        let (r, flag) = (refusal.clone(), refusing.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut n = 0u64;
@@ -40,6 +44,7 @@ impl Upkeep {
                 }
                 let (cfg, r, groups, index, writer) =
                     (cfg.clone(), r.clone(), groups.clone(), index.clone(), writer.clone());
+                let flag = flag.clone();
                 let sweep = n.is_multiple_of(SWEEP_EVERY);
                 n += 1;
                 let _ = tokio::task::spawn_blocking(move || {
@@ -54,6 +59,7 @@ impl Upkeep {
                                 "disk space back above storage.file.min_free_mb; accepting events"
                             ),
                         }
+                        flag.store(refusal.is_some(), std::sync::atomic::Ordering::Relaxed);
                         *current = refusal;
                     }
                     drop(current);
@@ -64,11 +70,14 @@ impl Upkeep {
                 .await;
             }
         });
-        Self { refusal, stop, task: Mutex::new(Some(task)) }
+        Self { refusal, refusing, stop, task: Mutex::new(Some(task)) }
     }
 
     /// Why writes are refused now, if they are.
     pub fn refusal(&self) -> Option<String> {
+        if !self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         self.refusal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
