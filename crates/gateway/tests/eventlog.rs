@@ -187,6 +187,7 @@ async fn hostile_arguments_are_refused_with_their_reason() {
         (pb::ReadRequest { start: Some(Start::Position(77)), ..Default::default() }, "position"),
         (pb::ReadRequest { group: "../../etc/passwd".into(), ..Default::default() }, "group name"),
         (pb::ReadRequest { group: "g".repeat(65), ..Default::default() }, "group name"),
+        (pb::ReadRequest { group: "..".into(), ..Default::default() }, "group name"),
         (pb::ReadRequest { ad_ids: vec!["a".into(); 101], ..Default::default() }, "ad_ids"),
         (pb::ReadRequest { event_types: vec![99], ..Default::default() }, "event_types"),
     ];

@@ -47,10 +47,14 @@ pub struct GroupPosition {
 /// Longest consumer group name.
 pub const MAX_GROUP_NAME: usize = 64;
 
-/// Checks a group name: 1..=64 characters of `[A-Za-z0-9._-]`.
+/// Checks a group name: 1..=64 characters of `[A-Za-z0-9._-]`, not starting with '.'
+/// (the file store keeps a group as a file named after it: no `.`, `..` or hidden names).
 pub fn check_group_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_GROUP_NAME {
         return Err(format!("group name must be 1 to {MAX_GROUP_NAME} characters, got {}", name.len()));
+    }
+    if name.starts_with('.') {
+        return Err(format!("group name may not start with '.', got {name:?}"));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(format!("group name may hold only letters, digits, '.', '_' and '-', not {c:?}"));
