@@ -1,19 +1,33 @@
-//! Dedup shared by every gateway: accepted event ids live in Redis under `<prefix><id>`,
-//! so a retry that reaches another gateway is still a duplicate.
+//! Dedup shared by every gateway: accepted event ids live in Redis, so a retry that
+//! reaches another gateway is still a duplicate.
 //!
 //! "Duplicate" means "stored", so a claim has two states (the protocol):
-//! 1. **claim** (one script call per request): an absent id is set to `p:<token>` (pending,
-//!    owned by this gateway) with a short expiry (`claim_secs`); the id is new.
-//!    `s` means stored: a duplicate. `p:<other>` means another commit holds the first
-//!    copy: a durable request polls until it turns `s` (duplicate), or disappears (that
-//!    commit failed or its gateway died; the id is claimed again), and answers
-//!    UNAVAILABLE if it stays pending past the claim expiry. An accepted-mode request
-//!    counts a pending id as a duplicate at once (it was only promised "queued").
+//! 1. **claim** (one script call per request): an absent id becomes pending, owned by this
+//!    gateway until a deadline (`claim_secs`); the id is new. Stored: a duplicate. Pending
+//!    for another gateway: another commit holds the first copy: a durable request polls
+//!    until it turns stored (duplicate), or its claim goes (that commit failed or its
+//!    gateway died; the id is claimed again), and answers UNAVAILABLE if it stays pending
+//!    past the claim's deadline. An accepted-mode request counts a pending id as a
+//!    duplicate at once (it was only promised "queued").
 //! 2. **settle** (one script call per commit, before any client hears "stored"): the
-//!    batch's ids become `s` with the window's expiry. A batch parked in the local spill
-//!    buffer (backend down) keeps its ids `p:<token>` for the whole window instead, and
-//!    the spill replay (`ReplayGuard`) turns them into `s` once they are in the backend.
-//! 3. **forget** (failed commit): ids still `p:<token>` are deleted, so the retry is new.
+//!    batch's ids become stored. A batch parked in the local spill buffer (backend down)
+//!    has its ids held by this gateway for the whole window instead, and the spill replay
+//!    (`ReplayGuard`) turns them into stored once they are in the backend.
+//! 3. **forget** (failed commit): ids still pending for this gateway are dropped, so the
+//!    retry is new.
+//!
+//! **Layout** (`<prefix>` is e.g. `{adflow}:dedup:`; one hash tag, so one cluster slot):
+//! an id is known by a 12-byte fingerprint (xxh3-128 of the id; a false match needs ~10^14
+//! ids in one window). Stored fingerprints are members of a set per window-long
+//! generation, `<prefix>s:<now / window>`: a claim checks the current and the previous
+//! one, so an id is remembered for at least the window and at most two (the set expires
+//! after two windows). Pending claims are fields of a hash per claim-long generation,
+//! `<prefix>p:<now / claim>`, valued `p:<gateway>|<deadline ms>`: a claim past its
+//! deadline counts as absent. Held ids (spilled batches) are fields of `<prefix>held`
+//! valued `p:<gateway>`. Every step works on a whole request or commit with variadic
+//! commands (SMISMEMBER, HMGET, HSET, SADD, HDEL) inside one script: no key per id and no
+//! command per id, which is what made the shared dedup cost three times the event write
+//! itself (BENCHMARKS.md, issue 15).
 //!
 //! While Redis cannot answer, events are accepted unchecked (availability first). Their ids
 //! are settled after the commit like any others; if Redis is still down then, they are kept
@@ -30,53 +44,123 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Claims every absent id for this gateway; answers per id 1 new, 3 already pending for
-/// this gateway, 2 pending for another, 0 stored.
-const CLAIM: &str = r#"
-local out = {}
-for i, k in ipairs(KEYS) do
-  local v = redis.call('GET', k)
-  if not v then
-    redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
-    out[i] = 1
-  elseif v == ARGV[1] then
-    out[i] = 3
-  elseif string.sub(v, 1, 2) == 'p:' then
-    out[i] = 2
-  else
-    out[i] = 0
-  end
+/// Shared by the scripts: KEYS = stored (current, previous generation), pending (current,
+/// previous), held; `owner(v)` is the gateway a pending or held value names while it lives.
+const PRELUDE: &str = r#"
+local now = tonumber(ARGV[1])
+local function owner(v)
+  if not v then return nil end
+  local bar = string.find(v, '|', 1, true)
+  if not bar then return v end
+  if tonumber(string.sub(v, bar + 1)) > now then return string.sub(v, 1, bar - 1) end
+  return nil
 end
-return out
+local function each(first, cmd, key)
+  return redis.call(cmd, key, unpack(ARGV, first))
+end
+local function held(first)
+  if redis.call('EXISTS', KEYS[5]) == 1 then return each(first, 'HMGET', KEYS[5]) end
+  return {}
+end
 "#;
 
-/// ARGV[3] = "s": every id becomes stored. "h": ids absent or pending for this gateway are
-/// held (pending, ARGV[1]) for ARGV[2] ms; ids stored or pending elsewhere are left alone.
-const SETTLE: &str = r#"
-for _, k in ipairs(KEYS) do
-  if ARGV[3] == 's' then
-    redis.call('SET', k, 's', 'PX', ARGV[2])
+/// ARGV: now, mine, deadline, pending ttl, fingerprints. Claims every absent id for this
+/// gateway; answers one character per id: 1 new, 3 already pending for this gateway
+/// (or repeated in this call), 2 pending for another, 0 stored.
+const CLAIM: &str = r#"
+local F = 5
+local s1, s2 = each(F, 'SMISMEMBER', KEYS[1]), each(F, 'SMISMEMBER', KEYS[2])
+local p1, p2, h = each(F, 'HMGET', KEYS[3]), each(F, 'HMGET', KEYS[4]), held(F)
+local mine, out, new, seen = ARGV[2], {}, {}, {}
+for i = 1, #ARGV - F + 1 do
+  local fp = ARGV[F + i - 1]
+  if s1[i] == 1 or s2[i] == 1 then
+    out[i] = '0'
+  elseif seen[fp] then
+    out[i] = '3'
   else
-    local v = redis.call('GET', k)
-    if (not v) or v == ARGV[1] then
-      redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+    seen[fp] = true
+    local o = owner(h[i]) or owner(p1[i]) or owner(p2[i])
+    if o == mine then
+      out[i] = '3'
+    elseif o then
+      out[i] = '2'
+    else
+      out[i] = '1'
+      new[#new + 1] = fp
+      new[#new + 1] = mine .. '|' .. ARGV[3]
     end
   end
 end
-return #KEYS
+if #new > 0 then
+  redis.call('HSET', KEYS[3], unpack(new))
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return table.concat(out)
 "#;
 
-/// Deletes the ids still pending for this gateway.
-const FORGET: &str = r#"
-local n = 0
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then
-    redis.call('DEL', k)
-    n = n + 1
+/// ARGV: now, mine, mode, ttl, fingerprints. Mode "s": every id becomes stored (and
+/// leaves the pending and held hashes). "h": ids absent or pending for this gateway are
+/// held for it (ttl ms); ids stored or pending elsewhere are left alone.
+const SETTLE: &str = r#"
+local F = 5
+if ARGV[3] == 's' then
+  each(F, 'SADD', KEYS[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  each(F, 'HDEL', KEYS[3])
+  each(F, 'HDEL', KEYS[4])
+  if redis.call('EXISTS', KEYS[5]) == 1 then each(F, 'HDEL', KEYS[5]) end
+  return #ARGV - F + 1
+end
+local s1, s2 = each(F, 'SMISMEMBER', KEYS[1]), each(F, 'SMISMEMBER', KEYS[2])
+local p1, p2, h = each(F, 'HMGET', KEYS[3]), each(F, 'HMGET', KEYS[4]), held(F)
+local mine, hold = ARGV[2], {}
+for i = 1, #ARGV - F + 1 do
+  local o = owner(h[i]) or owner(p1[i]) or owner(p2[i])
+  if s1[i] == 0 and s2[i] == 0 and (not o or o == mine) then
+    hold[#hold + 1] = ARGV[F + i - 1]
+    hold[#hold + 1] = mine
   end
+end
+if #hold > 0 then
+  redis.call('HSET', KEYS[5], unpack(hold))
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+end
+return #hold / 2
+"#;
+
+/// ARGV: now, mine, fingerprints. Drops the ids still pending or held for this gateway.
+const FORGET: &str = r#"
+local F = 3
+local mine, n = ARGV[2], 0
+for k = 3, 5 do
+  local v = each(F, 'HMGET', KEYS[k])
+  local gone = {}
+  for i = 1, #ARGV - F + 1 do
+    if owner(v[i]) == mine then gone[#gone + 1] = ARGV[F + i - 1] end
+  end
+  if #gone > 0 then n = n + redis.call('HDEL', KEYS[k], unpack(gone)) end
 end
 return n
 "#;
+
+/// Most ids per script call (Lua's `unpack` limit is 8000 values).
+const CHUNK: usize = 2000;
+
+/// The 12-byte fingerprint an id is known by in Redis.
+type Fp = [u8; 12];
+
+/// The fingerprint of each id (xxh3-128, first 12 bytes).
+fn fps<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<Fp> {
+    ids.into_iter()
+        .map(|id| {
+            let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes()).to_le_bytes();
+            let mut f = [0u8; 12];
+            f.copy_from_slice(&h[..12]);
+            f
+        })
+        .collect()
+}
 
 /// Most ids kept for recording while Redis is down; beyond it the oldest are dropped (and
 /// counted): their events are stored, only their dedup entry is lost.
@@ -114,19 +198,20 @@ pub struct SharedDedup {
 const BREAKER_MS: i64 = 500;
 
 impl SharedDedup {
-    /// Connects to `target`; ids are kept for `ttl_secs`. On a cluster the prefix must
-    /// carry a hash tag so one request's ids stay in one slot. The gateway's token is random.
+    /// Connects to `target`; ids are kept for `ttl_secs` (to twice that). On a cluster the
+    /// prefix must carry a hash tag so the keys share one slot. The gateway's token is random.
     pub async fn connect(target: &Target, prefix: &str, ttl_secs: u64) -> Result<Self, redis::RedisError> {
         let con = connect(target).await?;
+        let script = |body: &str| redis::Script::new(&format!("{PRELUDE}{body}"));
         Ok(Self {
             con,
             prefix: prefix.to_owned(),
             ttl_ms: ttl_secs.max(1) * 1000,
             claim_ms: 30_000,
             mine: format!("p:{}", uuid::Uuid::new_v4().simple()),
-            claim: redis::Script::new(CLAIM),
-            settle: redis::Script::new(SETTLE),
-            forget: redis::Script::new(FORGET),
+            claim: script(CLAIM),
+            settle: script(SETTLE),
+            forget: script(FORGET),
             backlog: Mutex::new(VecDeque::new()),
             open_until_ms: std::sync::atomic::AtomicI64::new(0),
         })
@@ -144,30 +229,46 @@ impl SharedDedup {
         self
     }
 
-    fn keys<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-        ids.into_iter().map(|id| format!("{}{id}", self.prefix)).collect()
+    /// The keys the scripts work on at `now`: stored (current and previous generation),
+    /// pending (current and previous), held.
+    fn keys_at(&self, now: i64) -> [String; 5] {
+        let s = now.div_euclid(self.ttl_ms as i64);
+        let p = now.div_euclid(self.claim_ms as i64);
+        let k = |x: String| format!("{}{x}", self.prefix);
+        [
+            k(format!("s:{s}")),
+            k(format!("s:{}", s - 1)),
+            k(format!("p:{p}")),
+            k(format!("p:{}", p - 1)),
+            k("held".into()),
+        ]
     }
 
-    /// Runs `script` on `keys` with `args` through the breaker.
+    /// Runs `script` with `args` (after `now`) and the fingerprints, through the breaker.
     async fn call<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
-        keys: &[String],
         args: &[String],
+        fps: &[Fp],
     ) -> Result<T, redis::RedisError> {
         use std::sync::atomic::Ordering;
-        if self.open_until_ms.load(Ordering::Relaxed) > adflow_domain::now_ms() {
+        let now = adflow_domain::now_ms();
+        if self.open_until_ms.load(Ordering::Relaxed) > now {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "shared dedup breaker open after a recent failure",
             )));
         }
         let mut inv = script.prepare_invoke();
-        keys.iter().for_each(|k| {
+        for k in self.keys_at(now) {
             inv.key(k);
-        });
+        }
+        inv.arg(now);
         for a in args {
             inv.arg(a);
+        }
+        for f in fps {
+            inv.arg(&f[..]);
         }
         let mut con = self.con.clone();
         let res = inv.invoke_async(&mut con).await;
@@ -177,8 +278,22 @@ impl SharedDedup {
         res
     }
 
-    async fn run_claim(&self, keys: &[String]) -> Result<Vec<i64>, redis::RedisError> {
-        self.call(&self.claim, keys, &[self.mine.clone(), self.claim_ms.to_string()]).await
+    /// Claim codes per fingerprint (see `CLAIM`), a chunk of ids per script call.
+    async fn run_claim(&self, fps: &[Fp]) -> Result<Vec<u8>, redis::RedisError> {
+        let mut codes = Vec::with_capacity(fps.len());
+        for chunk in fps.chunks(CHUNK) {
+            let deadline = adflow_domain::now_ms() + self.claim_ms as i64;
+            let args = [self.mine.clone(), deadline.to_string(), (2 * self.claim_ms + 60_000).to_string()];
+            let reply: Vec<u8> = self.call(&self.claim, &args, chunk).await?;
+            if reply.len() != chunk.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "shared dedup: claim reply of the wrong length",
+                )));
+            }
+            codes.extend(reply.iter().map(|c| c.wrapping_sub(b'0')));
+        }
+        Ok(codes)
     }
 
     /// For each id, true when it is new (and now claimed for this gateway), false for a
@@ -187,8 +302,8 @@ impl SharedDedup {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = self.keys(ids.iter().map(String::as_str));
-        let codes = self.run_claim(&keys).await?;
+        let fps = fps(ids.iter().map(String::as_str));
+        let codes = self.run_claim(&fps).await?;
         let mut out = vec![false; ids.len()];
         let mut first: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
         let mut wait = Vec::new();
@@ -203,7 +318,7 @@ impl SharedDedup {
             }
         }
         if !wait.is_empty() {
-            for (i, new) in self.wait_settled(&keys, wait).await? {
+            for (i, new) in self.wait_settled(&fps, wait).await? {
                 out[i] = new;
             }
         }
@@ -211,11 +326,7 @@ impl SharedDedup {
     }
 
     /// Polls pending ids until each is stored (false) or free and claimed by us (true).
-    async fn wait_settled(
-        &self,
-        keys: &[String],
-        mut wait: Vec<usize>,
-    ) -> Result<Vec<(usize, bool)>, AdmitError> {
+    async fn wait_settled(&self, fps: &[Fp], mut wait: Vec<usize>) -> Result<Vec<(usize, bool)>, AdmitError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.claim_ms + 1000);
         let mut done = Vec::with_capacity(wait.len());
         let mut delay = Duration::from_millis(5);
@@ -225,7 +336,7 @@ impl SharedDedup {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
-            let ks: Vec<String> = wait.iter().map(|&i| keys[i].clone()).collect();
+            let ks: Vec<Fp> = wait.iter().map(|&i| fps[i]).collect();
             let codes = self.run_claim(&ks).await?;
             let mut still = Vec::new();
             for (&i, code) in wait.iter().zip(codes) {
@@ -250,11 +361,14 @@ impl SharedDedup {
         }
     }
 
-    async fn run_settle(&self, keys: &[String], mode: &str) -> Result<(), redis::RedisError> {
-        let ttl = if mode == "s" { self.ttl_ms } else { self.ttl_ms.max(self.claim_ms) };
-        self.call::<i64>(&self.settle, keys, &[self.mine.clone(), ttl.to_string(), mode.to_owned()])
-            .await
-            .map(|_| ())
+    async fn run_settle(&self, fps: &[Fp], mode: &str) -> Result<(), redis::RedisError> {
+        // Stored ids expire with their generation set: two windows after it opened.
+        let ttl = if mode == "s" { 2 * self.ttl_ms + 60_000 } else { self.ttl_ms.max(self.claim_ms) };
+        for chunk in fps.chunks(CHUNK) {
+            let args = [self.mine.clone(), mode.to_owned(), ttl.to_string()];
+            self.call::<i64>(&self.settle, &args, chunk).await?;
+        }
+        Ok(())
     }
 
     /// Marks the ids of a committed batch stored, or held for the spill replay when the
@@ -264,8 +378,8 @@ impl SharedDedup {
             return;
         }
         self.flush_backlog().await;
-        let keys = self.keys(ids.iter().copied());
-        let res = self.run_settle(&keys, if spilled { "h" } else { "s" }).await;
+        let fps = fps(ids.iter().copied());
+        let res = self.run_settle(&fps, if spilled { "h" } else { "s" }).await;
         match res {
             Ok(()) => {}
             // The replay checks spilled ids itself.
@@ -303,8 +417,8 @@ impl SharedDedup {
             if page.is_empty() {
                 return;
             }
-            let keys = self.keys(page.iter().map(String::as_str));
-            if self.run_settle(&keys, "s").await.is_err() {
+            let fps = fps(page.iter().map(String::as_str));
+            if self.run_settle(&fps, "s").await.is_err() {
                 return;
             }
             let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
@@ -319,9 +433,12 @@ impl SharedDedup {
         if ids.is_empty() {
             return;
         }
-        let keys = self.keys(ids.iter().map(String::as_str));
-        if let Err(e) = self.call::<i64>(&self.forget, &keys, std::slice::from_ref(&self.mine)).await {
-            tracing::warn!(error = %e, ids = ids.len(), "could not forget dedup ids after a failed write");
+        let fps = fps(ids.iter().map(String::as_str));
+        for chunk in fps.chunks(CHUNK) {
+            if let Err(e) = self.call::<i64>(&self.forget, std::slice::from_ref(&self.mine), chunk).await {
+                tracing::warn!(error = %e, ids = ids.len(), "could not forget dedup ids after a failed write");
+                return;
+            }
         }
     }
 }
@@ -334,13 +451,13 @@ fn event_id(e: &StoredEvent) -> String {
 impl ReplayGuard for SharedDedup {
     async fn admit(&self, events: &[StoredEvent]) -> adflow_store::Result<Vec<bool>> {
         let ids: Vec<String> = events.iter().map(event_id).collect();
-        let keys = self.keys(ids.iter().map(String::as_str));
+        let fps = fps(ids.iter().map(String::as_str));
         let to_store = |e: AdmitError| adflow_store::StoreError::Backend {
             backend: "redis",
             op: "dedup check of the spill replay",
             message: e.to_string(),
         };
-        let codes = self.run_claim(&keys).await.map_err(|e| to_store(e.into()))?;
+        let codes = self.run_claim(&fps).await.map_err(|e| to_store(e.into()))?;
         let mut keep = vec![false; ids.len()];
         let mut first: HashMap<&str, usize> = HashMap::new();
         let mut wait = Vec::new();
@@ -355,7 +472,7 @@ impl ReplayGuard for SharedDedup {
             }
         }
         if !wait.is_empty() {
-            for (i, new) in self.wait_settled(&keys, wait).await.map_err(to_store)? {
+            for (i, new) in self.wait_settled(&fps, wait).await.map_err(to_store)? {
                 keep[i] = new;
             }
         }

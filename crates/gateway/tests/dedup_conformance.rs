@@ -203,3 +203,26 @@ async fn the_spill_replay_skips_what_another_gateway_stored_and_records_the_rest
     assert_eq!(b.admit(&x, true).await.unwrap(), vec![false; 3]);
     assert_eq!(a.admit(&x, true).await.unwrap(), vec![false; 3]);
 }
+
+#[tokio::test]
+async fn stored_ids_are_duplicates_for_the_window_and_new_after_two() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the shared dedup expiry test");
+        return;
+    };
+    let prefix = format!("{{adflow-test-{}}}:dedup:", uuid::Uuid::new_v4().simple());
+    let d = SharedDedup::connect(&Target { url, cluster_nodes: Vec::new() }, &prefix, 1).await.unwrap();
+    let x = ids(50);
+    let refs: Vec<&str> = x.iter().map(String::as_str).collect();
+    assert_eq!(d.admit(&x, true).await.unwrap(), vec![true; 50]);
+    d.settle(&refs, false).await;
+    let stored = Instant::now();
+    // Remembered at least one window (1 s) whatever generation boundary fell in between.
+    while stored.elapsed() < Duration::from_millis(950) {
+        assert_eq!(d.admit(&x, true).await.unwrap(), vec![false; 50], "a stored id within the window");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // ... and at most two.
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(stored.elapsed())).await;
+    assert_eq!(d.admit(&x, true).await.unwrap(), vec![true; 50], "new again two windows later");
+}
