@@ -18,16 +18,14 @@
 //!
 //! **Layout** (`<prefix>` is e.g. `{adflow}:dedup:`; one hash tag, so one cluster slot):
 //! an id is known by a 12-byte fingerprint (xxh3-128 of the id; a false match needs ~10^14
-//! ids in one window). Stored fingerprints are members of a set per window-long
-//! generation, `<prefix>s:<now / window>`: a claim checks the current and the previous
-//! one, so an id is remembered for at least the window and at most two (the set expires
-//! after two windows). Pending claims are fields of a hash per claim-long generation,
-//! `<prefix>p:<now / claim>`, valued `p:<gateway>|<deadline ms>`: a claim past its
-//! deadline counts as absent. Held ids (spilled batches) are fields of `<prefix>held`
-//! valued `p:<gateway>`. Every step works on a whole request or commit with variadic
-//! commands (SMISMEMBER, HMGET, HSET, SADD, HDEL) inside one script: no key per id and no
-//! command per id, which is what made the shared dedup cost three times the event write
-//! itself (BENCHMARKS.md, issue 15).
+//! ids in one window), a field of one hash per window-long generation,
+//! `<prefix><now / window>`. Its value is `s` once stored, `p:<gateway>|<deadline ms>`
+//! while pending (past the deadline it counts as absent), `p:<gateway>` while held. A
+//! claim looks in the current and the previous generation, so an id is remembered for at
+//! least the window and at most two (a generation's hash expires after two windows).
+//! Every step handles a whole request or commit with variadic HMGET / HSET / HDEL inside
+//! one script: no key and no command per id, which is what made the shared dedup cost
+//! three times the event write itself (BENCHMARKS.md, issue 15).
 //!
 //! While Redis cannot answer, events are accepted unchecked (availability first). Their ids
 //! are settled after the commit like any others; if Redis is still down then, they are kept
@@ -44,100 +42,95 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Shared by the scripts: KEYS = stored (current, previous generation), pending (current,
-/// previous), held; `owner(v)` is the gateway a pending or held value names while it lives.
+/// Shared by the scripts: KEYS = the current and the previous generation's hash; ARGV[1]
+/// = now (ms). `state(v)` reads a value: "s" stored, or the gateway that holds the id
+/// (pending until the deadline after '|', held without one), or nil (absent or expired).
 const PRELUDE: &str = r#"
 local now = tonumber(ARGV[1])
-local function owner(v)
-  if not v then return nil end
+local function state(v)
+  if not v or v == 's' then return v or nil end
   local bar = string.find(v, '|', 1, true)
   if not bar then return v end
   if tonumber(string.sub(v, bar + 1)) > now then return string.sub(v, 1, bar - 1) end
   return nil
 end
-local function each(first, cmd, key)
-  return redis.call(cmd, key, unpack(ARGV, first))
-end
-local function held(first)
-  if redis.call('EXISTS', KEYS[5]) == 1 then return each(first, 'HMGET', KEYS[5]) end
-  return {}
+local function lookup(first)
+  local a = redis.call('HMGET', KEYS[1], unpack(ARGV, first))
+  local b = redis.call('HMGET', KEYS[2], unpack(ARGV, first))
+  local out = {}
+  for i = 1, #ARGV - first + 1 do
+    local x, y = state(a[i]), state(b[i])
+    if x == 's' or y == 's' then out[i] = 's' else out[i] = x or y end
+  end
+  return out
 end
 "#;
 
-/// ARGV: now, mine, deadline, pending ttl, fingerprints. Claims every absent id for this
-/// gateway; answers one character per id: 1 new, 3 already pending for this gateway
-/// (or repeated in this call), 2 pending for another, 0 stored.
+/// ARGV: now, mine, deadline, ttl, fingerprints. Claims every absent id for this gateway;
+/// answers one character per id: 1 new, 3 already pending for this gateway (or repeated
+/// in this call), 2 pending for another, 0 stored.
 const CLAIM: &str = r#"
 local F = 5
-local s1, s2 = each(F, 'SMISMEMBER', KEYS[1]), each(F, 'SMISMEMBER', KEYS[2])
-local p1, p2, h = each(F, 'HMGET', KEYS[3]), each(F, 'HMGET', KEYS[4]), held(F)
-local mine, out, new, seen = ARGV[2], {}, {}, {}
+local st, mine, out, new, seen = lookup(F), ARGV[2], {}, {}, {}
+local pending = mine .. '|' .. ARGV[3]
 for i = 1, #ARGV - F + 1 do
-  local fp = ARGV[F + i - 1]
-  if s1[i] == 1 or s2[i] == 1 then
+  local fp, s = ARGV[F + i - 1], st[i]
+  if s == 's' then
     out[i] = '0'
-  elseif seen[fp] then
+  elseif s == mine or seen[fp] then
     out[i] = '3'
+  elseif s then
+    out[i] = '2'
   else
+    out[i] = '1'
     seen[fp] = true
-    local o = owner(h[i]) or owner(p1[i]) or owner(p2[i])
-    if o == mine then
-      out[i] = '3'
-    elseif o then
-      out[i] = '2'
-    else
-      out[i] = '1'
-      new[#new + 1] = fp
-      new[#new + 1] = mine .. '|' .. ARGV[3]
-    end
+    new[#new + 1] = fp
+    new[#new + 1] = pending
   end
 end
 if #new > 0 then
-  redis.call('HSET', KEYS[3], unpack(new))
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('HSET', KEYS[1], unpack(new))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return table.concat(out)
 "#;
 
-/// ARGV: now, mine, mode, ttl, fingerprints. Mode "s": every id becomes stored (and
-/// leaves the pending and held hashes). "h": ids absent or pending for this gateway are
-/// held for it (ttl ms); ids stored or pending elsewhere are left alone.
+/// ARGV: now, mine, mode, ttl, fingerprints. Mode "s": every id becomes stored. "h": ids
+/// absent or pending for this gateway are held for it (no deadline: for the window); ids
+/// stored or pending elsewhere are left alone.
 const SETTLE: &str = r#"
 local F = 5
+local set, mine = {}, ARGV[2]
 if ARGV[3] == 's' then
-  each(F, 'SADD', KEYS[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  each(F, 'HDEL', KEYS[3])
-  each(F, 'HDEL', KEYS[4])
-  if redis.call('EXISTS', KEYS[5]) == 1 then each(F, 'HDEL', KEYS[5]) end
-  return #ARGV - F + 1
-end
-local s1, s2 = each(F, 'SMISMEMBER', KEYS[1]), each(F, 'SMISMEMBER', KEYS[2])
-local p1, p2, h = each(F, 'HMGET', KEYS[3]), each(F, 'HMGET', KEYS[4]), held(F)
-local mine, hold = ARGV[2], {}
-for i = 1, #ARGV - F + 1 do
-  local o = owner(h[i]) or owner(p1[i]) or owner(p2[i])
-  if s1[i] == 0 and s2[i] == 0 and (not o or o == mine) then
-    hold[#hold + 1] = ARGV[F + i - 1]
-    hold[#hold + 1] = mine
+  for i = F, #ARGV do
+    set[#set + 1] = ARGV[i]
+    set[#set + 1] = 's'
+  end
+else
+  local st = lookup(F)
+  for i = 1, #ARGV - F + 1 do
+    if not st[i] or st[i] == mine then
+      set[#set + 1] = ARGV[F + i - 1]
+      set[#set + 1] = mine
+    end
   end
 end
-if #hold > 0 then
-  redis.call('HSET', KEYS[5], unpack(hold))
-  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+if #set > 0 then
+  redis.call('HSET', KEYS[1], unpack(set))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-return #hold / 2
+return #set / 2
 "#;
 
 /// ARGV: now, mine, fingerprints. Drops the ids still pending or held for this gateway.
 const FORGET: &str = r#"
 local F = 3
 local mine, n = ARGV[2], 0
-for k = 3, 5 do
-  local v = each(F, 'HMGET', KEYS[k])
+for k = 1, 2 do
+  local v = redis.call('HMGET', KEYS[k], unpack(ARGV, F))
   local gone = {}
   for i = 1, #ARGV - F + 1 do
-    if owner(v[i]) == mine then gone[#gone + 1] = ARGV[F + i - 1] end
+    if v[i] and v[i] ~= 's' and state(v[i]) == mine then gone[#gone + 1] = ARGV[F + i - 1] end
   end
   if #gone > 0 then n = n + redis.call('HDEL', KEYS[k], unpack(gone)) end
 end
@@ -208,7 +201,7 @@ impl SharedDedup {
             prefix: prefix.to_owned(),
             ttl_ms: ttl_secs.max(1) * 1000,
             claim_ms: 30_000,
-            mine: format!("p:{}", uuid::Uuid::new_v4().simple()),
+            mine: format!("p:{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
             claim: script(CLAIM),
             settle: script(SETTLE),
             forget: script(FORGET),
@@ -219,7 +212,8 @@ impl SharedDedup {
 
     /// Uses `token` (stable across restarts) to mark this gateway's pending claims.
     pub fn with_token(mut self, token: &str) -> Self {
-        self.mine = format!("p:{token}");
+        // Stored with every pending id: 16 characters tell gateways apart.
+        self.mine = format!("p:{}", token.get(..16).unwrap_or(token));
         self
     }
 
@@ -229,19 +223,16 @@ impl SharedDedup {
         self
     }
 
-    /// The keys the scripts work on at `now`: stored (current and previous generation),
-    /// pending (current and previous), held.
-    fn keys_at(&self, now: i64) -> [String; 5] {
-        let s = now.div_euclid(self.ttl_ms as i64);
-        let p = now.div_euclid(self.claim_ms as i64);
-        let k = |x: String| format!("{}{x}", self.prefix);
-        [
-            k(format!("s:{s}")),
-            k(format!("s:{}", s - 1)),
-            k(format!("p:{p}")),
-            k(format!("p:{}", p - 1)),
-            k("held".into()),
-        ]
+    /// The keys the scripts work on at `now`: the current and the previous generation.
+    fn keys_at(&self, now: i64) -> [String; 2] {
+        let g = now.div_euclid(self.ttl_ms as i64);
+        [format!("{}{g}", self.prefix), format!("{}{}", self.prefix, g - 1)]
+    }
+
+    /// A generation's hash lives two windows (it is looked up during the next one) and a
+    /// minute of clock slack between gateways.
+    fn generation_ttl_ms(&self) -> u64 {
+        2 * self.ttl_ms + 60_000
     }
 
     /// Runs `script` with `args` (after `now`) and the fingerprints, through the breaker.
@@ -283,7 +274,7 @@ impl SharedDedup {
         let mut codes = Vec::with_capacity(fps.len());
         for chunk in fps.chunks(CHUNK) {
             let deadline = adflow_domain::now_ms() + self.claim_ms as i64;
-            let args = [self.mine.clone(), deadline.to_string(), (2 * self.claim_ms + 60_000).to_string()];
+            let args = [self.mine.clone(), deadline.to_string(), self.generation_ttl_ms().to_string()];
             let reply: Vec<u8> = self.call(&self.claim, &args, chunk).await?;
             if reply.len() != chunk.len() {
                 return Err(redis::RedisError::from((
@@ -362,10 +353,8 @@ impl SharedDedup {
     }
 
     async fn run_settle(&self, fps: &[Fp], mode: &str) -> Result<(), redis::RedisError> {
-        // Stored ids expire with their generation set: two windows after it opened.
-        let ttl = if mode == "s" { 2 * self.ttl_ms + 60_000 } else { self.ttl_ms.max(self.claim_ms) };
         for chunk in fps.chunks(CHUNK) {
-            let args = [self.mine.clone(), mode.to_owned(), ttl.to_string()];
+            let args = [self.mine.clone(), mode.to_owned(), self.generation_ttl_ms().to_string()];
             self.call::<i64>(&self.settle, &args, chunk).await?;
         }
         Ok(())
