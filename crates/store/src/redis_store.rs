@@ -1,7 +1,8 @@
-//! The `redis` event backend: one Redis stream holds the events, one entry per event
-//! (`r` = receive time, `e` = the encoded AdEvent). A batch is appended in one
-//! MULTI/EXEC transaction, so a failed commit leaves none of its events visible; each
-//! batch ends with one approximate XTRIM to `max_len` entries (retention). The key carries a
+//! The `redis` event backend: one Redis stream holds the events, one entry per commit
+//! (its events as `e` = the encoded AdEvent fields, with `r` = receive time; see `log`).
+//! A batch is appended in one MULTI/EXEC transaction, so a failed commit leaves none of
+//! its events visible; each batch ends with one approximate XTRIM to about `max_len`
+//! events (retention). The key carries a
 //! hash tag so it maps to one slot on a Redis Cluster. Scans page with exclusive XRANGE.
 //! With shared analytics on, the same transaction increments the counter buckets
 //! (`counters`), which share the stream's hash tag.
@@ -20,6 +21,7 @@ use adflow_domain::analytics::Retention;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Settings of the redis backend (`[storage.redis]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,8 @@ pub struct RedisStore {
     counters: Option<Arc<RedisCounters>>,
     /// Dedicated connections for blocking reads (`log_wait`).
     waiters: log::Waiters,
+    /// Recent events per stream entry (a moving average), to trim by events.
+    per_entry: AtomicU64,
 }
 
 impl RedisStore {
@@ -78,7 +82,7 @@ impl RedisStore {
     pub async fn open_with(cfg: RedisConfig, counters: Option<Retention>) -> Result<Self> {
         let con = connect(&cfg.target()).await.map_err(err("connect"))?;
         let counters = counters.map(|r| Arc::new(RedisCounters::new(con.clone(), &cfg.stream_key, r)));
-        Ok(Self { cfg, con, counters, waiters: log::Waiters::default() })
+        Ok(Self { cfg, con, counters, waiters: log::Waiters::default(), per_entry: AtomicU64::new(1) })
     }
 
     /// The shared counters this store feeds, if enabled.
@@ -99,21 +103,21 @@ impl EventStore for RedisStore {
         }
         let mut p = redis::pipe();
         p.atomic();
-        for e in events {
-            p.cmd("XADD")
-                .arg(&self.cfg.stream_key)
-                .arg("*")
-                .arg("r")
-                .arg(e.received_at_ms)
-                .arg("e")
-                .arg(e.raw.as_ref())
-                .ignore();
-        }
+        // The whole commit is one entry (see `log`).
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.cfg.stream_key).arg("*");
+        log::encode(&mut xadd, events);
+        p.add_command(xadd).ignore();
         if let Some(c) = &self.counters {
             c.add_to(&mut p, events);
         }
-        // One approximate trim per batch instead of one per entry.
-        p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(self.cfg.max_len).ignore();
+        // `max_len` counts events, the stream counts entries (commits).
+        let per_entry = self.per_entry.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+            Some((avg * 7 + events.len() as u64).div_ceil(8).max(1))
+        });
+        let per_entry = per_entry.unwrap_or(1).max(1);
+        let entries = (self.cfg.max_len / per_entry).max(1);
+        p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(entries).ignore();
         let mut con = self.con.clone();
         let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
         Ok(())
@@ -125,37 +129,22 @@ impl EventStore for RedisStore {
 
     /// Entry ids are the server's clock in ms, close to the receive time: start there.
     async fn scan_since(&self, since_ms: i64, from: Option<Cursor>, limit: usize) -> Result<Page> {
-        let start = match &from {
-            Some(c) => format!("({}", c.0),
-            None if since_ms > 0 => format!("{}-0", since_ms.saturating_sub(60_000)),
-            None => "-".into(),
+        let at = match &from {
+            Some(c) => log::Pos::parse(&c.0)?,
+            None if since_ms > 0 => {
+                log::Pos { sid: log::Sid::before_ms(since_ms.saturating_sub(60_000)), event: None }
+            }
+            None => log::Pos { sid: log::Sid::ZERO, event: None },
         };
-        let mut con = self.con.clone();
-        let rows: Vec<log::Row> = redis::cmd("XRANGE")
-            .arg(&self.cfg.stream_key)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1))
-            .query_async(&mut con)
-            .await
-            .map_err(err("XRANGE"))?;
-        let mut page = Page::default();
-        let full = rows.len() == limit.max(1);
-        let mut last = None;
-        for (id, fields) in rows {
-            page.events.push(log::decode(fields));
-            last = Some(id);
-        }
-        if full {
-            page.next = last.map(Cursor);
-        }
-        Ok(page)
+        let limit = limit.max(1);
+        let (events, next, _) = self.range(at, limit).await?;
+        let full = events.len() == limit;
+        Ok(Page { events, next: full.then(|| next.cursor()) })
     }
 
-    /// Stream ids, "<ms>-<seq>": see `log` for the format, time starts and gaps.
+    /// Stream positions, "<ms>-<seq>[:<i>]": see `log` for the format, time starts and gaps.
     fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
-        log::Sid::parse(&cursor.0).map(|_| ())
+        log::Pos::parse(&cursor.0).map(|_| ())
     }
 
     async fn log_start(&self, start: &Start) -> Result<Cursor> {

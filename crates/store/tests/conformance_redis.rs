@@ -89,3 +89,82 @@ async fn a_cursor_trimmed_away_by_max_len_reads_on_with_a_gap() {
     let pos = s.log_start(&Start::Time(0)).await.unwrap();
     assert!(!s.log_read(&pos, 5).await.unwrap().gap, "a time start reported a gap");
 }
+
+/// A commit is one stream entry: pages that end inside it resume at the next event, a
+/// group keeps such a position, and entries of the older one-event layout read the same.
+#[tokio::test]
+async fn pages_resume_inside_a_commit_and_the_old_layout_still_reads() {
+    use adflow_store::conformance::sample;
+    use adflow_store::eventlog::Start;
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the Redis log layout test");
+        return;
+    };
+    let h = RedisHarness { url: url.clone(), cluster_nodes: Vec::new(), keys: Mutex::new(Vec::new()) };
+    let s = h.fresh().await;
+    let key = h.keys.lock().unwrap()[0].clone();
+    // An entry written the old way (one event, `r` then `e`), then two commits.
+    let old = sample(0);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("r")
+        .arg(old.received_at_ms)
+        .arg("e")
+        .arg(old.raw.as_ref())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let first: Vec<_> = (1..=10).map(sample).collect();
+    let second: Vec<_> = (11..=13).map(sample).collect();
+    s.append(&first).await.unwrap();
+    s.append(&second).await.unwrap();
+    let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut con).await.unwrap();
+    assert_eq!(len, 3, "one entry per commit");
+
+    let mut at = s.log_start(&Start::Oldest).await.unwrap();
+    let mut got = Vec::new();
+    let mut cursors = Vec::new();
+    loop {
+        let page = s.log_read(&at, 4).await.unwrap();
+        assert!(!page.gap);
+        if page.events.is_empty() {
+            break;
+        }
+        assert!(page.events.len() <= 4);
+        got.extend(page.events);
+        at = page.next.unwrap();
+        s.check_cursor(&at).unwrap();
+        cursors.push(at.0.clone());
+    }
+    let want: Vec<_> = std::iter::once(old).chain(first).chain(second).collect();
+    assert_eq!(got, want, "every event once, in order, across pages ending inside commits");
+    assert!(cursors.iter().any(|c| c.contains(':')), "some page ended inside a commit: {cursors:?}");
+
+    // A group resumes from a position inside a commit.
+    let inside = cursors.iter().find(|c| c.contains(':')).unwrap().clone();
+    s.group_commit("g", &adflow_store::Cursor(inside.clone())).await.unwrap();
+    let pos = s.group_get("g").await.unwrap().unwrap();
+    assert_eq!(pos.cursor.0, inside);
+    let rest = s.log_read(&pos.cursor, 100).await.unwrap();
+    let done = want.len() - rest.events.len();
+    assert_eq!(rest.events, want[done..].to_vec());
+
+    // Scans (the start-up rebuild) see the same events.
+    let mut scanned = Vec::new();
+    let mut from = None;
+    loop {
+        let page = s.scan(from, 3).await.unwrap();
+        scanned.extend(page.events);
+        match page.next {
+            Some(n) => from = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(scanned, want);
+    for bad in ["1-2:", "1-2:x", "1-2:-1", "1-2:1:2", ":3", "1-2:1234567890"] {
+        assert!(s.check_cursor(&adflow_store::Cursor(bad.into())).is_err(), "{bad:?} was accepted");
+    }
+}

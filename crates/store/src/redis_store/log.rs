@@ -1,10 +1,18 @@
 //! The Redis stream read back as a log (see `crate::eventlog`).
 //!
-//! **Cursors** are stream entry ids, `<ms>-<seq>` (e.g. "1700000000000-5"), read as "after
-//! this entry": a read is an exclusive XRANGE from the cursor. The oldest position is
+//! **Entries.** One stream entry holds one commit: its events in order, as field pairs
+//! `e` = the encoded event, each preceded by `r` = its receive time where that changes
+//! (earlier versions wrote one event per entry, `r` then `e`; both read the same). One XADD
+//! per commit instead of one per event is what lets a commit cost Redis little more than
+//! its bytes (BENCHMARKS.md, issue 15).
+//!
+//! **Cursors** are positions `<ms>-<seq>` (a stream entry id, e.g. "1700000000000-5"),
+//! read as "after this entry", or `<ms>-<seq>:<i>`, "after event i (from 0) of this entry"
+//! when a page ends inside an entry. A read is an exclusive XRANGE from the entry (an
+//! inclusive one, skipping events 0..=i, for an event position). The oldest position is
 //! "0-0"; the newest is the stream's last entry id ("0-0" while the stream is empty). Ids
 //! are assigned by the Redis server when it appends (its clock in ms, then a sequence), so
-//! they are always at most 41 characters, well inside the 64 the API allows.
+//! a position is at most 48 characters, inside the 64 the API allows.
 //!
 //! **Time starts** use those ids: a read from time `t` starts at the first entry the
 //! *server appended* at or after `t` (ms since the epoch by the Redis server's clock), not
@@ -12,7 +20,8 @@
 //! batching delay (a few ms: an event received just before `t` may be included) plus any
 //! clock difference between the gateway hosts and Redis.
 //!
-//! **Gaps.** The stream is trimmed to about `max_len` entries (XTRIM MAXLEN ~), oldest
+//! **Gaps.** The stream is trimmed to about `max_len` events (XTRIM MAXLEN ~ on entries,
+//! `max_len` divided by the recent events per entry), oldest
 //! first, read or not. A cursor older than the stream's first entry, with room for entries
 //! between them, reads on from the first entry and the page says `gap`. That is the only
 //! loss accounting Redis offers: there are no per-group lost-event counts
@@ -44,19 +53,69 @@ use std::time::Duration;
 /// One stream entry as XRANGE returns it.
 pub(super) type Row = (String, Vec<(String, Vec<u8>)>);
 
-/// Decodes an entry's fields (`r` = receive time, `e` = the event).
-pub(super) fn decode(fields: Vec<(String, Vec<u8>)>) -> StoredEvent {
+/// Decodes an entry's events (`r` = receive time of the events after it, `e` = an event).
+pub(super) fn decode(fields: Vec<(String, Vec<u8>)>) -> Vec<StoredEvent> {
     let mut received_at_ms = 0;
-    let mut raw = Bytes::new();
+    let mut out = Vec::with_capacity(fields.len() / 2 + 1);
     for (k, v) in fields {
         match k.as_str() {
             "r" => received_at_ms = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-            "e" => raw = Bytes::from(v),
+            "e" => out.push(StoredEvent { received_at_ms, raw: Bytes::from(v) }),
             _ => {}
         }
     }
-    StoredEvent { received_at_ms, raw }
+    out
 }
+
+/// Adds `events` to an XADD as one entry (see the module docs for the layout).
+pub(super) fn encode(cmd: &mut redis::Cmd, events: &[StoredEvent]) {
+    let mut last = None;
+    for e in events {
+        if last != Some(e.received_at_ms) {
+            cmd.arg("r").arg(e.received_at_ms);
+            last = Some(e.received_at_ms);
+        }
+        cmd.arg("e").arg(e.raw.as_ref());
+    }
+}
+
+/// A position in the log: after a whole entry, or after one event of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Pos {
+    pub sid: Sid,
+    /// Events 0..=i of the entry were read.
+    pub event: Option<u32>,
+}
+
+impl Pos {
+    /// Parses `<ms>-<seq>` or `<ms>-<seq>:<i>`; anything else is `BadCursor`.
+    pub fn parse(s: &str) -> Result<Pos> {
+        match s.split_once(':') {
+            None => Ok(Pos { sid: Sid::parse(s)?, event: None }),
+            Some((sid, i)) => {
+                let bad = || StoreError::BadCursor(s.to_owned());
+                if i.is_empty() || i.len() > 9 || !i.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                Ok(Pos {
+                    sid: Sid::parse(sid).map_err(|_| bad())?,
+                    event: Some(i.parse().map_err(|_| bad())?),
+                })
+            }
+        }
+    }
+
+    /// The position as a cursor.
+    pub fn cursor(self) -> Cursor {
+        match self.event {
+            None => self.sid.cursor(),
+            Some(i) => Cursor(format!("{}:{i}", self.sid)),
+        }
+    }
+}
+
+/// Entries fetched per XRANGE while filling a page (an entry holds a commit).
+const ENTRIES_PER_FETCH: usize = 8;
 
 /// A stream entry id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,6 +137,11 @@ impl Sid {
             return Err(bad());
         }
         Ok(Sid { ms: ms.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+    }
+
+    /// Just before the first id the server may assign at `ms`.
+    pub fn before_ms(ms: i64) -> Sid {
+        Sid { ms: ms.max(0) as u64, seq: 0 }.pred()
     }
 
     /// The next possible id.
@@ -181,7 +245,7 @@ impl RedisStore {
         Ok(match start {
             Start::Oldest => Sid::ZERO.cursor(),
             Start::Newest => self.end_id(false).await?.unwrap_or(Sid::ZERO).cursor(),
-            Start::At(c) => Sid::parse(&c.0)?.cursor(),
+            Start::At(c) => Pos::parse(&c.0)?.cursor(),
             Start::Time(t) => {
                 // Just before the first entry appended at or after t (the newest when none).
                 let mut con = self.con.clone();
@@ -202,29 +266,79 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn read(&self, from: &Cursor, limit: usize) -> Result<LogPage> {
-        let at = Sid::parse(&from.0)?;
+    /// Up to `limit` events after `at`, the position after the last one, and the stream's
+    /// first entry id (to tell a trimmed cursor). `since_ms` > 0 starts a cursorless read
+    /// a minute before that time (entry ids are close to receive times).
+    pub(super) async fn range(&self, at: Pos, limit: usize) -> Result<(Vec<StoredEvent>, Pos, Option<Sid>)> {
         let key = &self.cfg.stream_key;
-        let mut p = redis::pipe();
-        p.cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(1);
-        p.cmd("XRANGE").arg(key).arg(format!("({at}")).arg("+").arg("COUNT").arg(limit.max(1));
+        let limit = limit.max(1);
         let mut con = self.con.clone();
-        let (first, rows): (Vec<Row>, Vec<Row>) = p.query_async(&mut con).await.map_err(err("XRANGE"))?;
-        // Entries may have existed between the cursor and the first one left: trimmed.
-        let first = first.first().map(|(id, _)| Sid::parse(id)).transpose()?;
-        let gap = at != Sid::ZERO && first.is_some_and(|f| f > at.succ());
-        let mut page = LogPage { events: Vec::with_capacity(rows.len()), next: None, gap };
-        let mut last = at;
-        for (id, fields) in rows {
-            last = Sid::parse(&id)?;
-            page.events.push(decode(fields));
+        let mut events = Vec::new();
+        let mut pos = at;
+        let mut first = None;
+        let mut probe_first = true;
+        loop {
+            // From inside an entry: that entry again, inclusive; else after it.
+            let start = match pos.event {
+                Some(_) => pos.sid.to_string(),
+                None => format!("({}", pos.sid),
+            };
+            let mut p = redis::pipe();
+            if probe_first {
+                p.cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(1);
+            }
+            p.cmd("XRANGE").arg(key).arg(&start).arg("+").arg("COUNT").arg(ENTRIES_PER_FETCH.min(limit));
+            let rows: Vec<Row> = if probe_first {
+                let (f, rows): (Vec<Row>, Vec<Row>) = p.query_async(&mut con).await.map_err(err("XRANGE"))?;
+                first = f.first().map(|(id, _)| Sid::parse(id)).transpose()?;
+                rows
+            } else {
+                let (rows,): (Vec<Row>,) = p.query_async(&mut con).await.map_err(err("XRANGE"))?;
+                rows
+            };
+            probe_first = false;
+            let fetched = rows.len();
+            for (id, fields) in rows {
+                let sid = Sid::parse(&id)?;
+                let mut evs = decode(fields);
+                let n = evs.len();
+                let skip = match pos.event {
+                    // The entry the position is inside of: skip what was read.
+                    Some(i) if sid == pos.sid => (i as usize).saturating_add(1).min(n),
+                    _ => 0,
+                };
+                let end = skip + (n - skip).min(limit - events.len());
+                events.extend(evs.drain(skip..end));
+                // A page that ends inside the entry says how far; else the whole entry.
+                pos = Pos { sid, event: (end < n).then(|| end as u32 - 1) };
+                if events.len() >= limit {
+                    return Ok((events, pos, first));
+                }
+            }
+            if fetched < ENTRIES_PER_FETCH.min(limit) {
+                return Ok((events, pos, first));
+            }
         }
-        page.next = Some(last.cursor());
-        Ok(page)
+    }
+
+    pub(super) async fn read(&self, from: &Cursor, limit: usize) -> Result<LogPage> {
+        let at = Pos::parse(&from.0)?;
+        let (events, next, first) = self.range(at, limit).await?;
+        // Entries may have existed between the cursor and the first one left: trimmed.
+        let gap = at.sid != Sid::ZERO
+            && first.is_some_and(|f| match at.event {
+                None => f > at.sid.succ(),
+                Some(_) => f > at.sid,
+            });
+        Ok(LogPage { events, next: Some(next.cursor()), gap })
     }
 
     pub(super) async fn wait(&self, after: &Cursor, timeout: Duration) {
-        let Ok(at) = Sid::parse(&after.0) else { return };
+        let Ok(pos) = Pos::parse(&after.0) else { return };
+        if pos.event.is_some() {
+            return; // inside an entry: the rest of it is already there
+        }
+        let at = pos.sid;
         let block = timeout.min(MAX_BLOCK);
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(1).arg("BLOCK").arg(block.as_millis().max(1) as u64);
@@ -260,12 +374,12 @@ impl RedisStore {
     }
 
     pub(super) async fn commit_group(&self, group: &str, cursor: &Cursor) -> Result<()> {
-        let at = Sid::parse(&cursor.0)?;
+        let at = Pos::parse(&cursor.0)?.cursor().0;
         let mut con = self.con.clone();
         let _: () = redis::cmd("HSET")
             .arg(self.groups_key())
             .arg(group)
-            .arg(at.to_string())
+            .arg(at)
             .query_async(&mut con)
             .await
             .map_err(err("HSET"))?;
