@@ -77,11 +77,14 @@ impl RedisStore {
         Self::open_with(cfg, None).await
     }
 
-    /// Connects; with `counters`, every batch also increments the shared analytics
-    /// counters in the same transaction as its events.
+    /// Connects; with `counters`, every batch also adds its analytics counters to the
+    /// shared ones in the same transaction as its events (and this store folds them).
     pub async fn open_with(cfg: RedisConfig, counters: Option<Retention>) -> Result<Self> {
         let con = connect(&cfg.target()).await.map_err(err("connect"))?;
         let counters = counters.map(|r| Arc::new(RedisCounters::new(con.clone(), &cfg.stream_key, r)));
+        if let Some(c) = &counters {
+            c.start_folding();
+        }
         Ok(Self { cfg, con, counters, waiters: log::Waiters::default(), per_entry: AtomicU64::new(1) })
     }
 
