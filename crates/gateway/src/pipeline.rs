@@ -109,8 +109,8 @@ pub enum WhenFull {
 pub(crate) struct Submission {
     events: Vec<StoredEvent>,
     keys: Vec<u64>,
-    /// Event ids claimed in the shared (Redis) dedup set.
-    ids: Vec<String>,
+    /// The shared (Redis) dedup claims of this request's new ids.
+    claims: crate::shared_dedup::Claims,
     /// Ids accepted while the shared dedup could not answer: recorded after the commit.
     unchecked: Vec<String>,
     /// Resolved by the batcher when the commit holding these events ends.
@@ -329,14 +329,14 @@ impl Pipeline {
             fresh.push(StoredEvent { received_at_ms: now, raw });
         }
         let mut unchecked = Vec::new();
+        let mut claims = crate::shared_dedup::Claims::default();
         if let Some(shared) = &self.shared {
-            match shared.admit(&ids, durable).await {
-                Ok(new) => {
+            match shared.claim_request(&ids, durable).await {
+                Ok((new, taken)) => {
                     let mut it = new.iter();
                     fresh.retain(|_| *it.next().unwrap_or(&true));
-                    let mut it = new.iter();
-                    ids.retain(|_| *it.next().unwrap_or(&true));
                     reply.duplicates += new.iter().filter(|n| !**n).count() as u32;
+                    claims = taken;
                 }
                 Err(crate::shared_dedup::AdmitError::StillPending(n)) => {
                     drop(room);
@@ -369,13 +369,13 @@ impl Pipeline {
             drop(extra);
         }
         let events = fresh;
-        let sub = Submission { events, keys, ids, unchecked, outcome, durable, _room: room };
+        let sub = Submission { events, keys, claims, unchecked, outcome, durable, _room: room };
         if let Err(e) = self.tx.try_send(sub) {
             // Room was reserved, so the channel can only be closed (shutdown), not full.
             let sub = e.into_inner();
             self.forget(&sub.keys);
             if let Some(shared) = &self.shared {
-                shared.forget(&sub.ids).await;
+                shared.drop_claims(&sub.claims).await;
             }
             return Err(IngestError::ShuttingDown);
         }

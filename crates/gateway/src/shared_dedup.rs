@@ -3,36 +3,38 @@
 //!
 //! "Duplicate" means "stored", so a claim has two states (the protocol):
 //! 1. **claim** (one script call per request): an absent id becomes pending, owned by this
-//!    gateway until a deadline (`claim_secs`); the id is new. Stored: a duplicate. Pending
-//!    for another gateway: another commit holds the first copy: a durable request polls
-//!    until it turns stored (duplicate), or its claim goes (that commit failed or its
+//!    gateway's claim until a deadline (`claim_secs`); the id is new. Stored: a duplicate.
+//!    Pending for another gateway: another commit holds the first copy: a durable request
+//!    polls until it turns stored (duplicate), or its claim goes (that commit failed or its
 //!    gateway died; the id is claimed again), and answers UNAVAILABLE if it stays pending
 //!    past the claim's deadline. An accepted-mode request counts a pending id as a
 //!    duplicate at once (it was only promised "queued").
 //! 2. **settle** (one script call per commit, before any client hears "stored"): the
-//!    batch's ids become stored. A batch parked in the local spill buffer (backend down)
-//!    has its ids held by this gateway for the whole window instead, and the spill replay
-//!    (`ReplayGuard`) turns them into stored once they are in the backend.
-//! 3. **forget** (failed commit): ids still pending for this gateway are dropped, so the
-//!    retry is new.
+//!    commit's claims become stored. A batch parked in the local spill buffer (backend
+//!    down) has its claims held by this gateway for the whole window instead, and the
+//!    spill replay (`ReplayGuard`) records its ids as stored once they are in the backend.
+//! 3. **drop** (failed commit): the commit's claims are dropped, so the retry is new.
 //!
-//! **Layout** (`<prefix>` is e.g. `{adflow}:dedup:`; one hash tag, so one cluster slot):
-//! an id is known by a 12-byte fingerprint (xxh3-128 of the id; a false match needs ~10^14
+//! **Layout** (`<prefix>` is e.g. `{adflow}:dedup:`; one hash tag, so one cluster slot).
+//! An id is known by a 12-byte fingerprint (xxh3-128 of the id; a false match needs ~10^14
 //! ids in one window), a field of one hash per window-long generation,
-//! `<prefix><now / window>`. Its value is `s` once stored, `p:<gateway>|<deadline ms>`
-//! while pending (past the deadline it counts as absent), `p:<gateway>` while held. A
+//! `<prefix><now / window>`, valued with the claim that took it: `<gateway>.<claim>`. A
+//! claim's state is one field of `<prefix>r:<generation>`: its deadline while pending, `s`
+//! stored, `h` held, `x` dropped. So settling or dropping a request's ids writes one field,
+//! not one per id, and only the claim itself writes per id (one HSET with all of them). A
 //! claim looks in the current and the previous generation, so an id is remembered for at
-//! least the window and at most two (a generation's hash expires after two windows).
-//! Every step handles a whole request or commit with variadic HMGET / HSET / HDEL inside
-//! one script: no key and no command per id, which is what made the shared dedup cost
-//! three times the event write itself (BENCHMARKS.md, issue 15).
+//! least the window and at most two (a generation's hashes expire after two windows).
+//! Every step handles a whole request or commit with variadic HMGET / HSET inside one
+//! script: no key and no command per id, which is what made the shared dedup cost three
+//! times the event write itself (BENCHMARKS.md, issue 15).
 //!
 //! While Redis cannot answer, events are accepted unchecked (availability first). Their ids
 //! are settled after the commit like any others; if Redis is still down then, they are kept
 //! in a bounded backlog and written as soon as it answers. Spilled events are checked when
 //! the spill replays: an id some gateway stored meanwhile is skipped, never written twice.
 //! The token is stable across restarts of a gateway (kept beside its spill buffer), so a
-//! replay after a crash recognises its own pending claims.
+//! replay after a crash recognises its own held claims; claim names carry a random part
+//! per start, so a claim of the previous run is never taken for a new one.
 
 use adflow_domain::EventView;
 use adflow_store::StoredEvent;
@@ -40,39 +42,61 @@ use adflow_store::redis_conn::{RedisConn, Target, connect};
 use adflow_store::resilient::ReplayGuard;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Shared by the scripts: KEYS = the current and the previous generation's hash; ARGV[1]
-/// = now (ms). `state(v)` reads a value: "s" stored, or the gateway that holds the id
-/// (pending until the deadline after '|', held without one), or nil (absent or expired).
+/// Shared by the scripts: KEYS = ids (current, previous generation), claims (current,
+/// previous); ARGV[1] = now (ms). `lookup` answers per id "s" (stored), the gateway whose
+/// live claim holds it, or false (absent: never claimed, dropped, or past its deadline).
 const PRELUDE: &str = r#"
 local now = tonumber(ARGV[1])
-local function state(v)
-  if not v or v == 's' then return v or nil end
-  local bar = string.find(v, '|', 1, true)
-  if not bar then return v end
-  if tonumber(string.sub(v, bar + 1)) > now then return string.sub(v, 1, bar - 1) end
+local function status(x, y)
+  if x == 's' or y == 's' then return 's' end
+  if x == 'h' or y == 'h' then return 'h' end
+  if x == 'x' or y == 'x' then return nil end
+  local d = tonumber(x or y)
+  if d and d > now then return 'p' end
   return nil
 end
 local function lookup(first)
   local a = redis.call('HMGET', KEYS[1], unpack(ARGV, first))
   local b = redis.call('HMGET', KEYS[2], unpack(ARGV, first))
+  local refs, known, st = {}, {}, {}
+  local function add(v)
+    if v and not known[v] then
+      known[v] = true
+      refs[#refs + 1] = v
+    end
+  end
+  for i = 1, #a do
+    add(a[i])
+    add(b[i])
+  end
+  if #refs > 0 then
+    local x = redis.call('HMGET', KEYS[3], unpack(refs))
+    local y = redis.call('HMGET', KEYS[4], unpack(refs))
+    for j, r in ipairs(refs) do st[r] = status(x[j], y[j]) end
+  end
   local out = {}
-  for i = 1, #ARGV - first + 1 do
-    local x, y = state(a[i]), state(b[i])
-    if x == 's' or y == 's' then out[i] = 's' else out[i] = x or y end
+  for i = 1, #a do
+    local sa, sb = a[i] and st[a[i]], b[i] and st[b[i]]
+    if sa == 's' or sb == 's' then
+      out[i] = 's'
+    else
+      local v = (sa and a[i]) or (sb and b[i])
+      out[i] = v and string.match(v, '^(.*)%.') or false
+    end
   end
   return out
 end
 "#;
 
-/// ARGV: now, mine, deadline, ttl, fingerprints. Claims every absent id for this gateway;
-/// answers one character per id: 1 new, 3 already pending for this gateway (or repeated
-/// in this call), 2 pending for another, 0 stored.
+/// ARGV: now, mine, claim, deadline, ttl, fingerprints. Claims every absent id for this
+/// gateway under `claim`; answers one character per id: 1 new, 3 already held by this
+/// gateway (or repeated in this call), 2 held by another, 0 stored.
 const CLAIM: &str = r#"
-local F = 5
-local st, mine, out, new, seen = lookup(F), ARGV[2], {}, {}, {}
-local pending = mine .. '|' .. ARGV[3]
+local F = 6
+local st, mine, ref, out, new, seen = lookup(F), ARGV[2], ARGV[3], {}, {}, {}
 for i = 1, #ARGV - F + 1 do
   local fp, s = ARGV[F + i - 1], st[i]
   if s == 's' then
@@ -85,56 +109,64 @@ for i = 1, #ARGV - F + 1 do
     out[i] = '1'
     seen[fp] = true
     new[#new + 1] = fp
-    new[#new + 1] = pending
+    new[#new + 1] = ref
   end
 end
 if #new > 0 then
   redis.call('HSET', KEYS[1], unpack(new))
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('HSET', KEYS[3], ref, ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 return table.concat(out)
 "#;
 
-/// ARGV: now, mine, mode, ttl, fingerprints. Mode "s": every id becomes stored. "h": ids
-/// absent or pending for this gateway are held for it (no deadline: for the window); ids
-/// stored or pending elsewhere are left alone.
-const SETTLE: &str = r#"
-local F = 5
-local set, mine = {}, ARGV[2]
-if ARGV[3] == 's' then
-  for i = F, #ARGV do
-    set[#set + 1] = ARGV[i]
-    set[#set + 1] = 's'
-  end
-else
-  local st = lookup(F)
-  for i = 1, #ARGV - F + 1 do
-    if not st[i] or st[i] == mine then
-      set[#set + 1] = ARGV[F + i - 1]
-      set[#set + 1] = mine
-    end
-  end
+/// ARGV: now, state ("s", "h" or "x"), ttl, claims. Sets the state of whole claims.
+const MARK: &str = r#"
+local set = {}
+for i = 4, #ARGV do
+  set[#set + 1] = ARGV[i]
+  set[#set + 1] = ARGV[2]
 end
 if #set > 0 then
-  redis.call('HSET', KEYS[1], unpack(set))
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('HSET', KEYS[3], unpack(set))
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return #set / 2
 "#;
 
-/// ARGV: now, mine, fingerprints. Drops the ids still pending or held for this gateway.
+/// ARGV: now, mine, claim, mode, ttl, fingerprints. Records ids one by one under a new
+/// claim in state `mode`: "s" every id becomes stored; "h" ids absent or held by this
+/// gateway are held for it; ids stored or held elsewhere are left alone.
+const SETTLE: &str = r#"
+local F = 6
+local mine, ref, mode, set = ARGV[2], ARGV[3], ARGV[4], {}
+local st = {}
+if mode ~= 's' then st = lookup(F) end
+for i = 1, #ARGV - F + 1 do
+  if mode == 's' or not st[i] or st[i] == mine then
+    set[#set + 1] = ARGV[F + i - 1]
+    set[#set + 1] = ref
+  end
+end
+if #set > 0 then
+  redis.call('HSET', KEYS[1], unpack(set))
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('HSET', KEYS[3], ref, mode)
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+return #set / 2
+"#;
+
+/// ARGV: now, mine, fingerprints. Drops the ids held by this gateway (and not stored).
 const FORGET: &str = r#"
 local F = 3
-local mine, n = ARGV[2], 0
-for k = 1, 2 do
-  local v = redis.call('HMGET', KEYS[k], unpack(ARGV, F))
-  local gone = {}
-  for i = 1, #ARGV - F + 1 do
-    if v[i] and v[i] ~= 's' and state(v[i]) == mine then gone[#gone + 1] = ARGV[F + i - 1] end
-  end
-  if #gone > 0 then n = n + redis.call('HDEL', KEYS[k], unpack(gone)) end
+local st, gone = lookup(F), {}
+for i = 1, #ARGV - F + 1 do
+  if st[i] == ARGV[2] then gone[#gone + 1] = ARGV[F + i - 1] end
 end
-return n
+if #gone == 0 then return 0 end
+return redis.call('HDEL', KEYS[1], unpack(gone)) + redis.call('HDEL', KEYS[2], unpack(gone))
 "#;
 
 /// Most ids per script call (Lua's `unpack` limit is 8000 values).
@@ -170,18 +202,39 @@ pub enum AdmitError {
     StillPending(usize),
 }
 
+/// The claims a request's new ids were taken under (usually one; more when it waited).
+#[derive(Debug, Default, Clone)]
+pub struct Claims(Vec<String>);
+
+impl Claims {
+    /// Whether no id was claimed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds another request's claims.
+    pub fn extend(&mut self, other: &Claims) {
+        self.0.extend(other.0.iter().cloned());
+    }
+}
+
 /// The Redis-backed dedup set.
 pub struct SharedDedup {
     con: RedisConn,
     prefix: String,
     ttl_ms: u64,
     claim_ms: u64,
-    /// `p:<token>`: this gateway's pending mark.
+    /// This gateway's name in claims (12 characters of its token).
     mine: String,
+    /// Random per start: claim names never repeat across restarts.
+    boot: String,
+    next_claim: AtomicU64,
     claim: redis::Script,
+    mark: redis::Script,
     settle: redis::Script,
     forget: redis::Script,
-    backlog: Mutex<VecDeque<String>>,
+    /// Ids of stored events, and claims of stored commits, not yet recorded in Redis.
+    backlog: Mutex<(VecDeque<String>, Vec<String>)>,
     /// After a failed call, calls fail at once until this time (ms): a dead or
     /// partitioned Redis must not add a timeout to every request and commit.
     open_until_ms: std::sync::atomic::AtomicI64,
@@ -189,6 +242,11 @@ pub struct SharedDedup {
 
 /// How long the breaker stays open after a failed call.
 const BREAKER_MS: i64 = 500;
+
+/// A random lowercase hex string of `n` characters.
+fn random_hex(n: usize) -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..n].to_owned()
+}
 
 impl SharedDedup {
     /// Connects to `target`; ids are kept for `ttl_secs` (to twice that). On a cluster the
@@ -201,19 +259,23 @@ impl SharedDedup {
             prefix: prefix.to_owned(),
             ttl_ms: ttl_secs.max(1) * 1000,
             claim_ms: 30_000,
-            mine: format!("p:{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            mine: random_hex(12),
+            boot: random_hex(4),
+            next_claim: AtomicU64::new(0),
             claim: script(CLAIM),
+            mark: script(MARK),
             settle: script(SETTLE),
             forget: script(FORGET),
-            backlog: Mutex::new(VecDeque::new()),
+            backlog: Mutex::new((VecDeque::new(), Vec::new())),
             open_until_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
-    /// Uses `token` (stable across restarts) to mark this gateway's pending claims.
+    /// Uses `token` (stable across restarts) to name this gateway in its claims.
     pub fn with_token(mut self, token: &str) -> Self {
-        // Stored with every pending id: 16 characters tell gateways apart.
-        self.mine = format!("p:{}", token.get(..16).unwrap_or(token));
+        // Stored with every claimed id: 12 characters tell gateways apart; no '.'.
+        let t: String = token.chars().filter(|c| *c != '.').take(12).collect();
+        self.mine = t;
         self
     }
 
@@ -223,14 +285,20 @@ impl SharedDedup {
         self
     }
 
-    /// The keys the scripts work on at `now`: the current and the previous generation.
-    fn keys_at(&self, now: i64) -> [String; 2] {
-        let g = now.div_euclid(self.ttl_ms as i64);
-        [format!("{}{g}", self.prefix), format!("{}{}", self.prefix, g - 1)]
+    /// A new claim name: `<gateway>.<start><sequence>`.
+    fn new_claim(&self) -> String {
+        format!("{}.{}{:x}", self.mine, self.boot, self.next_claim.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// A generation's hash lives two windows (it is looked up during the next one) and a
-    /// minute of clock slack between gateways.
+    /// The keys the scripts work on at `now`: ids and claims, current and previous generation.
+    fn keys_at(&self, now: i64) -> [String; 4] {
+        let g = now.div_euclid(self.ttl_ms as i64);
+        let p = &self.prefix;
+        [format!("{p}{g}"), format!("{p}{}", g - 1), format!("{p}r:{g}"), format!("{p}r:{}", g - 1)]
+    }
+
+    /// A generation's hashes live two windows (they are looked up during the next one) and
+    /// a minute of clock slack between gateways.
     fn generation_ttl_ms(&self) -> u64 {
         2 * self.ttl_ms + 60_000
     }
@@ -242,7 +310,6 @@ impl SharedDedup {
         args: &[String],
         fps: &[Fp],
     ) -> Result<T, redis::RedisError> {
-        use std::sync::atomic::Ordering;
         let now = adflow_domain::now_ms();
         if self.open_until_ms.load(Ordering::Relaxed) > now {
             return Err(redis::RedisError::from((
@@ -269,12 +336,15 @@ impl SharedDedup {
         res
     }
 
-    /// Claim codes per fingerprint (see `CLAIM`), a chunk of ids per script call.
-    async fn run_claim(&self, fps: &[Fp]) -> Result<Vec<u8>, redis::RedisError> {
+    /// Claim codes per fingerprint (see `CLAIM`), a chunk of ids per script call, each
+    /// under a new claim added to `claims`.
+    async fn run_claim(&self, fps: &[Fp], claims: &mut Claims) -> Result<Vec<u8>, redis::RedisError> {
         let mut codes = Vec::with_capacity(fps.len());
         for chunk in fps.chunks(CHUNK) {
+            let name = self.new_claim();
             let deadline = adflow_domain::now_ms() + self.claim_ms as i64;
-            let args = [self.mine.clone(), deadline.to_string(), self.generation_ttl_ms().to_string()];
+            let args =
+                [self.mine.clone(), name.clone(), deadline.to_string(), self.generation_ttl_ms().to_string()];
             let reply: Vec<u8> = self.call(&self.claim, &args, chunk).await?;
             if reply.len() != chunk.len() {
                 return Err(redis::RedisError::from((
@@ -282,19 +352,28 @@ impl SharedDedup {
                     "shared dedup: claim reply of the wrong length",
                 )));
             }
+            if reply.contains(&b'1') {
+                claims.0.push(name);
+            }
             codes.extend(reply.iter().map(|c| c.wrapping_sub(b'0')));
         }
         Ok(codes)
     }
 
     /// For each id, true when it is new (and now claimed for this gateway), false for a
-    /// duplicate of a stored event. Pending first copies are waited for when `durable`.
-    pub async fn admit(&self, ids: &[String], durable: bool) -> Result<Vec<bool>, AdmitError> {
+    /// duplicate of a stored event, and the claims the new ids were taken under (settle or
+    /// drop them with the commit). Pending first copies are waited for when `durable`.
+    pub async fn claim_request(
+        &self,
+        ids: &[String],
+        durable: bool,
+    ) -> Result<(Vec<bool>, Claims), AdmitError> {
+        let mut claims = Claims::default();
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), claims));
         }
         let fps = fps(ids.iter().map(String::as_str));
-        let codes = self.run_claim(&fps).await?;
+        let codes = self.run_claim(&fps, &mut claims).await?;
         let mut out = vec![false; ids.len()];
         let mut first: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
         let mut wait = Vec::new();
@@ -309,15 +388,26 @@ impl SharedDedup {
             }
         }
         if !wait.is_empty() {
-            for (i, new) in self.wait_settled(&fps, wait).await? {
+            for (i, new) in self.wait_settled(&fps, wait, &mut claims).await? {
                 out[i] = new;
             }
         }
-        Ok(out)
+        Ok((out, claims))
+    }
+
+    /// `claim_request` without the claims: they stay pending until settled by id
+    /// (`settle`), forgotten (`forget`) or past their deadline.
+    pub async fn admit(&self, ids: &[String], durable: bool) -> Result<Vec<bool>, AdmitError> {
+        Ok(self.claim_request(ids, durable).await?.0)
     }
 
     /// Polls pending ids until each is stored (false) or free and claimed by us (true).
-    async fn wait_settled(&self, fps: &[Fp], mut wait: Vec<usize>) -> Result<Vec<(usize, bool)>, AdmitError> {
+    async fn wait_settled(
+        &self,
+        fps: &[Fp],
+        mut wait: Vec<usize>,
+        claims: &mut Claims,
+    ) -> Result<Vec<(usize, bool)>, AdmitError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.claim_ms + 1000);
         let mut done = Vec::with_capacity(wait.len());
         let mut delay = Duration::from_millis(5);
@@ -328,7 +418,7 @@ impl SharedDedup {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
             let ks: Vec<Fp> = wait.iter().map(|&i| fps[i]).collect();
-            let codes = self.run_claim(&ks).await?;
+            let codes = self.run_claim(&ks, claims).await?;
             let mut still = Vec::new();
             for (&i, code) in wait.iter().zip(codes) {
                 match code {
@@ -352,16 +442,58 @@ impl SharedDedup {
         }
     }
 
+    /// Sets the state of whole claims: one field per claim.
+    async fn run_mark(&self, claims: &[String], state: &str) -> Result<(), redis::RedisError> {
+        for chunk in claims.chunks(CHUNK) {
+            let mut args = vec![state.to_owned(), self.generation_ttl_ms().to_string()];
+            args.extend(chunk.iter().cloned());
+            self.call::<i64>(&self.mark, &args, &[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the claims of a committed batch stored, or held for the spill replay when the
+    /// batch went to the spill. When Redis does not answer, stored claims go to the backlog.
+    pub async fn settle_claims(&self, claims: &Claims, spilled: bool) {
+        if claims.is_empty() {
+            return;
+        }
+        self.flush_backlog().await;
+        match self.run_mark(&claims.0, if spilled { "h" } else { "s" }).await {
+            Ok(()) => {}
+            // The replay checks spilled ids itself.
+            Err(_) if spilled => {}
+            Err(e) => {
+                tracing::warn!(error = %e, claims = claims.0.len(), "could not record stored claims; kept for later");
+                let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+                b.1.extend(claims.0.iter().cloned());
+            }
+        }
+    }
+
+    /// Drops the claims of a failed commit, so the clients' retries are new.
+    pub async fn drop_claims(&self, claims: &Claims) {
+        if claims.is_empty() {
+            return;
+        }
+        // If this fails the claims still end at their deadline.
+        if let Err(e) = self.run_mark(&claims.0, "x").await {
+            tracing::warn!(error = %e, "could not drop dedup claims after a failed write; they expire");
+        }
+    }
+
     async fn run_settle(&self, fps: &[Fp], mode: &str) -> Result<(), redis::RedisError> {
         for chunk in fps.chunks(CHUNK) {
-            let args = [self.mine.clone(), mode.to_owned(), self.generation_ttl_ms().to_string()];
+            let args =
+                [self.mine.clone(), self.new_claim(), mode.to_owned(), self.generation_ttl_ms().to_string()];
             self.call::<i64>(&self.settle, &args, chunk).await?;
         }
         Ok(())
     }
 
-    /// Marks the ids of a committed batch stored, or held for the spill replay when the
-    /// batch went to the spill. When Redis does not answer, stored ids go to the backlog.
+    /// Records ids one by one as stored, or held for the spill replay when their batch went
+    /// to the spill (ids taken while Redis could not be asked). When Redis does not answer,
+    /// stored ids go to the backlog.
     pub async fn settle(&self, ids: &[&str], spilled: bool) {
         if ids.is_empty() {
             return;
@@ -382,26 +514,35 @@ impl SharedDedup {
 
     fn push_backlog(&self, ids: impl Iterator<Item = String>) {
         let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        b.extend(ids);
-        let over = b.len().saturating_sub(BACKLOG_MAX);
+        b.0.extend(ids);
+        let over = b.0.len().saturating_sub(BACKLOG_MAX);
         if over > 0 {
-            b.drain(..over);
+            b.0.drain(..over);
             metrics::counter!("dedup_backlog_dropped_total").increment(over as u64);
             tracing::error!(dropped = over, "dedup backlog full: the oldest unrecorded ids were dropped");
         }
     }
 
-    /// Ids of stored events waiting to be recorded in Redis.
+    /// Ids of stored events (and claims of stored commits) waiting to be recorded in Redis.
     pub fn backlog(&self) -> usize {
-        self.backlog.lock().unwrap_or_else(|p| p.into_inner()).len()
+        let b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        b.0.len() + b.1.len()
     }
 
     /// Writes the backlog to Redis (a page at a time) while it answers.
     pub async fn flush_backlog(&self) {
+        let claims: Vec<String> = self.backlog.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        if !claims.is_empty() {
+            if self.run_mark(&claims, "s").await.is_err() {
+                return;
+            }
+            self.backlog.lock().unwrap_or_else(|p| p.into_inner()).1.drain(..claims.len());
+            tracing::info!(claims = claims.len(), "recorded commits stored while the shared dedup was down");
+        }
         loop {
             let page: Vec<String> = {
                 let b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-                b.iter().take(1000).cloned().collect()
+                b.0.iter().take(1000).cloned().collect()
             };
             if page.is_empty() {
                 return;
@@ -411,13 +552,17 @@ impl SharedDedup {
                 return;
             }
             let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-            let n = page.len().min(b.len());
-            b.drain(..n);
-            tracing::info!(ids = n, left = b.len(), "recorded ids accepted while the shared dedup was down");
+            let n = page.len().min(b.0.len());
+            b.0.drain(..n);
+            tracing::info!(
+                ids = n,
+                left = b.0.len(),
+                "recorded ids accepted while the shared dedup was down"
+            );
         }
     }
 
-    /// Forgets ids whose write failed, so a client's retry is accepted.
+    /// Forgets ids this gateway holds (not stored), so a client's retry is accepted.
     pub async fn forget(&self, ids: &[String]) {
         if ids.is_empty() {
             return;
@@ -446,7 +591,9 @@ impl ReplayGuard for SharedDedup {
             op: "dedup check of the spill replay",
             message: e.to_string(),
         };
-        let codes = self.run_claim(&fps).await.map_err(|e| to_store(e.into()))?;
+        // The replay's own claims stay pending until `written` records the ids stored.
+        let mut claims = Claims::default();
+        let codes = self.run_claim(&fps, &mut claims).await.map_err(|e| to_store(e.into()))?;
         let mut keep = vec![false; ids.len()];
         let mut first: HashMap<&str, usize> = HashMap::new();
         let mut wait = Vec::new();
@@ -461,7 +608,7 @@ impl ReplayGuard for SharedDedup {
             }
         }
         if !wait.is_empty() {
-            for (i, new) in self.wait_settled(&fps, wait).await.map_err(to_store)? {
+            for (i, new) in self.wait_settled(&fps, wait, &mut claims).await.map_err(to_store)? {
                 keep[i] = new;
             }
         }

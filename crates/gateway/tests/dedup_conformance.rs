@@ -226,3 +226,52 @@ async fn stored_ids_are_duplicates_for_the_window_and_new_after_two() {
     tokio::time::sleep(Duration::from_millis(2100).saturating_sub(stored.elapsed())).await;
     assert_eq!(d.admit(&x, true).await.unwrap(), vec![true; 50], "new again two windows later");
 }
+
+/// The commit path: a request's ids are settled, held or dropped as whole claims.
+#[tokio::test]
+async fn whole_claims_settle_hold_and_drop_a_request_s_ids() {
+    let Some((a, b)) = two_gateways(30).await else { return };
+    let b = std::sync::Arc::new(b);
+    // Settled: a durable repeat on B waits for A's commit, then is a duplicate.
+    let x = ids(300);
+    let (new, claims) = a.claim_request(&x, true).await.unwrap();
+    assert_eq!(new, vec![true; 300]);
+    let (b2, x2) = (b.clone(), x.clone());
+    let waiting = tokio::spawn(async move { b2.admit(&x2, true).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!waiting.is_finished(), "B answered before A's commit ended");
+    a.settle_claims(&claims, false).await;
+    assert_eq!(waiting.await.unwrap(), vec![false; 300], "stored by A: duplicates on B");
+    // Dropped: the repeat waiting on B takes the ids as new.
+    let y = ids(5);
+    let (_, claims) = a.claim_request(&y, true).await.unwrap();
+    let (b2, y2) = (b.clone(), y.clone());
+    let waiting = tokio::spawn(async move { b2.claim_request(&y2, true).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.drop_claims(&claims).await;
+    let (new, b_claims) = waiting.await.unwrap();
+    assert_eq!(new, vec![true; 5], "A's commit failed: B holds the only copy");
+    b.settle_claims(&b_claims, false).await;
+    assert_eq!(a.admit(&y, true).await.unwrap(), vec![false; 5]);
+    // Held (spilled): pending for everyone else, and the held ids are this gateway's own.
+    let z = ids(4);
+    let (_, claims) = a.claim_request(&z, true).await.unwrap();
+    a.settle_claims(&claims, true).await;
+    assert_eq!(b.admit(&z, false).await.unwrap(), vec![false; 4], "held by A: a duplicate for now");
+    let ev = |id: &str| {
+        adflow_store::StoredEvent::encode(
+            1,
+            &adflow_domain::pb::AdEvent {
+                event_id: id.into(),
+                ad_id: "a".into(),
+                r#type: 1,
+                ..Default::default()
+            },
+        )
+    };
+    let page: Vec<_> = z.iter().map(|id| ev(id)).collect();
+    use adflow_store::resilient::ReplayGuard;
+    assert_eq!(ReplayGuard::admit(&a, &page).await.unwrap(), vec![true; 4], "the replay keeps its own");
+    ReplayGuard::written(&a, &page).await;
+    assert_eq!(b.admit(&z, true).await.unwrap(), vec![false; 4]);
+}

@@ -68,7 +68,7 @@ struct Batcher {
 struct Waiter {
     range: std::ops::Range<usize>,
     keys: Vec<u64>,
-    ids: Vec<String>,
+    claims: crate::shared_dedup::Claims,
     unchecked: Vec<String>,
     outcome: watch::Sender<CommitState>,
     durable: bool,
@@ -181,7 +181,7 @@ impl Batcher {
             waiters.push(Waiter {
                 range: start..events.len(),
                 keys: s.keys,
-                ids: s.ids,
+                claims: s.claims,
                 unchecked: s.unchecked,
                 outcome: s.outcome,
                 durable: s.durable,
@@ -261,9 +261,14 @@ impl Batcher {
             // A claim is final only once its batch is stored: mark the ids stored (or, for a
             // batch parked in the spill, held by this gateway until the replay) before any
             // client hears "stored".
-            let ids: Vec<&str> =
-                waiters.iter().flat_map(|w| w.ids.iter().chain(&w.unchecked)).map(String::as_str).collect();
-            shared.settle(&ids, placement == Placement::Spill).await;
+            let spilled = placement == Placement::Spill;
+            let mut claims = crate::shared_dedup::Claims::default();
+            waiters.iter().for_each(|w| claims.extend(&w.claims));
+            shared.settle_claims(&claims, spilled).await;
+            // Ids taken while Redis could not be asked are recorded one by one.
+            let unchecked: Vec<&str> =
+                waiters.iter().flat_map(|w| &w.unchecked).map(String::as_str).collect();
+            shared.settle(&unchecked, spilled).await;
         }
         for w in waiters {
             w.outcome.send_replace(Some(Ok(())));
@@ -290,8 +295,8 @@ impl Batcher {
                     d.remove_all(&w.keys);
                 }
                 if let Some(shared) = &self.shared {
-                    let (shared, ids) = (shared.clone(), w.ids.clone());
-                    tokio::spawn(async move { shared.forget(&ids).await });
+                    let (shared, claims) = (shared.clone(), w.claims.clone());
+                    tokio::spawn(async move { shared.drop_claims(&claims).await });
                 }
                 continue;
             }
