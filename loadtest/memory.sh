@@ -3,13 +3,17 @@
 # dedup window (its own budget, `ingest.dedup.max_memory_mb`, reported as
 # `dedup_memory_bytes`) and everything else. Samples VmRSS and the gauge every 0.5 s.
 # Usage: loadtest/memory.sh RELEASE_DIR [SECS]
+# Env: MODES (default "batch-full stream-2x unary-2x"); gateway settings pass through
+# (e.g. ADFLOW_INGEST__STREAM_MAX_INFLIGHT=8).
 set -u
+MODES=${MODES:-batch-full stream-2x unary-2x}
 dir=$1; secs=${2:-15}
 port=50597; mport=9597
 cwd=$dir/../..; [ -f "$cwd/configs/default.toml" ] || cwd=$dir
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 run() {
   local label=$1; shift
+  case " $MODES " in *" $label "*) ;; *) return 0 ;; esac
   local data; data=$(mktemp -d /work/adflow-mem.XXXXXX)
   (cd "$cwd" && exec env ADFLOW_STORAGE__FILE__DIR=$data/events ADFLOW_QUEUE__PATH=$data/queue.redb \
     ADFLOW_SERVER__LISTEN=127.0.0.1:$port ADFLOW_METRICS__LISTEN=127.0.0.1:$mport ADFLOW_WORKERS__IN_PROCESS=0 \
