@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 
+mod allocator;
+
 // Events are decoded on one thread and freed on the batcher's: mimalloc handles that
 // cross-thread churn far better than glibc malloc (measured in BENCHMARKS.md).
 #[global_allocator]
@@ -55,6 +57,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 fn main() {
+    allocator::tune();
     if let Err(e) = run() {
         eprintln!("adflow-gateway: {}", causes(&e));
         std::process::exit(1);
