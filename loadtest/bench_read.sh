@@ -31,6 +31,14 @@ IP=$!
 $L read $A --follow --duration "$DUR" --warmup 1 --quiet
 wait $IP; echo "  ingest meanwhile: $(grep -E 'throughput|latency' "$DATA/ingest.txt" | tr -s ' ' | tr '\n' ' ')"
 RATE=$(grep -E 'throughput' "$DATA/ingest.txt" | awk '{print int($2/2)}')
+# The lag above is at least the events the load generator keeps in flight divided by the
+# rate (Little's law: 4 streams x 8 batches x 1000 = 32k events). Full load with 2 batches
+# in flight per stream shows what the gateway adds when the client does not queue.
+echo "== follow-mode lag under full ingest load, 2 batches in flight per stream"
+$L stream $A --concurrency 4 --connections 4 --batch-size 1000 --inflight 2 --ack durable --duration $((DUR + 2)) --warmup 0 --quiet > "$DATA/ingest2.txt" &
+IP=$!
+$L read $A --follow --duration "$DUR" --warmup 1 --quiet
+wait $IP; echo "  ingest meanwhile: $(grep -E 'throughput|latency' "$DATA/ingest2.txt" | tr -s ' ' | tr '\n' ' ')"
 echo "== follow-mode lag at half that rate ($RATE events/s)"
 $L stream $A --concurrency 4 --connections 4 --batch-size 1000 --inflight 8 --ack durable --rate "$RATE" --duration $((DUR + 2)) --warmup 0 --quiet > "$DATA/ingest.txt" &
 IP=$!
