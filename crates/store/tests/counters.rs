@@ -189,3 +189,38 @@ async fn mongodb_counters_agree_with_the_in_memory_reference() {
     let c = s.counters(Retention::default());
     agree("mongodb", &s, c.as_ref(), &run, None).await;
 }
+
+/// A counter Redis cannot increase (past 2^63) is skipped: the fold moves on, once.
+#[tokio::test]
+async fn an_overflowing_counter_does_not_stop_or_repeat_the_fold() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis fold overflow test");
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = RedisConfig { url, stream_key: format!("{{adflow-test-{run}}}:events"), ..Default::default() };
+    let s = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
+    let c = s.counters().unwrap();
+    let now = adflow_domain::now_ms();
+    let ev = |i: u64| {
+        StoredEvent::encode(
+            now,
+            &AdEvent {
+                event_id: format!("{run}-{i}"),
+                r#type: EventType::Conversion as i32,
+                ad_id: format!("{run}-ad"),
+                campaign_id: String::new(),
+                timestamp_ms: now,
+                revenue_usd: Some(5e12),
+                ..Default::default()
+            },
+        )
+    };
+    for i in 0..3 {
+        s.append(&[ev(i)]).await.unwrap();
+        c.fold_all().await.unwrap();
+    }
+    assert_eq!(c.fold_all().await.unwrap(), 0, "nothing left to fold");
+    let got = c.sum(Scope::Ad(&format!("{run}-ad")), now - MIN, now + MIN, now).await.unwrap();
+    assert_eq!(got.count(EventType::Conversion), 3, "the counts are exact: {got:?}");
+}

@@ -44,24 +44,31 @@ const FOLD_MAX_OPS: usize = 6000;
 
 const SLOTS: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "u", "r", "v"];
 
-/// Adds the increments (key index, field, amount) and expiries (key index, at) in ARGV to
-/// the buckets in KEYS[2..], and moves the folded position KEYS[1] from ARGV[1] to ARGV[2],
-/// only if it still is ARGV[1]. ARGV[3] = number of increments.
+/// Moves the folded position KEYS[1] from ARGV[1] to ARGV[2], only if it still is ARGV[1],
+/// and then adds the increments (key index, field, amount) and expiries (key index, at) in
+/// ARGV to the buckets in KEYS[2..]. ARGV[3] = number of increments. The position moves
+/// first and each increment is a `pcall`: an increment Redis refuses (a counter past
+/// 2^63) is skipped and counted in the reply, and never makes the deltas fold again.
 const FOLD: &str = r#"
-if (redis.call('GET', KEYS[1]) or '0-0') ~= ARGV[1] then return 0 end
-local n = tonumber(ARGV[3])
+if (redis.call('GET', KEYS[1]) or '0-0') ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+local n, failed = tonumber(ARGV[3]), 0
 local i = 4
 for _ = 1, n do
-  redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  local r = redis.pcall('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  if type(r) == 'table' and r.err then failed = failed + 1 end
   i = i + 3
 end
 while i <= #ARGV do
-  redis.call('PEXPIREAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
+  redis.pcall('PEXPIREAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
   i = i + 2
 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
+return failed
 "#;
+
+/// Most delta entries a query adds (the fold keeps far fewer pending; past this the
+/// query answers from what is folded plus these, and says so in the log).
+const READ_DELTAS: usize = 20_000;
 
 /// Counters kept in Redis (see the module docs).
 pub struct RedisCounters {
@@ -89,6 +96,11 @@ fn put(c: &mut Counters, slot: &str, value: &str) {
             }
         }
     }
+}
+
+/// A counter increment as Redis takes it (at most i64::MAX).
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A stream entry id, ordered.
@@ -220,7 +232,8 @@ impl RedisCounters {
         let mut last = first;
         let mut n = 0;
         for (id, fields) in entries {
-            if n > 0 && sums.len() * 3 > FOLD_MAX_OPS {
+            // A sum becomes at most 21 increments (7 types + revenue + video, twice, + 3).
+            if n > 0 && sums.len() * 21 > FOLD_MAX_OPS {
                 break;
             }
             for (kind, key, minute, c) in pending_rows(vec![(id.clone(), fields)], &folded) {
@@ -247,7 +260,7 @@ impl RedisCounters {
             for k in [mk, hk] {
                 for (t, n) in c.by_type.iter().enumerate().skip(1) {
                     if *n > 0 {
-                        ops.push((k, format!("{}:{t}:{id}", kind.tag()), *n as i64));
+                        ops.push((k, format!("{}:{t}:{id}", kind.tag()), clamp(*n)));
                     }
                 }
                 let micros = delta::micros(c.revenue_usd);
@@ -255,7 +268,7 @@ impl RedisCounters {
                     ops.push((k, format!("{}:u:{id}", kind.tag()), micros));
                 }
                 if c.video_ms > 0 {
-                    ops.push((k, format!("{}:v:{id}", kind.tag()), c.video_ms as i64));
+                    ops.push((k, format!("{}:v:{id}", kind.tag()), clamp(c.video_ms)));
                 }
             }
             if *kind == Kind::Ad {
@@ -263,10 +276,10 @@ impl RedisCounters {
                 let dk = key_of(self.day_key(day), &mut keys);
                 for t in 1..=3 {
                     if c.by_type[t] > 0 {
-                        ops.push((dk, format!("{t}:{id}"), c.by_type[t] as i64));
+                        ops.push((dk, format!("{t}:{id}"), clamp(c.by_type[t])));
                     }
                 }
-                expiries.insert(dk, (day + 2) * DAY);
+                expiries.insert(dk, day.saturating_add(2).saturating_mul(DAY));
             }
             expiries.insert(mk, self.retention.minute_expiry(*minute));
             expiries.insert(hk, self.retention.hour_expiry(hour));
@@ -283,9 +296,12 @@ impl RedisCounters {
         for (k, at) in &expiries {
             inv.arg(k).arg(at);
         }
-        let applied: i64 = inv.invoke_async(&mut con).await.map_err(redis_err("fold"))?;
-        if applied == 0 {
+        let failed: i64 = inv.invoke_async(&mut con).await.map_err(redis_err("fold"))?;
+        if failed < 0 {
             return Ok(0); // another gateway folded these first
+        }
+        if failed > 0 {
+            tracing::error!(increments = failed, "analytics counters past 2^63 were not increased");
         }
         // Folded deltas are no longer needed (readers skip them by position anyway).
         let (ms, seq) = sid(&last);
@@ -317,7 +333,7 @@ impl RedisCounters {
         let mut p = redis::pipe();
         p.atomic();
         p.cmd("GET").arg(self.folded_key());
-        p.cmd("XRANGE").arg(self.delta_key()).arg("-").arg("+");
+        p.cmd("XRANGE").arg(self.delta_key()).arg("-").arg("+").arg("COUNT").arg(READ_DELTAS);
         bucket_cmds(&mut p);
         let mut con = self.con.clone();
         let mut replies: Vec<redis::Value> = p.query_async(&mut con).await.map_err(redis_err("MULTI"))?;
