@@ -6,7 +6,9 @@
 //! issue 12 item 10). An operator's `MIMALLOC_PURGE_DELAY` still wins.
 #![allow(unsafe_code)]
 
-use libmimalloc_sys::{mi_option_get, mi_option_set, mi_option_t};
+#[cfg(test)]
+use libmimalloc_sys::mi_option_get;
+use libmimalloc_sys::{mi_option_set, mi_option_t};
 use std::ffi::c_long;
 
 /// `mi_option_purge_delay`: entry 15 of `mi_option_e` in mimalloc.h (v3), which
@@ -28,7 +30,8 @@ pub fn tune() {
 }
 
 /// The purge delay in effect, ms.
-pub fn purge_delay_ms() -> c_long {
+#[cfg(test)]
+fn purge_delay_ms() -> c_long {
     // SAFETY: mi_option_get reads an integer from mimalloc's option table.
     unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
 }

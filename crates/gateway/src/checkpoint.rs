@@ -192,7 +192,8 @@ impl Checkpoints {
             .open(&tmp)
             .map_err(io("create", &tmp))?;
         let paced = Paced { file, unsynced: 0 };
-        let mut w = Summing { inner: BufWriter::with_capacity(1 << 20, paced), crc: Default::default(), n: 0 };
+        let mut w =
+            Summing { inner: BufWriter::with_capacity(1 << 20, paced), crc: Default::default(), n: 0 };
         let write = |w: &mut Summing<BufWriter<Paced>>| -> std::io::Result<()> {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;

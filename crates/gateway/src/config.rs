@@ -407,6 +407,15 @@ impl Config {
                 "window_secs, max_memory_mb and claim_secs must be > 0 when enabled",
             ));
         }
+        // The shared dedup looks an id up in two window-long generations: a claim must end
+        // inside them, or an id still being committed would be forgotten.
+        let shared_ids = i.dedup.shared.unwrap_or(self.storage.backend == adflow_store::Backend::Redis);
+        if i.dedup.enabled && shared_ids && i.dedup.claim_secs > i.dedup.window_secs {
+            return Err(invalid(
+                "ingest.dedup.claim_secs",
+                format!("must be at most window_secs ({})", i.dedup.window_secs),
+            ));
+        }
         if self.server.max_message_bytes < 1024 {
             return Err(invalid("server.max_message_bytes", "must be at least 1024"));
         }
@@ -586,6 +595,18 @@ mod tests {
 
     fn shipped(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name)
+    }
+
+    #[test]
+    fn a_shared_dedup_claim_longer_than_the_window_is_refused_by_name() {
+        let mut cfg = Config::default();
+        cfg.ingest.dedup.window_secs = 10;
+        assert!(cfg.validate().is_ok(), "the local window has no claims");
+        cfg.ingest.dedup.shared = Some(true);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.dedup.claim_secs"), "{err}");
+        cfg.ingest.dedup.claim_secs = 10;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

@@ -276,6 +276,7 @@ pub async fn serve(
         .with_claim_secs(d.claim_secs);
         tracing::info!(url = %cfg.storage.redis.url, "dedup ids are shared through Redis");
         let s = Arc::new(s);
+        s.start_flusher();
         if let Some(r) = &resilient {
             r.set_replay_guard(s.clone());
         }

@@ -45,11 +45,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Shared by the scripts: KEYS = ids (current, previous generation), claims (current,
-/// previous); ARGV[1] = now (ms). `lookup` answers per id "s" (stored), the gateway whose
-/// live claim holds it, or false (absent: never claimed, dropped, or past its deadline).
+/// Shared by the scripts. Time comes from the Redis server (`TIME`), so every gateway
+/// agrees on generations and deadlines whatever its own clock says. KEYS = ids of
+/// generations G0..G0+3, then claims of the same four; ARGV[1] = window ms, ARGV[2] = G0
+/// (the caller's generation minus 2). `lookup` answers per id "s" (stored), the gateway
+/// whose live claim holds it, or false (absent: never claimed, dropped, or past its
+/// deadline).
 const PRELUDE: &str = r#"
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ci = math.floor(now / tonumber(ARGV[1])) - tonumber(ARGV[2]) + 1
+if ci < 2 or ci > 4 then
+  return redis.error_reply('ERR adflow dedup: this gateway clock and the Redis clock differ by more than a window')
+end
+local CUR, PREV, RCUR, RPREV = KEYS[ci], KEYS[ci - 1], KEYS[ci + 4], KEYS[ci + 3]
 local function status(x, y)
   if x == 's' or y == 's' then return 's' end
   if x == 'h' or y == 'h' then return 'h' end
@@ -59,8 +68,8 @@ local function status(x, y)
   return nil
 end
 local function lookup(first)
-  local a = redis.call('HMGET', KEYS[1], unpack(ARGV, first))
-  local b = redis.call('HMGET', KEYS[2], unpack(ARGV, first))
+  local a = redis.call('HMGET', CUR, unpack(ARGV, first))
+  local b = redis.call('HMGET', PREV, unpack(ARGV, first))
   local refs, known, st = {}, {}, {}
   local function add(v)
     if v and not known[v] then
@@ -73,8 +82,8 @@ local function lookup(first)
     add(b[i])
   end
   if #refs > 0 then
-    local x = redis.call('HMGET', KEYS[3], unpack(refs))
-    local y = redis.call('HMGET', KEYS[4], unpack(refs))
+    local x = redis.call('HMGET', RCUR, unpack(refs))
+    local y = redis.call('HMGET', RPREV, unpack(refs))
     for j, r in ipairs(refs) do st[r] = status(x[j], y[j]) end
   end
   local out = {}
@@ -91,12 +100,15 @@ local function lookup(first)
 end
 "#;
 
-/// ARGV: now, mine, claim, deadline, ttl, fingerprints. Claims every absent id for this
-/// gateway under `claim`; answers one character per id: 1 new, 3 already held by this
-/// gateway (or repeated in this call), 2 held by another, 0 stored.
+/// ARGV (after the prelude's): mine, claim, claim ms, ttl, fingerprints. Claims every
+/// absent id for this gateway under `claim`; answers one character per id: 1 new, 3
+/// already held by this gateway (or repeated in this call), 2 held by another, 0 stored;
+/// or "E" when the claim name is already in use (the caller picks another).
 const CLAIM: &str = r#"
-local F = 6
-local st, mine, ref, out, new, seen = lookup(F), ARGV[2], ARGV[3], {}, {}, {}
+local F = 7
+local mine, ref, out, new, seen = ARGV[3], ARGV[4], {}, {}, {}
+if redis.call('HEXISTS', RCUR, ref) == 1 or redis.call('HEXISTS', RPREV, ref) == 1 then return 'E' end
+local st = lookup(F)
 for i = 1, #ARGV - F + 1 do
   local fp, s = ARGV[F + i - 1], st[i]
   if s == 's' then
@@ -113,34 +125,35 @@ for i = 1, #ARGV - F + 1 do
   end
 end
 if #new > 0 then
-  redis.call('HSET', KEYS[1], unpack(new))
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  redis.call('HSET', KEYS[3], ref, ARGV[4])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('HSET', CUR, unpack(new))
+  redis.call('PEXPIRE', CUR, ARGV[6])
+  redis.call('HSET', RCUR, ref, now + tonumber(ARGV[5]))
+  redis.call('PEXPIRE', RCUR, ARGV[6])
 end
 return table.concat(out)
 "#;
 
-/// ARGV: now, state ("s", "h" or "x"), ttl, claims. Sets the state of whole claims.
+/// ARGV (after the prelude's): state ("s", "h" or "x"), ttl, claims. Sets the state of
+/// whole claims.
 const MARK: &str = r#"
 local set = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   set[#set + 1] = ARGV[i]
-  set[#set + 1] = ARGV[2]
+  set[#set + 1] = ARGV[3]
 end
 if #set > 0 then
-  redis.call('HSET', KEYS[3], unpack(set))
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('HSET', RCUR, unpack(set))
+  redis.call('PEXPIRE', RCUR, ARGV[4])
 end
 return #set / 2
 "#;
 
-/// ARGV: now, mine, claim, mode, ttl, fingerprints. Records ids one by one under a new
-/// claim in state `mode`: "s" every id becomes stored; "h" ids absent or held by this
-/// gateway are held for it; ids stored or held elsewhere are left alone.
+/// ARGV (after the prelude's): mine, claim, mode, ttl, fingerprints. Records ids one by
+/// one under a new claim in state `mode`: "s" every id becomes stored; "h" ids absent or
+/// held by this gateway are held for it; ids stored or held elsewhere are left alone.
 const SETTLE: &str = r#"
-local F = 6
-local mine, ref, mode, set = ARGV[2], ARGV[3], ARGV[4], {}
+local F = 7
+local mine, ref, mode, set = ARGV[3], ARGV[4], ARGV[5], {}
 local st = {}
 if mode ~= 's' then st = lookup(F) end
 for i = 1, #ARGV - F + 1 do
@@ -150,23 +163,24 @@ for i = 1, #ARGV - F + 1 do
   end
 end
 if #set > 0 then
-  redis.call('HSET', KEYS[1], unpack(set))
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  redis.call('HSET', KEYS[3], ref, mode)
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('HSET', CUR, unpack(set))
+  redis.call('PEXPIRE', CUR, ARGV[6])
+  redis.call('HSET', RCUR, ref, mode)
+  redis.call('PEXPIRE', RCUR, ARGV[6])
 end
 return #set / 2
 "#;
 
-/// ARGV: now, mine, fingerprints. Drops the ids held by this gateway (and not stored).
+/// ARGV (after the prelude's): mine, fingerprints. Drops the ids held by this gateway
+/// (and not stored).
 const FORGET: &str = r#"
-local F = 3
+local F = 4
 local st, gone = lookup(F), {}
 for i = 1, #ARGV - F + 1 do
-  if st[i] == ARGV[2] then gone[#gone + 1] = ARGV[F + i - 1] end
+  if st[i] == ARGV[3] then gone[#gone + 1] = ARGV[F + i - 1] end
 end
 if #gone == 0 then return 0 end
-return redis.call('HDEL', KEYS[1], unpack(gone)) + redis.call('HDEL', KEYS[2], unpack(gone))
+return redis.call('HDEL', CUR, unpack(gone)) + redis.call('HDEL', PREV, unpack(gone))
 "#;
 
 /// Most ids per script call (Lua's `unpack` limit is 8000 values).
@@ -229,6 +243,8 @@ pub struct SharedDedup {
     /// Random per start: claim names never repeat across restarts.
     boot: String,
     next_claim: AtomicU64,
+    /// Added to this gateway's clock (a testing aid: clocks of gateways differ).
+    skew_ms: i64,
     claim: redis::Script,
     mark: redis::Script,
     settle: redis::Script,
@@ -260,8 +276,9 @@ impl SharedDedup {
             ttl_ms: ttl_secs.max(1) * 1000,
             claim_ms: 30_000,
             mine: random_hex(12),
-            boot: random_hex(4),
+            boot: random_hex(8),
             next_claim: AtomicU64::new(0),
+            skew_ms: 0,
             claim: script(CLAIM),
             mark: script(MARK),
             settle: script(SETTLE),
@@ -279,6 +296,21 @@ impl SharedDedup {
         self
     }
 
+    /// Testing aid: pretend this gateway's clock is `ms` ahead (negative: behind).
+    #[doc(hidden)]
+    pub fn with_clock_skew_ms(mut self, ms: i64) -> Self {
+        self.skew_ms = ms;
+        self
+    }
+
+    /// Testing aid: use `tag` as the start tag of claim names (a restart that drew the
+    /// same random tag as an earlier run).
+    #[doc(hidden)]
+    pub fn with_start_tag(mut self, tag: &str) -> Self {
+        self.boot = tag.to_owned();
+        self
+    }
+
     /// How long a pending claim lives without being settled, in seconds (default 30).
     pub fn with_claim_secs(mut self, secs: u64) -> Self {
         self.claim_ms = secs.max(1) * 1000;
@@ -290,20 +322,25 @@ impl SharedDedup {
         format!("{}.{}{:x}", self.mine, self.boot, self.next_claim.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The keys the scripts work on at `now`: ids and claims, current and previous generation.
-    fn keys_at(&self, now: i64) -> [String; 4] {
-        let g = now.div_euclid(self.ttl_ms as i64);
+    /// The first of the four generations the scripts may use at `now` (this gateway's
+    /// clock), and their keys: ids of generations g0..g0+3, then their claims. The script
+    /// picks the current one by the Redis clock, so clocks may differ by up to a window.
+    fn keys_at(&self, now: i64) -> (i64, Vec<String>) {
+        let g0 = now.div_euclid(self.ttl_ms as i64) - 2;
         let p = &self.prefix;
-        [format!("{p}{g}"), format!("{p}{}", g - 1), format!("{p}r:{g}"), format!("{p}r:{}", g - 1)]
+        let ids = (g0..g0 + 4).map(|g| format!("{p}{g}"));
+        let claims = (g0..g0 + 4).map(|g| format!("{p}r:{g}"));
+        (g0, ids.chain(claims).collect())
     }
 
     /// A generation's hashes live two windows (they are looked up during the next one) and
-    /// a minute of clock slack between gateways.
+    /// a minute of slack.
     fn generation_ttl_ms(&self) -> u64 {
         2 * self.ttl_ms + 60_000
     }
 
-    /// Runs `script` with `args` (after `now`) and the fingerprints, through the breaker.
+    /// Runs `script` with `args` (after the window and the first generation) and the
+    /// fingerprints, through the breaker.
     async fn call<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -318,10 +355,11 @@ impl SharedDedup {
             )));
         }
         let mut inv = script.prepare_invoke();
-        for k in self.keys_at(now) {
+        let (g0, keys) = self.keys_at(now + self.skew_ms);
+        for k in keys {
             inv.key(k);
         }
-        inv.arg(now);
+        inv.arg(self.ttl_ms).arg(g0);
         for a in args {
             inv.arg(a);
         }
@@ -341,11 +379,22 @@ impl SharedDedup {
     async fn run_claim(&self, fps: &[Fp], claims: &mut Claims) -> Result<Vec<u8>, redis::RedisError> {
         let mut codes = Vec::with_capacity(fps.len());
         for chunk in fps.chunks(CHUNK) {
-            let name = self.new_claim();
-            let deadline = adflow_domain::now_ms() + self.claim_ms as i64;
-            let args =
-                [self.mine.clone(), name.clone(), deadline.to_string(), self.generation_ttl_ms().to_string()];
-            let reply: Vec<u8> = self.call(&self.claim, &args, chunk).await?;
+            let mut tries = 0;
+            let (name, reply) = loop {
+                let name = self.new_claim();
+                let args = [
+                    self.mine.clone(),
+                    name.clone(),
+                    self.claim_ms.to_string(),
+                    self.generation_ttl_ms().to_string(),
+                ];
+                let reply: Vec<u8> = self.call(&self.claim, &args, chunk).await?;
+                tries += 1;
+                // A name still in use (a restart that drew the same start tag): another one.
+                if reply != b"E" || tries == 8 {
+                    break (name, reply);
+                }
+            };
             if reply.len() != chunk.len() {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::Parse,
@@ -369,11 +418,27 @@ impl SharedDedup {
         durable: bool,
     ) -> Result<(Vec<bool>, Claims), AdmitError> {
         let mut claims = Claims::default();
+        match self.claim_into(ids, durable, &mut claims).await {
+            Ok(new) => Ok((new, claims)),
+            Err(e) => {
+                // The request goes on without these answers: free what it already took.
+                self.drop_claims(&claims).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn claim_into(
+        &self,
+        ids: &[String],
+        durable: bool,
+        claims: &mut Claims,
+    ) -> Result<Vec<bool>, AdmitError> {
         if ids.is_empty() {
-            return Ok((Vec::new(), claims));
+            return Ok(Vec::new());
         }
         let fps = fps(ids.iter().map(String::as_str));
-        let codes = self.run_claim(&fps, &mut claims).await?;
+        let codes = self.run_claim(&fps, claims).await?;
         let mut out = vec![false; ids.len()];
         let mut first: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
         let mut wait = Vec::new();
@@ -388,11 +453,11 @@ impl SharedDedup {
             }
         }
         if !wait.is_empty() {
-            for (i, new) in self.wait_settled(&fps, wait, &mut claims).await? {
+            for (i, new) in self.wait_settled(&fps, wait, claims).await? {
                 out[i] = new;
             }
         }
-        Ok((out, claims))
+        Ok(out)
     }
 
     /// `claim_request` without the claims: they stay pending until settled by id
@@ -529,37 +594,53 @@ impl SharedDedup {
         b.0.len() + b.1.len()
     }
 
-    /// Writes the backlog to Redis (a page at a time) while it answers.
+    /// Writes the backlog to Redis (a page at a time) while it answers. Each page is taken
+    /// out under the lock and put back if Redis refuses it, so concurrent flushes (the
+    /// batcher, the spill replay, the idle flusher) never record or drop a page twice.
     pub async fn flush_backlog(&self) {
-        let claims: Vec<String> = self.backlog.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let claims = std::mem::take(&mut self.backlog.lock().unwrap_or_else(|p| p.into_inner()).1);
         if !claims.is_empty() {
             if self.run_mark(&claims, "s").await.is_err() {
+                self.backlog.lock().unwrap_or_else(|p| p.into_inner()).1.extend(claims);
                 return;
             }
-            self.backlog.lock().unwrap_or_else(|p| p.into_inner()).1.drain(..claims.len());
             tracing::info!(claims = claims.len(), "recorded commits stored while the shared dedup was down");
         }
         loop {
             let page: Vec<String> = {
-                let b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-                b.0.iter().take(1000).cloned().collect()
+                let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+                let n = b.0.len().min(1000);
+                b.0.drain(..n).collect()
             };
             if page.is_empty() {
                 return;
             }
             let fps = fps(page.iter().map(String::as_str));
             if self.run_settle(&fps, "s").await.is_err() {
+                let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+                for id in page.into_iter().rev() {
+                    b.0.push_front(id);
+                }
                 return;
             }
-            let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-            let n = page.len().min(b.0.len());
-            b.0.drain(..n);
-            tracing::info!(
-                ids = n,
-                left = b.0.len(),
-                "recorded ids accepted while the shared dedup was down"
-            );
+            let left = self.backlog.lock().unwrap_or_else(|p| p.into_inner()).0.len();
+            tracing::info!(ids = page.len(), left, "recorded ids accepted while the shared dedup was down");
         }
+    }
+
+    /// Flushes the backlog once a second in the background, so it is written even when no
+    /// commit comes (until the last handle on this set is gone).
+    pub fn start_flusher(self: &std::sync::Arc<Self>) {
+        let me = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(d) = me.upgrade() else { return };
+                if d.backlog() > 0 {
+                    d.flush_backlog().await;
+                }
+            }
+        });
     }
 
     /// Forgets ids this gateway holds (not stored), so a client's retry is accepted.

@@ -275,3 +275,65 @@ async fn whole_claims_settle_hold_and_drop_a_request_s_ids() {
     ReplayGuard::written(&a, &page).await;
     assert_eq!(b.admit(&z, true).await.unwrap(), vec![false; 4]);
 }
+
+/// Generations and deadlines follow the Redis clock: a gateway whose clock is ahead still
+/// sees, and is seen by, the others at every generation boundary.
+#[tokio::test]
+async fn gateways_with_different_clocks_see_each_other_s_claims() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the clock skew test");
+        return;
+    };
+    let t = Target { url, cluster_nodes: Vec::new() };
+    let prefix = format!("{{adflow-test-{}}}:dedup:", uuid::Uuid::new_v4().simple());
+    // A 2 s window: a boundary every 2 s; A's clock is 1.5 s ahead of B's.
+    let a = SharedDedup::connect(&t, &prefix, 2).await.unwrap().with_token("aaaa").with_clock_skew_ms(1500);
+    let b = SharedDedup::connect(&t, &prefix, 2).await.unwrap().with_token("bbbb");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4500) {
+        let x = ids(20);
+        assert_eq!(a.admit(&x, false).await.unwrap(), vec![true; 20]);
+        assert_eq!(b.admit(&x, false).await.unwrap(), vec![false; 20], "B must see A's claims");
+        let y = ids(20);
+        assert_eq!(b.admit(&y, false).await.unwrap(), vec![true; 20]);
+        assert_eq!(a.admit(&y, false).await.unwrap(), vec![false; 20], "A must see B's claims");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A restart that draws the start tag of an earlier run never reuses its claim names:
+/// a new id is not taken for stored because an old claim of that name was.
+#[tokio::test]
+async fn a_restart_never_reuses_a_stored_claim_name() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the claim name test");
+        return;
+    };
+    let t = Target { url, cluster_nodes: Vec::new() };
+    let prefix = format!("{{adflow-test-{}}}:dedup:", uuid::Uuid::new_v4().simple());
+    let open = |tok: &'static str| {
+        let (t, prefix) = (t.clone(), prefix.clone());
+        async move { SharedDedup::connect(&t, &prefix, 60).await.unwrap().with_token(tok).with_start_tag("same") }
+    };
+    let first = open("gw-a").await;
+    let x = ids(3);
+    let (_, claims) = first.claim_request(&x, true).await.unwrap();
+    first.settle_claims(&claims, false).await;
+    drop(first);
+    // The restarted gateway (same token, same start tag) takes new ids.
+    let again = open("gw-a").await;
+    let y = ids(3);
+    let (new, claims) = again.claim_request(&y, true).await.unwrap();
+    assert_eq!(new, vec![true; 3]);
+    // Another gateway sees them pending, not stored: its durable repeat waits ...
+    let other = std::sync::Arc::new(open("gw-b").await);
+    let (o, y2) = (other.clone(), y.clone());
+    let waiting = tokio::spawn(async move { o.admit(&y2, true).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a new id was answered before its commit ended");
+    // ... and takes them as new when that commit fails.
+    again.drop_claims(&claims).await;
+    assert_eq!(waiting.await.unwrap(), vec![true; 3]);
+    // The first run's ids stay stored through all of it.
+    assert_eq!(other.admit(&x, true).await.unwrap(), vec![false; 3], "stored ids came back as new");
+}
