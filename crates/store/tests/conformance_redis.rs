@@ -164,6 +164,22 @@ async fn pages_resume_inside_a_commit_and_the_old_layout_still_reads() {
         }
     }
     assert_eq!(scanned, want);
+    // A position inside an entry that is not there, or past an entry's last event, reads
+    // as "after that entry": follow mode then waits instead of re-reading in a loop.
+    for (from, want) in [("99999999999999-0:0", "99999999999999-0"), ("0-1:5", "0-1")] {
+        let page = s.log_read(&adflow_store::Cursor(from.into()), 10).await.unwrap();
+        if from.starts_with('9') {
+            assert!(page.events.is_empty());
+            assert_eq!(page.next.unwrap().0, want, "{from}");
+        } else {
+            assert_eq!(page.events.len(), 10, "{from} reads on from the first entry");
+        }
+    }
+    let last_entry = cursors.last().unwrap().clone();
+    let past = format!("{last_entry}:999");
+    let page = s.log_read(&adflow_store::Cursor(past), 10).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.next.unwrap().0, last_entry, "an index past the entry's end is the whole entry");
     for bad in ["1-2:", "1-2:x", "1-2:-1", "1-2:1:2", ":3", "1-2:1234567890"] {
         assert!(s.check_cursor(&adflow_store::Cursor(bad.into())).is_err(), "{bad:?} was accepted");
     }

@@ -114,8 +114,10 @@ impl Pos {
     }
 }
 
-/// Entries fetched per XRANGE while filling a page (an entry holds a commit).
+/// Entries fetched by a page's first XRANGE (an entry holds a commit).
 const ENTRIES_PER_FETCH: usize = 8;
+/// Most entries one XRANGE fetches.
+const MAX_ENTRIES_PER_FETCH: usize = 1024;
 
 /// A stream entry id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -277,17 +279,28 @@ impl RedisStore {
         let mut pos = at;
         let mut first = None;
         let mut probe_first = true;
+        // Entries per fetch follow the events per entry seen so far (commits hold
+        // thousands; entries of the older layout one): pages cost few round trips and
+        // fetch little beyond what they return.
+        let (mut seen_entries, mut seen_events) = (0usize, 0usize);
         loop {
-            // From inside an entry: that entry again, inclusive; else after it.
-            let start = match pos.event {
-                Some(_) => pos.sid.to_string(),
-                None => format!("({}", pos.sid),
+            // From inside an entry: that entry alone, inclusive; else after it.
+            let (start, count) = match pos.event {
+                Some(_) => (pos.sid.to_string(), 1),
+                None => {
+                    let per_entry = if seen_entries == 0 { 0 } else { seen_events.div_ceil(seen_entries) };
+                    let count = match per_entry {
+                        0 => ENTRIES_PER_FETCH,
+                        n => ((limit - events.len()).div_ceil(n)).clamp(1, MAX_ENTRIES_PER_FETCH),
+                    };
+                    (format!("({}", pos.sid), count)
+                }
             };
             let mut p = redis::pipe();
             if probe_first {
                 p.cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(1);
             }
-            p.cmd("XRANGE").arg(key).arg(&start).arg("+").arg("COUNT").arg(ENTRIES_PER_FETCH.min(limit));
+            p.cmd("XRANGE").arg(key).arg(&start).arg("+").arg("COUNT").arg(count);
             let rows: Vec<Row> = if probe_first {
                 let (f, rows): (Vec<Row>, Vec<Row>) = p.query_async(&mut con).await.map_err(err("XRANGE"))?;
                 first = f.first().map(|(id, _)| Sid::parse(id)).transpose()?;
@@ -298,10 +311,19 @@ impl RedisStore {
             };
             probe_first = false;
             let fetched = rows.len();
+            if pos.event.is_some()
+                && rows.first().map(|(id, _)| id.as_str()) != Some(pos.sid.to_string().as_str())
+            {
+                // The entry the position points into is not there (trimmed, or never
+                // was): the position means "after it".
+                pos.event = None;
+            }
             for (id, fields) in rows {
                 let sid = Sid::parse(&id)?;
                 let mut evs = decode(fields);
                 let n = evs.len();
+                seen_entries += 1;
+                seen_events += n;
                 let skip = match pos.event {
                     // The entry the position is inside of: skip what was read.
                     Some(i) if sid == pos.sid => (i as usize).saturating_add(1).min(n),
@@ -315,7 +337,7 @@ impl RedisStore {
                     return Ok((events, pos, first));
                 }
             }
-            if fetched < ENTRIES_PER_FETCH.min(limit) {
+            if fetched < count && pos.event.is_none() {
                 return Ok((events, pos, first));
             }
         }
