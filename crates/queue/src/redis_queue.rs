@@ -65,6 +65,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The shard of ad `id` in a queue of `shards` shards (FNV-1a of the id, mod `shards`).
+pub fn shard_of(id: &str, shards: usize) -> usize {
+    shards::of(id, shards)
+}
+
 struct Inner {
     con: RedisConn,
     /// The key prefix of each shard (shard 0: the configured prefix).
