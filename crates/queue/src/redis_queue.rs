@@ -70,6 +70,12 @@ pub fn shard_of(id: &str, shards: usize) -> usize {
     shards::of(id, shards)
 }
 
+/// The key prefix of shard `i` of `shards` for a queue whose `queue.redis.prefix` is
+/// `base` (shard 0: `base` itself).
+pub fn shard_prefix(base: &str, i: usize, shards: usize) -> String {
+    shards::prefix(base, i, shards)
+}
+
 struct Inner {
     con: RedisConn,
     /// The key prefix of each shard (shard 0: the configured prefix).
