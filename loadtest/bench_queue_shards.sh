@@ -7,20 +7,31 @@
 #   4. 3-node cluster, K=3   (one shard per node)
 # and, when BASE is set to a release target dir built from the commit before the shards
 # (e.g. b537ac3), row 0: one Redis with that build ("today").
-# Per run: ads/s acked (the load tester's measured window), every redis-server's CPU
-# (cores over the run) and `INFO commandstats` calls (reset before the run), and the
-# Redis CPU and commands per 1,000 completed ads (completions read from the queue's
-# `P:done` counters, over the same window as the CPU).
-# Usage: loadtest/bench_queue_shards.sh        Env: DUR (measured seconds, default 10),
-#        BASE (see above), SKIP_BUILD=1 (use target/release as it is).
+# Each configuration runs twice on a fresh queue: unlimited submitters (ads/s acked: the
+# throughput; submissions outrun the workers, so Redis also stores a growing backlog), and
+# submitters held at RATE ads/s (default 6000, below every configuration's throughput, so
+# submitted = completed and the cost per ad is clean). Per run: ads/s acked (the load
+# tester's measured window), every redis-server's CPU (cores over the run) and
+# `INFO commandstats` calls (reset before the run), the Redis CPU and commands per 1,000
+# completed ads (completions from the queue's `P:done` counters, over the same window as
+# the CPU), and the top commands by time.
+# Usage: loadtest/bench_queue_shards.sh     Env: DUR (measured seconds, default 10), RATE,
+#        BASE (see above) and BASE_SRC (its source checkout, for its configs/default.toml;
+#        default BASE/../..), BIN (release dir of this build, default target/release),
+#        SKIP_BUILD=1 (use BIN as it is).
+# Each run waits until no compiler (rustc) runs, samples twice a second whether one
+# starts during the run, and says so ("quiet" or "NOT quiet").
 # Ports: redis 6421, cluster 7204-7206, gateways 50801-50802 (the session's own range).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
-B=target/release
+RATE=${RATE:-6000}
+B=${BIN:-target/release}
 [ -n "${SKIP_BUILD:-}" ] || CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build --release -q -p adflow-gateway -p adflow-loadtest
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+# The whole machine: busy and steal ticks (all cores).
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8, $9}' /proc/stat; }
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -53,10 +64,13 @@ for t in 'adflow:q' 'adflow:q:1.4' 'adflow:q:2'; do
 done
 redis-cli -p "${CP[0]}" cluster slots | paste -sd' ' | sed 's/^/   slots: /'
 
-# run LABEL BIN_DIR "PORTS" SHARDS: 2 gateways + the e2e load on the Redis at PORTS.
+# run LABEL BIN_DIR "PORTS" SHARDS [LOADTEST ARGS]: 2 gateways + the e2e load on the
+# Redis at PORTS.
 run() {
   local label=$1 bin=$2 ports=$3 shards=$4
+  shift 4
   local name=${label//[^A-Za-z0-9]/_}
+  for _ in $(seq 1 1200); do [ -z "$(pgrep -x rustc)" ] && break; sleep 0.5; done
   local p cfg="$TMP/$name.toml" nodes=""
   echo "== $label"
   for p in $ports; do redis-cli -p "$p" FLUSHALL >/dev/null 2>&1 || true; redis-cli -p "$p" CONFIG RESETSTAT >/dev/null; done
@@ -69,11 +83,16 @@ run() {
   printf '[storage]\nbackend = "redis"\n[queue]\nbackend = "redis"\n' >>"$cfg"
   # The build before the shards does not know the key.
   [ "$shards" = "-" ] || printf '[queue.redis]\nshards = %s\n' "$shards" >>"$cfg"
-  local g=() port
+  local g=() port cwd=$PWD
+  if [ "$shards" = "-" ]; then
+    cwd="$TMP/base-cwd"
+    mkdir -p "$cwd/configs"
+    cp "${BASE_SRC:-$bin/../..}/configs/default.toml" "$cwd/configs/"
+  fi
   for port in $GA_PORT $GB_PORT; do
-    env ADFLOW_SERVER__LISTEN=127.0.0.1:$port ADFLOW_LOG__LEVEL=warn ADFLOW_METRICS__LISTEN= \
+    (cd "$cwd" && exec env ADFLOW_SERVER__LISTEN=127.0.0.1:$port ADFLOW_LOG__LEVEL=warn ADFLOW_METRICS__LISTEN= ADFLOW_DASHBOARD__LISTEN= \
       ADFLOW_STORAGE__RESILIENCE__SPILL_DIR="$TMP/$name-$port/spill" ADFLOW_WORKERS__IN_PROCESS=0 \
-      "$bin/adflow-gateway" --config "$cfg" & g+=($!)
+      "$bin/adflow-gateway" --config "$cfg") & g+=($!)
     PIDS+=($!)
     wait_port $port
   done
@@ -82,10 +101,21 @@ run() {
   for p in "${rp[@]}"; do c0+=("$(cpu "$p")"); done
   local g0=$(( $(cpu ${g[0]}) + $(cpu ${g[1]}) )) t0
   t0=$(date +%s.%N)
+  (while sleep 0.5; do pgrep -x rustc >/dev/null && echo busy; done) >"$TMP/$name.busy" & local sampler=$!
+  local m0
+  m0=$(machine)
   "$bin/adflow-loadtest" e2e --addr 127.0.0.1:$GA_PORT,127.0.0.1:$GB_PORT -c 8 --connections 4 --batch-size 100 \
-    --duration "$DUR" --warmup 1 --workers 4 --quiet | tee "$TMP/$name.out" | grep -E 'ads acked|submit' || true
+    --duration "$DUR" --warmup 1 --workers 4 --quiet "$@" >"$TMP/$name.out" 2>&1 & local lt=$!
+  local l0=0 l1=0
+  while kill -0 $lt 2>/dev/null; do l1=$(cpu $lt 2>/dev/null || echo "$l1"); sleep 0.2; done
+  wait $lt || true
+  grep -E 'ads acked|submit' "$TMP/$name.out" || true
+  local m1
+  m1=$(machine)
   local t1 g1 done=0 submitted=0 i=0 calls total_calls=0 total_cpu=0
   t1=$(date +%s.%N)
+  kill $sampler 2>/dev/null; wait $sampler 2>/dev/null || true
+  if [ -s "$TMP/$name.busy" ]; then echo "  NOT quiet: a compiler ran during $(wc -l <"$TMP/$name.busy") of the half-second samples"; else echo "  quiet: no compiler ran during the run"; fi
   g1=$(( $(cpu ${g[0]}) + $(cpu ${g[1]}) ))
   for p in "${rp[@]}"; do c1+=("$(cpu "$p")"); done
   # Completions and submissions: every shard's counters (any node of a cluster answers
@@ -110,18 +140,34 @@ run() {
     i=$(( i + 1 ))
   done
   awk -v cpu="$total_cpu" -v hz="$HZ" -v e="$el" -v d="$done" -v s="$submitted" -v c="$total_calls" \
-    -v ga="$g0" -v gb="$g1" 'BEGIN{
-      printf "  all redis: %.2f cores; gateways: %.2f cores; %d ads submitted, %d completed in %.1f s\n", cpu/hz/e, (gb-ga)/hz/e, s, d, e;
+    -v ga="$g0" -v gb="$g1" -v lt="$l1" -v m0="$m0" -v m1="$m1" 'BEGIN{
+      split(m0, a, " "); split(m1, b, " ");
+      printf "  all redis: %.2f cores; gateways: %.2f cores; load tester: %.2f cores; machine busy %.2f cores (steal %.2f)\n", cpu/hz/e, (gb-ga)/hz/e, lt/hz/e, (b[1]-a[1])/hz/e, (b[2]-a[2])/hz/e;
+      printf "  %d ads submitted, %d completed in %.1f s\n", s, d, e;
       if (d > 0) printf "  per 1,000 completed ads: redis CPU %.1f ms, %.0f redis commands\n", cpu/hz*1000*1000/d, c*1000/d }'
+  # Where the Redis time goes: the top commands over every node (calls per 1,000
+  # completed ads; usec per call; share of all command time). Script bodies count as
+  # evalsha, their inner commands again under their own names.
+  for p in $ports; do redis-cli -p "$p" info commandstats | tr -d '\r'; done |
+    awk -F'[:=,]' -v d="$done" '/^cmdstat_/{k=substr($1, 9); c[k]+=$3; u[k]+=$5} END{
+      for (k in c) if (k != "evalsha" && k != "eval") t+=u[k];
+      for (k in c) printf "    %-22s %9.0f calls/1k ads %7.2f us/call %5.1f%%\n", k, (d>0?c[k]*1000/d:0), u[k]/c[k], (k=="evalsha"||k=="eval")?0:100*u[k]/t}' |
+    sort -k2 -n -r | head -14
   for x in "${g[@]}"; do kill -TERM "$x"; wait "$x" 2>/dev/null || true; done
 }
 
-if [ -n "${BASE:-}" ]; then
-  run "one Redis, the build before shards (today)" "$BASE" "$SP" -
-fi
-run "one Redis, K=1" "$B" "$SP" 1
-run "one Redis, K=3" "$B" "$SP" 3
-run "3-node cluster, K=1" "$B" "${CP[*]}" 1
-run "3-node cluster, K=3" "$B" "${CP[*]}" 3
+for mode in max rate; do
+  args=()
+  [ $mode = max ] || args=(--rate "$RATE")
+  m="unlimited submitters"
+  [ $mode = max ] || m="submitters at $RATE ads/s"
+  if [ -n "${BASE:-}" ]; then
+    run "one Redis, the build before shards (today), $m" "$BASE" "$SP" - "${args[@]}"
+  fi
+  run "one Redis, K=1, $m" "$B" "$SP" 1 "${args[@]}"
+  run "one Redis, K=3, $m" "$B" "$SP" 3 "${args[@]}"
+  run "3-node cluster, K=1, $m" "$B" "${CP[*]}" 1 "${args[@]}"
+  run "3-node cluster, K=3, $m" "$B" "${CP[*]}" 3 "${args[@]}"
+done
 echo "== compilers running at the end: $(pgrep -x rustc | wc -l)"
 rm -rf "$TMP"
