@@ -17,8 +17,22 @@ for i = 2, #ARGV, 6 do
   local wait = mw
   if wait == 0 then wait = pol.max_wait_s end
   local dl = now + wait * 1000
-  redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'st', 1, 'pr', pr, 'mw', mw, 'fam', fam, 'trace', ARGV[i + 5],
-    'seq', seq, 'enq', now, 'dl', dl, 'att', 0, 'start', 0, 'fin', 0)
+  -- Zero and empty fields (attempts, start, finish, own max wait, trace) are left out:
+  -- every reader takes a missing one as 0 or empty, and each field costs the hash an entry.
+  if mw ~= 0 then
+    if ARGV[i + 5] ~= '' then
+      redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'st', 1, 'pr', pr, 'fam', fam, 'seq', seq, 'enq', now, 'dl', dl,
+        'mw', mw, 'trace', ARGV[i + 5])
+    else
+      redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'st', 1, 'pr', pr, 'fam', fam, 'seq', seq, 'enq', now, 'dl', dl,
+        'mw', mw)
+    end
+  elseif ARGV[i + 5] ~= '' then
+    redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'st', 1, 'pr', pr, 'fam', fam, 'seq', seq, 'enq', now, 'dl', dl,
+      'trace', ARGV[i + 5])
+  else
+    redis.call('HSET', adk(id), 'pb', ARGV[i + 1], 'st', 1, 'pr', pr, 'fam', fam, 'seq', seq, 'enq', now, 'dl', dl)
+  end
   all[#all + 1] = seq
   all[#all + 1] = id
   due[#due + 1] = dl
