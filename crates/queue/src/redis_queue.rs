@@ -58,7 +58,7 @@ use crate::watchers::Watchers;
 use crate::{AdQueue, QueueConfig, QueueError, RedisQueueConfig, policy};
 use adflow_store::redis_conn::{RedisConn, Target, connect};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, ToRedisArgs, Value};
 use scripts::Scripts;
 use std::sync::{Arc, Mutex};
@@ -237,15 +237,25 @@ async fn listen(
                     i.signal.send_modify(|v| *v = v.wrapping_add(1));
                 }
                 let mut msgs = ps.into_on_message();
-                while let Some(m) = msgs.next().await {
+                while let Some(first) = msgs.next().await {
                     let Some(i) = inner.upgrade() else { return };
-                    let channel = m.get_channel_name();
-                    if wakes.iter().any(|w| w == channel) {
+                    // The wakes already here count once: a batch submitted to K shards
+                    // publishes K of them, and each would start a claim in every session.
+                    let mut woken = false;
+                    let mut next = Some(first);
+                    while let Some(m) = next {
+                        let channel = m.get_channel_name();
+                        if wakes.iter().any(|w| w == channel) {
+                            woken = true;
+                        } else if let Ok(p) = m.get_payload::<String>()
+                            && let Some((id, st)) = p.split_once(':')
+                        {
+                            i.notify_watchers(id, st.parse().unwrap_or(0)).await;
+                        }
+                        next = msgs.next().now_or_never().flatten();
+                    }
+                    if woken {
                         i.signal.send_modify(|v| *v = v.wrapping_add(1));
-                    } else if let Ok(p) = m.get_payload::<String>()
-                        && let Some((id, st)) = p.split_once(':')
-                    {
-                        i.notify_watchers(id, st.parse().unwrap_or(0)).await;
                     }
                 }
                 tracing::warn!("redis queue subscription ended; reconnecting");
