@@ -2,6 +2,11 @@
 //! touches), reads (GET, FETCH, the `P:all` listing index; `list` for several shards),
 //! cancel and watch (`P:watch:<id>` marks the ad so the scripts publish its changes on
 //! `P:ad`). An ad is looked for in its own shard first.
+//!
+//! With K > 1 a batch is one SUBMIT per shard it touches, run at once: each is atomic,
+//! the batch is not. If one fails (its node unreachable) the call fails, and the ads of
+//! the shards that answered are queued: a client that retries submits those again (ids
+//! are new per call, as for any retry of a call whose answer was lost).
 
 use super::fields::AdFields;
 use super::reads::{Counts, positions};

@@ -14,17 +14,21 @@
 -- the session's set get one call per claim, not one per ad.
 local now, n, mask, sess = num(ARGV[1]), num(ARGV[2]), num(ARGV[3]), ARGV[4]
 local bc, be, bt = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
-local pol = policy()
 local paused = {}
 for _, p in ipairs(redis.call('SMEMBERS', P .. ':paused')) do paused[num(p)] = true end
 local allowed, heads, cur = {}, {}, {}
+local any = false
 for p = 1, MAX_PRIORITY do
   allowed[p] = math.floor(mask / 2 ^ (p - 1)) % 2 == 1 and not paused[p]
   if allowed[p] then
     heads[p] = redis.call('ZRANGE', P .. ':q:' .. p, 0, n)
     cur[p] = 1
+    any = any or #heads[p] > 0
   end
 end
+-- Nothing queued for this mask (every overdue ad is in a partition too): done.
+if not any then return { {}, {} } end
+local pol = policy()
 local over, oi = {}, 1
 if pol.anti_starvation then
   over = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'WITHSCORES', 'LIMIT', 0, n + 64)
