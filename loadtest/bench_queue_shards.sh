@@ -18,7 +18,7 @@
 # Usage: loadtest/bench_queue_shards.sh     Env: DUR (measured seconds, default 10), RATE,
 #        BASE (see above) and BASE_SRC (its source checkout, for its configs/default.toml;
 #        default BASE/../..), BIN (release dir of this build, default target/release),
-#        SKIP_BUILD=1 (use BIN as it is).
+#        SKIP_BUILD=1 (use BIN as it is), ONLY (a regex: run only the labels it matches).
 # Each run waits until no compiler (rustc) runs, samples twice a second whether one
 # starts during the run, and says so ("quiet" or "NOT quiet").
 # Ports: redis 6421, cluster 7204-7206, gateways 50801-50802 (the session's own range).
@@ -69,6 +69,7 @@ redis-cli -p "${CP[0]}" cluster slots | paste -sd' ' | sed 's/^/   slots: /'
 run() {
   local label=$1 bin=$2 ports=$3 shards=$4
   shift 4
+  [[ "$label" =~ ${ONLY:-.} ]] || return 0
   local name=${label//[^A-Za-z0-9]/_}
   for _ in $(seq 1 1200); do [ -z "$(pgrep -x rustc)" ] && break; sleep 0.5; done
   local p cfg="$TMP/$name.toml" nodes=""
