@@ -448,6 +448,9 @@ impl Config {
             };
             return Err(invalid(key, problem));
         }
+        if let Err((key, problem)) = self.queue.redis.check() {
+            return Err(invalid(key, problem));
+        }
         if !(1..=10_000).contains(&self.workers.concurrency) {
             return Err(invalid("workers.concurrency", "must be 1..=10000"));
         }

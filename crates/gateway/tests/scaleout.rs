@@ -1,6 +1,7 @@
 //! Two gateways on one Redis: events from either land in one stream, dedup holds across
 //! them, and they share one ad queue (an ad submitted through one is processed by a
-//! worker on the other; with workers on both, every ad is processed exactly once).
+//! worker on the other; with workers on both, every ad is processed exactly once), also
+//! with the queue in three shards on a Redis Cluster.
 //! Runs when ADFLOW_TEST_REDIS_URL is set (.ci/run starts a server).
 
 mod common;
@@ -194,6 +195,33 @@ async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue(
         cfg.queue.redis = RedisQueueConfig {
             cluster_nodes: nodes.clone(),
             prefix: format!("{{adflow-test-q-{run}}}"),
+            ..Default::default()
+        };
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_three_shard_queue_on_a_redis_cluster() {
+    let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER to run the sharded-queue test on a Redis Cluster");
+        return;
+    };
+    let nodes: Vec<String> = nodes.split(',').map(|s| s.trim().to_owned()).collect();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    shared_queue(|cfg| {
+        cfg.storage.backend = Backend::Redis;
+        cfg.storage.redis = RedisConfig {
+            cluster_nodes: nodes.clone(),
+            stream_key: format!("{{adflow-test-{run}}}:events"),
+            ..Default::default()
+        };
+        cfg.ingest.dedup.shared = Some(true);
+        cfg.queue.backend = QueueBackend::Redis;
+        cfg.queue.redis = RedisQueueConfig {
+            cluster_nodes: nodes.clone(),
+            prefix: format!("{{adflow-test-q-{run}}}"),
+            shards: 3,
             ..Default::default()
         };
     })

@@ -113,6 +113,18 @@ pub struct RedisQueueConfig {
     pub prefix: String,
     /// How long finished (completed, cancelled) ads stay readable, seconds (default 7 days).
     pub finished_ttl_seconds: u64,
+    /// Queue shards, 1..=64 (default 1). Shard 0 uses `prefix` as it is (the layout of a
+    /// one-shard queue); shard i > 0 appends `:i` (or `:i.j`) inside the hash tag, chosen
+    /// so the K tags fall in K different equal slot ranges and a Redis Cluster with K
+    /// primaries puts one shard on each. An ad's shard is the FNV-1a hash of its id
+    /// modulo K. Every gateway of one queue must use the same value; it can be raised
+    /// from 1 at any time, other changes only while shards 1.. hold no queued, leased or
+    /// dead ad (the gateway refuses to start otherwise).
+    pub shards: u32,
+    /// Across shards, how much later (ms) an ad of the same effective priority may have
+    /// been enqueued and still be served before the head of another shard (default 100;
+    /// see `redis_queue` "Across shards"). Larger: fewer round trips per claim.
+    pub shard_fifo_slack_ms: u32,
 }
 
 impl Default for RedisQueueConfig {
@@ -122,11 +134,33 @@ impl Default for RedisQueueConfig {
             cluster_nodes: Vec::new(),
             prefix: "{adflow:q}".into(),
             finished_ttl_seconds: 7 * 86_400,
+            shards: 1,
+            shard_fifo_slack_ms: 100,
         }
     }
 }
 
+/// The most queue shards `queue.redis.shards` may name (lease ids carry the shard in 6 bits).
+pub const MAX_SHARDS: u32 = 64;
+
 impl RedisQueueConfig {
+    /// Checks the values types cannot express; the error names the key.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(("queue.redis.shards", format!("must be 1..={MAX_SHARDS}, got {}", self.shards)));
+        }
+        if !self.prefix.contains('{') || !self.prefix.contains('}') {
+            return Err((
+                "queue.redis.prefix",
+                format!("{:?} needs a hash tag like {{adflow:q}}", self.prefix),
+            ));
+        }
+        if self.shard_fifo_slack_ms > 3_600_000 {
+            return Err(("queue.redis.shard_fifo_slack_ms", "must be at most 3600000 (1 h)".into()));
+        }
+        Ok(())
+    }
+
     /// Where the server (or cluster) is.
     pub fn target(&self) -> adflow_store::redis_conn::Target {
         adflow_store::redis_conn::Target { url: self.url.clone(), cluster_nodes: self.cluster_nodes.clone() }
@@ -167,5 +201,21 @@ mod tests {
         assert_eq!((q.backend, q.mongodb.database.as_str()), (QueueBackend::Mongodb, "ads"));
         let pinned = QueueConfig { backend: QueueBackend::Embedded, ..Default::default() };
         assert_eq!(pinned.resolved(&storage).backend, QueueBackend::Embedded, "a set backend is kept");
+    }
+
+    #[test]
+    fn shard_counts_outside_1_to_64_are_refused_by_name() {
+        let ok = RedisQueueConfig::default();
+        assert_eq!(ok.shards, 1, "one shard by default");
+        assert!(ok.check().is_ok());
+        for bad in [0, 65, 1000] {
+            let (key, msg) = RedisQueueConfig { shards: bad, ..Default::default() }.check().unwrap_err();
+            assert_eq!(key, "queue.redis.shards");
+            assert!(msg.contains("1..=64"), "{msg}");
+        }
+        assert!(RedisQueueConfig { shards: 64, ..Default::default() }.check().is_ok());
+        let (key, _) =
+            RedisQueueConfig { prefix: "adflow:q".into(), ..Default::default() }.check().unwrap_err();
+        assert_eq!(key, "queue.redis.prefix");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod durability;
 pub mod scheduling;
+pub mod shards;
 
 use crate::index::ALL_PARTITIONS;
 use crate::{AdQueue, QueueConfig, QueueError};

@@ -20,7 +20,8 @@
 //!
 //! Backends:
 //! - `embedded` (+ `journal`, redb): one gateway, the `index` in memory.
-//! - `redis_queue`: shared through Redis; each change is one Lua script (`lua/*.lua`).
+//! - `redis_queue`: shared through Redis; each change is one Lua script (`lua/*.lua`) on
+//!   one of K shards (`queue.redis.shards`), which a Redis Cluster spreads over its nodes.
 //! - `mongo_queue`: shared through MongoDB; compare-and-set updates.
 //! - `watchers`: WatchAd delivery, shared by every backend.
 //!

@@ -1,45 +1,89 @@
 //! The Redis queue: every gateway shares one queue in Redis (or a Redis Cluster). Each
 //! state change is one Lua script (`scripts`), so claim, ack, nack, expire and
-//! reprioritize are atomic however many gateways run them. All keys share the prefix's
-//! hash tag, so on a cluster every script stays in one slot (the queue lives on one
-//! shard; events and dedup keys use other tags and spread).
+//! reprioritize are atomic however many gateways run them.
 //!
-//! Idle workers do not poll hot: scripts publish on `P:wake` when work arrives, and one
-//! subscriber per gateway turns that into the local work signal. Watches work the same
-//! way through `P:ad`, published only for ads some gateway watches.
+//! # Shards
+//! The queue is split into `queue.redis.shards` = K shards (default 1), each a complete
+//! queue under its own hash tag (five partitions, leases, deadlines, dead letters,
+//! counters), so every script stays in one slot and a Redis Cluster spreads the shards
+//! over its nodes. Shard 0 is the configured prefix itself: with K = 1 the keys are
+//! exactly those of the unsharded queue. `shards` names the other prefixes, how an ad's
+//! shard follows from its id (FNV-1a of the id, mod K) and how a lease id names its
+//! shard (so ack, nack and extend go to one shard). Submissions are grouped by shard
+//! (one script per shard touched); reads and changes of one ad go to its shard; the
+//! operator's views and changes run on every shard and are merged or summed here (peek
+//! merges the shards' candidates through the same `Index`). The policy and the paused
+//! partitions are kept on shard 0 and copied to the others (versioned, `sync.lua`), so
+//! each shard's scripts read them locally. The audit log lives on shard 0.
+//!
+//! # Across shards (the ordering tolerance)
+//! Inside a shard, the serving order is exactly the `Index` order (overdue first,
+//! aging, FIFO). A claim of n ads with K > 1 first reads every shard's head (what it
+//! would serve next), then takes from the shard with the best head while that shard's
+//! next ad is at least as good as the best head of the others: never a lower class
+//! (overdue before waiting) or a lower effective priority, and within one level only
+//! ads enqueued (overdue: due) at most `shard_fifo_slack_ms` (default 100 ms) after the
+//! other head; then it moves to the next shard. The leased ads are handed out in the
+//! global order. So, against one global queue and as of the heads read when the claim
+//! starts: a claim never serves an ad while an ad of a higher class or effective
+//! priority waits in another shard, a claim of one ad always takes the best head of
+//! all shards, and within one level an ad is passed only by ads at most the slack
+//! younger than it. What changes between the heads read and the lease (another
+//! gateway's claim, a new submit) is seen by the next claim, as with one shard.
+//!
+//! Idle workers do not poll hot: scripts publish on `P:wake` (each shard on its own)
+//! when work arrives, and one subscriber per gateway, on every shard's channels, turns
+//! that into the local work signal. Watches work the same way through `P:ad`,
+//! published only for ads some gateway watches.
 //!
 //! Files: this one connects, subscribes and holds the shared helpers (`Inner`); `scripts`
 //! loads `lua/*.lua` behind a prelude generated from the Rust constants; `fields` decodes
-//! an ad read back; `ads`, `leases`, `reports` and `controls` implement the traits.
+//! an ad read back; `shards` holds the shard rules; `reads` reads an ad and the stats
+//! over every shard, `list` lists ads over several; `ads`, `leases`, `reports` and
+//! `controls` implement the traits; `sync` keeps the shards' policy and pauses equal.
 
 mod ads;
 mod controls;
 mod fields;
 mod leases;
+mod list;
+mod reads;
 mod reports;
 mod scripts;
+mod shards;
+mod sync;
 
 use crate::error::BackendErrorKind;
-use crate::index::MAX_PRIORITY;
-use crate::model::{self, StatsCounts};
 use crate::watchers::Watchers;
-use crate::{AdQueue, QueueConfig, QueueError, RedisQueueConfig, policy, status};
-use adflow_proto::v1 as pb;
+use crate::{AdQueue, QueueConfig, QueueError, RedisQueueConfig, policy};
 use adflow_store::redis_conn::{RedisConn, Target, connect};
 use async_trait::async_trait;
-use fields::AdFields;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, ToRedisArgs, Value};
-use scripts::{ENQ_BASE_MS, Scripts};
+use scripts::Scripts;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The shard of ad `id` in a queue of `shards` shards (FNV-1a of the id, mod `shards`).
+pub fn shard_of(id: &str, shards: usize) -> usize {
+    shards::of(id, shards)
+}
+
+/// The key prefix of shard `i` of `shards` for a queue whose `queue.redis.prefix` is
+/// `base` (shard 0: `base` itself).
+pub fn shard_prefix(base: &str, i: usize, shards: usize) -> String {
+    shards::prefix(base, i, shards)
+}
+
 struct Inner {
     con: RedisConn,
-    prefix: String,
+    /// The key prefix of each shard (shard 0: the configured prefix).
+    shards: Vec<String>,
     instance: String,
     ttl: u64,
+    /// `queue.redis.shard_fifo_slack_ms`.
+    slack_ms: i64,
     scripts: Scripts,
     signal: watch::Sender<u64>,
     watchers: Watchers,
@@ -90,7 +134,7 @@ fn parse<T: redis::FromRedisValue>(v: Value) -> Result<T, QueueError> {
     redis::from_redis_value(v).map_err(|e| bad_reply(format!("unexpected reply: {e}")))
 }
 
-/// One script call being built: the prefix as its key, then its arguments in order.
+/// One script call being built: the shard's prefix as its key, then its arguments in order.
 struct Call<'a> {
     con: &'a RedisConn,
     inv: ScriptInvocation<'a>,
@@ -116,109 +160,70 @@ fn refusal(code: i64, lease_id: u64) -> QueueError {
 }
 
 impl Inner {
-    /// A call of `script` on this queue's keys.
+    /// A call of `script` on shard 0 (the only one when K = 1; the audit log's).
     fn call<'a>(&'a self, script: &'a Script) -> Call<'a> {
-        Call { con: &self.con, inv: script.key(&self.prefix) }
+        self.call_on(0, script)
     }
 
+    /// A call of `script` on the keys of shard `shard`.
+    fn call_on<'a>(&'a self, shard: usize, script: &'a Script) -> Call<'a> {
+        Call { con: &self.con, inv: script.key(&self.shards[shard]) }
+    }
+
+    /// A key of shard 0.
     fn key(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.prefix)
+        self.key_on(0, suffix)
+    }
+
+    /// A key of shard `shard`.
+    fn key_on(&self, shard: usize, suffix: &str) -> String {
+        format!("{}:{suffix}", self.shards[shard])
+    }
+
+    /// How many shards.
+    fn k(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard ad `id` is submitted to.
+    fn shard_of(&self, id: &str) -> usize {
+        shards::of(id, self.k())
+    }
+
+    /// The shards in the order to look for ad `id`: its own first, then the others (an
+    /// ad submitted while the queue had fewer shards lives in another one).
+    fn lookup_order(&self, id: &str) -> impl Iterator<Item = usize> + use<> {
+        let (home, k) = (self.shard_of(id), self.k());
+        std::iter::once(home).chain((0..k).filter(move |&s| s != home))
     }
 
     /// A worker session as the scripts store it. Gateways number their sessions from 1
     /// in every process; the random instance id of this handle keeps the session of
     /// another gateway, or of this one before a restart, from settling this one's leases.
-    /// (Lease ids come from `P:lseq`, one counter for every gateway, so they never repeat
-    /// while Redis keeps its data.)
+    /// (Lease ids come from each shard's `P:lseq`, one counter for every gateway, and
+    /// carry the shard, so they never repeat while Redis keeps its data.)
     fn session(&self, session: u64) -> String {
         format!("{}-{session}", self.instance)
     }
-
-    /// Completions per second over the last minute, read at most once a second.
-    async fn rate(&self, now: i64) -> f64 {
-        {
-            let r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
-            if (now - r.0).abs() < 1000 {
-                return r.1;
-            }
-        }
-        let per_s = match self.stats(now).await {
-            Ok(s) => s.processing_rate_per_s,
-            Err(_) => 0.0,
-        };
-        *self.rate.lock().unwrap_or_else(|p| p.into_inner()) = (now, per_s);
-        per_s
-    }
-
-    /// Fills the computed fields of an ad.
-    async fn snapshot(&self, mut ad: pb::Ad, position: i64, now: i64) -> pb::Ad {
-        let per_s = if status::is_pending(ad.status) { self.rate(now).await } else { 0.0 };
-        model::fill_computed(&mut ad, position.max(0) as u64, per_s, now);
-        ad
-    }
-
-    async fn get(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
-        crate::parse_id(id)?;
-        let v: Vec<Value> = self.call(&self.scripts.get).arg(id).run().await?;
-        let mut it = v.into_iter();
-        let (Some(f), Some(pos)) = (it.next(), it.next()) else {
-            return Err(QueueError::NotFound(id.to_owned()));
-        };
-        let ad = parse::<AdFields>(f)?.into_ad(id).ok_or_else(|| QueueError::NotFound(id.to_owned()))?;
-        Ok(self.snapshot(ad, parse(pos)?, now).await)
-    }
-
-    async fn stats(&self, now: i64) -> Result<pb::QueueStats, QueueError> {
-        type Raw = (Vec<(u64, u8, i64)>, u64, u64, i64, u64, u64);
-        let (parts, in_flight, dead, sum, done, minute): Raw =
-            self.call(&self.scripts.stats).arg(now).run().await?;
-        let partitions: Vec<pb::PartitionStats> = parts
-            .into_iter()
-            .zip((1..=MAX_PRIORITY).rev())
-            .map(|((queued, paused, oldest), p)| {
-                model::partition(p, queued, paused == 1, (oldest >= 0).then_some(oldest), now)
-            })
-            .collect();
-        let n = partitions.iter().map(|p| p.queued).sum::<u64>();
-        let avg_enq = if n > 0 { ENQ_BASE_MS + sum / n as i64 } else { now };
-        Ok(StatsCounts {
-            partitions,
-            average_wait_ms: (now - avg_enq).max(0),
-            in_flight,
-            dead_letters: dead,
-            completed_last_minute: minute,
-            completed_total: done,
-        }
-        .into_stats())
-    }
-
-    /// Sends an ad's change to this gateway's watchers of it. `status` is the status the
-    /// change produced: the ad read back may already be further along, and every status
-    /// must still be seen once, in order.
-    async fn notify_watchers(&self, id: &str, status: i32) {
-        if !self.watchers.wants(id, status) {
-            return;
-        }
-        let Ok(mut ad) = self.get(id, adflow_domain::now_ms()).await else { return };
-        ad.status = status;
-        self.watchers.deliver(id, ad);
-    }
 }
 
-/// Listens on the wake and watch channels; reconnects with backoff when the link drops.
+/// Listens on every shard's wake and watch channels; reconnects with backoff when the
+/// link drops. (On a cluster, PUBLISH reaches the subscribers of every node.)
 async fn listen(
     inner: std::sync::Weak<Inner>,
     target: Target,
-    prefix: String,
+    prefixes: Vec<String>,
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
-    let (wake, changed) = (format!("{prefix}:wake"), format!("{prefix}:ad"));
+    let wakes: Vec<String> = prefixes.iter().map(|p| format!("{p}:wake")).collect();
+    let changes: Vec<String> = prefixes.iter().map(|p| format!("{p}:ad")).collect();
+    let channels: Vec<&str> = wakes.iter().chain(&changes).map(String::as_str).collect();
     let mut delay = Duration::from_millis(100);
     loop {
         let sub = async {
             let client = redis::Client::open(target.any_node())?;
             let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&[wake.as_str(), changed.as_str()]).await?;
+            ps.subscribe(&channels).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         match sub.await {
@@ -232,14 +237,25 @@ async fn listen(
                     i.signal.send_modify(|v| *v = v.wrapping_add(1));
                 }
                 let mut msgs = ps.into_on_message();
-                while let Some(m) = msgs.next().await {
+                while let Some(first) = msgs.next().await {
                     let Some(i) = inner.upgrade() else { return };
-                    if m.get_channel_name() == wake {
+                    // The wakes already here count once: a batch submitted to K shards
+                    // publishes K of them, and each would start a claim in every session.
+                    let mut woken = false;
+                    let mut next = Some(first);
+                    while let Some(m) = next {
+                        let channel = m.get_channel_name();
+                        if wakes.iter().any(|w| w == channel) {
+                            woken = true;
+                        } else if let Ok(p) = m.get_payload::<String>()
+                            && let Some((id, st)) = p.split_once(':')
+                        {
+                            i.notify_watchers(id, st.parse().unwrap_or(0)).await;
+                        }
+                        next = msgs.next().now_or_never().flatten();
+                    }
+                    if woken {
                         i.signal.send_modify(|v| *v = v.wrapping_add(1));
-                    } else if let Ok(p) = m.get_payload::<String>()
-                        && let Some((id, st)) = p.split_once(':')
-                    {
-                        i.notify_watchers(id, st.parse().unwrap_or(0)).await;
                     }
                 }
                 tracing::warn!("redis queue subscription ended; reconnecting");
@@ -255,26 +271,26 @@ async fn listen(
 }
 
 impl RedisQueue {
-    /// Connects, seeds the shared policy from `cfg` where Redis has none, and subscribes.
+    /// Connects, checks the shard count against what the queue was written with, seeds
+    /// the shared policy from `cfg` where Redis has none, copies shard 0's policy and
+    /// pauses to the other shards, and subscribes.
     pub async fn open(cfg: &QueueConfig, rcfg: &RedisQueueConfig) -> Result<Self, QueueError> {
-        if !rcfg.prefix.contains('{') || !rcfg.prefix.contains('}') {
-            return Err(QueueError::invalid(
-                "queue.redis.prefix",
-                format!("{:?} needs a hash tag like {{adflow:q}}", rcfg.prefix),
-            ));
-        }
+        rcfg.check().map_err(|(key, problem)| QueueError::invalid(key, problem))?;
         let target = rcfg.target();
         let con = connect(&target).await.map_err(redis_error)?;
+        let k = rcfg.shards as usize;
         let inner = Arc::new(Inner {
             con,
-            prefix: rcfg.prefix.clone(),
+            shards: (0..k).map(|i| shards::prefix(&rcfg.prefix, i, k)).collect(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             ttl: rcfg.finished_ttl_seconds.max(1),
+            slack_ms: rcfg.shard_fifo_slack_ms as i64,
             scripts: Scripts::new(),
             signal: watch::channel(0).0,
             watchers: Watchers::default(),
             rate: Mutex::new((i64::MIN / 2, 0.0)),
         });
+        inner.check_shard_count().await?;
         let p = cfg.policy();
         let mut pipe = redis::pipe();
         let key = inner.key("policy");
@@ -283,25 +299,16 @@ impl RedisQueue {
         }
         let mut c = inner.con.clone();
         pipe.query_async::<()>(&mut c).await.map_err(redis_error)?;
+        inner.sync_shards().await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let listener =
-            tokio::spawn(listen(Arc::downgrade(&inner), target, rcfg.prefix.clone(), Some(ready_tx)));
+            tokio::spawn(listen(Arc::downgrade(&inner), target, inner.shards.clone(), Some(ready_tx)));
         // Watches and wake-ups need the subscription: wait for it (briefly).
         if tokio::time::timeout(Duration::from_secs(3), ready_rx).await.is_err() {
             tracing::warn!("redis queue subscription not ready after 3 s; workers fall back to polling");
         }
-        tracing::info!(prefix = %rcfg.prefix, cluster = !rcfg.cluster_nodes.is_empty(), "redis ad queue ready");
+        tracing::info!(prefix = %rcfg.prefix, shards = k, cluster = !rcfg.cluster_nodes.is_empty(), "redis ad queue ready");
         Ok(Self { inner, listener })
-    }
-
-    async fn dead_page(&self, ids: Vec<(String, i64)>) -> Result<Vec<pb::DeadLetter>, QueueError> {
-        let names: Vec<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
-        let rows: Vec<AdFields> = self.inner.call(&self.inner.scripts.fetch).arg(&names).run().await?;
-        Ok(ids
-            .iter()
-            .zip(rows)
-            .filter_map(|((id, at), f)| Some(model::dead_letter(&f.into_ad(id)?, *at)))
-            .collect())
     }
 }
 

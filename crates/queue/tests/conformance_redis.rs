@@ -1,8 +1,11 @@
-//! The queue conformance suite on Redis: a single server (ADFLOW_TEST_REDIS_URL) and a
-//! three-node Redis Cluster (ADFLOW_TEST_REDIS_CLUSTER, comma-separated seed URLs); both
-//! are started by .ci/run. Each fresh queue gets its own hash-tagged prefix.
+//! The queue conformance suite on Redis, with one shard (the layout of every queue so
+//! far) and with three (`queue.redis.shards`): on a single server
+//! (ADFLOW_TEST_REDIS_URL) and on a three-node Redis Cluster (ADFLOW_TEST_REDIS_CLUSTER,
+//! comma-separated seed URLs); both are started by .ci/run. Each fresh queue gets its own
+//! hash-tagged prefix. With three shards the suite also runs `conformance::shards`: the
+//! cross-shard rules and the spread of the shards.
 
-use adflow_queue::conformance::{Opener, Shared, run_all};
+use adflow_queue::conformance::{Opener, Shared, run_all, shards};
 use adflow_queue::{AdQueue, Ads, Leases, QueueConfig, RedisQueue, RedisQueueConfig};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -19,29 +22,54 @@ impl Opener for Redis {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_queue_passes_the_conformance_suite() {
+fn single(shards: u32) -> Option<RedisQueueConfig> {
     let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
         eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (e.g. redis://127.0.0.1:6390/) to run against Redis");
-        return;
+        return None;
     };
-    let base = RedisQueueConfig { url, ..Default::default() };
+    Some(RedisQueueConfig { url, shards, ..Default::default() })
+}
+
+fn cluster(shards: u32) -> Option<RedisQueueConfig> {
+    let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
+        eprintln!(
+            "skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster"
+        );
+        return None;
+    };
+    Some(RedisQueueConfig {
+        cluster_nodes: nodes.split(',').map(|s| s.trim().to_owned()).collect(),
+        shards,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_passes_the_conformance_suite() {
+    let Some(base) = single(1) else { return };
     run_all(&Shared::new(Redis { base })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_queue_passes_the_conformance_suite_on_a_cluster() {
-    let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
-        eprintln!(
-            "skipped: set ADFLOW_TEST_REDIS_CLUSTER (comma-separated node URLs) to run against a Redis Cluster"
-        );
-        return;
-    };
-    let base = RedisQueueConfig {
-        cluster_nodes: nodes.split(',').map(|s| s.trim().to_owned()).collect(),
-        ..Default::default()
-    };
+    let Some(base) = cluster(1) else { return };
     run_all(&Shared::new(Redis { base })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_with_three_shards_passes_the_conformance_suite() {
+    let Some(base) = single(3) else { return };
+    let h = Shared::new(Redis { base });
+    run_all(&h).await;
+    shards::run_all(&h, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_with_three_shards_passes_the_conformance_suite_on_a_cluster() {
+    let Some(base) = cluster(3) else { return };
+    let h = Shared::new(Redis { base });
+    run_all(&h).await;
+    shards::run_all(&h, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,15 @@
-//! AdService on the Redis queue: submission (one SUBMIT script per batch), reads (GET,
-//! FETCH, the `P:all` listing index), cancel and watch (`P:watch:<id>` marks the ad so
-//! the scripts publish its changes on `P:ad`).
+//! AdService on the Redis queue: submission (one SUBMIT script per shard a batch
+//! touches), reads (GET, FETCH, the `P:all` listing index; `list` for several shards),
+//! cancel and watch (`P:watch:<id>` marks the ad so the scripts publish its changes on
+//! `P:ad`). An ad is looked for in its own shard first.
+//!
+//! With K > 1 a batch is one SUBMIT per shard it touches, run at once: each is atomic,
+//! the batch is not. If one fails (its node unreachable) the call fails, and the ads of
+//! the shards that answered are queued: a client that retries submits those again (ids
+//! are new per call, as for any retry of a call whose answer was lost).
 
 use super::fields::AdFields;
+use super::reads::{Counts, positions};
 use super::{RedisQueue, parse, redis_error};
 use crate::error::Refused;
 use crate::model;
@@ -10,7 +17,7 @@ use crate::{Ads, QueueError};
 use adflow_proto::v1::{self as pb, AdStatus};
 use async_trait::async_trait;
 use prost::Message;
-use redis::Value;
+use redis::{Script, Value};
 use tokio::sync::mpsc;
 
 #[async_trait]
@@ -24,9 +31,12 @@ impl Ads for RedisQueue {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = self.inner.scripts.submit.key(&self.inner.prefix);
-        inv.arg(now);
+        let inner = &self.inner;
+        let k = inner.k();
+        // One SUBMIT per shard with ads in this batch; the others only count.
+        let mut invs: Vec<Option<redis::ScriptInvocation<'_>>> = (0..k).map(|_| None).collect();
         let mut ids = Vec::with_capacity(specs.len());
+        let mut prs = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = uuid::Uuid::now_v7().to_string();
             let (pr, mw, fam) = (spec.priority, spec.max_wait_seconds, spec.game_family.to_lowercase());
@@ -37,12 +47,34 @@ impl Ads for RedisQueue {
                 created_at_ms: now,
                 ..Default::default()
             };
+            let inv = invs[inner.shard_of(&id)].get_or_insert_with(|| {
+                let mut inv = Script::key(&inner.scripts.submit, &inner.shards[inner.shard_of(&id)]);
+                inv.arg(now);
+                inv
+            });
             inv.arg(&id).arg(ad.encode_to_vec()).arg(pr).arg(mw).arg(fam).arg(traceparent);
             ids.push(id);
+            prs.push(pr);
         }
-        let mut con = self.inner.con.clone();
-        let positions: Vec<i64> = inv.invoke_async(&mut con).await.map_err(redis_error)?;
-        let per_s = self.inner.rate(now).await;
+        let calls = invs.into_iter().enumerate().map(|(s, inv)| {
+            let mut con = inner.con.clone();
+            async move {
+                match inv {
+                    Some(inv) => inv.invoke_async::<Counts>(&mut con).await.map_err(redis_error),
+                    None => inner.call_on(s, &inner.scripts.submit).arg(0).run::<Counts>().await,
+                }
+            }
+        });
+        let counts = futures::future::try_join_all(calls).await?;
+        // Every shard's queued ads count; the pauses are shard 0's.
+        let mut queued = vec![0u64; counts[0].queued.len()];
+        for c in &counts {
+            for (q, n) in queued.iter_mut().zip(&c.queued) {
+                *q += n;
+            }
+        }
+        let positions = positions(queued, &counts[0].paused, &prs);
+        let per_s = inner.rate(now).await;
         Ok(ids
             .into_iter()
             .zip(positions)
@@ -63,6 +95,9 @@ impl Ads for RedisQueue {
     }
 
     async fn list(&self, req: &pb::ListAdsRequest, now: i64) -> Result<pb::ListAdsResponse, QueueError> {
+        if self.inner.k() > 1 {
+            return self.list_sharded(req, now).await;
+        }
         let size = model::page_size(req.page_size)?;
         let mut con = self.inner.con.clone();
         let all = self.inner.key("all");
@@ -145,32 +180,57 @@ impl Ads for RedisQueue {
 
     async fn cancel(&self, id: &str, now: i64) -> Result<pb::Ad, QueueError> {
         crate::parse_id(id)?;
-        let v: Vec<Value> =
-            self.inner.call(&self.inner.scripts.cancel).arg(id).arg(now).arg(&self.inner.ttl).run().await?;
-        let mut it = v.into_iter();
-        let code: i64 = parse(it.next().unwrap_or(Value::Nil))?;
-        match code {
-            0 => {
-                let f: AdFields = parse(it.next().unwrap_or(Value::Nil))?;
-                let ad = f.into_ad(id).ok_or_else(|| QueueError::NotFound(id.to_owned()))?;
-                Ok(self.inner.snapshot(ad, -1, now).await)
+        for shard in self.inner.lookup_order(id) {
+            let v: Vec<Value> = self
+                .inner
+                .call_on(shard, &self.inner.scripts.cancel)
+                .arg(id)
+                .arg(now)
+                .arg(self.inner.ttl)
+                .run()
+                .await?;
+            let mut it = v.into_iter();
+            let code: i64 = parse(it.next().unwrap_or(Value::Nil))?;
+            match code {
+                0 => {
+                    let f: AdFields = parse(it.next().unwrap_or(Value::Nil))?;
+                    let ad = f.into_ad(id).ok_or_else(|| QueueError::NotFound(id.to_owned()))?;
+                    return Ok(self.inner.snapshot(ad, -1, now).await);
+                }
+                2 => {
+                    let st = parse(it.next().unwrap_or(Value::Nil))?;
+                    return Err(QueueError::wrong_state(id, st, Refused::Cancel));
+                }
+                _ => {}
             }
-            2 => Err(QueueError::wrong_state(id, parse(it.next().unwrap_or(Value::Nil))?, Refused::Cancel)),
-            _ => Err(QueueError::NotFound(id.to_owned())),
         }
+        Err(QueueError::NotFound(id.to_owned()))
     }
 
     async fn watch(&self, id: &str, now: i64) -> Result<(pb::Ad, mpsc::Receiver<pb::Ad>), QueueError> {
         crate::parse_id(id)?;
         // Mark the ad watched before reading it, so no change falls between the two.
-        let mut con = self.inner.con.clone();
-        let mut p = redis::pipe();
-        for key in [self.inner.key(&format!("watch:{id}")), self.inner.key("watching")] {
-            p.cmd("SET").arg(key).arg(1).arg("EX").arg(86_400).ignore();
+        let home = self.inner.shard_of(id);
+        self.mark_watched(home, id).await?;
+        let (mut ad, shard) = self.inner.get_with_shard(id, now).await?;
+        if shard != home {
+            // Submitted while the queue had fewer shards: mark it where it lives, read again.
+            self.mark_watched(shard, id).await?;
+            ad = self.inner.get(id, now).await?;
         }
-        p.query_async::<()>(&mut con).await.map_err(redis_error)?;
-        let ad = self.inner.get(id, now).await?;
         let rx = self.inner.watchers.register(&ad);
         Ok((ad, rx))
+    }
+}
+
+impl RedisQueue {
+    /// Marks ad `id` watched on `shard`, so its scripts publish the ad's changes.
+    async fn mark_watched(&self, shard: usize, id: &str) -> Result<(), QueueError> {
+        let mut con = self.inner.con.clone();
+        let mut p = redis::pipe();
+        for key in [self.inner.key_on(shard, &format!("watch:{id}")), self.inner.key_on(shard, "watching")] {
+            p.cmd("SET").arg(key).arg(1).arg("EX").arg(86_400).ignore();
+        }
+        p.query_async::<()>(&mut con).await.map_err(redis_error)
     }
 }

@@ -2,7 +2,8 @@
 //! ad is one script, so it is atomic across gateways. `KEYS[1]` is the key prefix (it carries the hash tag, so
 //! on a cluster every key a script touches is in the slot `KEYS[1]` routes to).
 //!
-//! Layout under prefix `P` (default `{adflow:q}`):
+//! Layout under prefix `P` (default `{adflow:q}`; each shard has all of it under its own
+//! prefix, see `shards`):
 //! - `P:ad:<id>` hash: `pb` (the encoded Ad: id, spec, created), `st` status, `pr`
 //!   priority, `seq` FIFO sequence, `enq` enqueue ms, `mw` own max wait s (0 = policy),
 //!   `dl` max-wait deadline ms, `att` attempts, `start`, `fin`, `err`, `an` (encoded
@@ -17,6 +18,9 @@
 //!   `P:sumenq` sum of queued enqueue times, `P:done` and `P:done:<sec>` completions,
 //!   `P:audit` zset + `P:auditdata` hash, `P:watch:<id>` while a gateway watches an ad,
 //!   `P:watching` while any ad is watched (scripts skip the per-ad check without it).
+//! - With K > 1 shards: `P:shards` on shard 0 (the most shards the queue was opened
+//!   with), and a `ver` field in every shard's `P:policy` (the version of shard 0's
+//!   policy and pauses that the shard holds).
 //! - Channels: `P:wake` (new work), `P:ad` (`<id>:<status>` when a watched ad changed).
 
 //!
@@ -45,6 +49,7 @@ local function policy()
   return {{ anti_starvation = v[1] == '1', max_wait_s = num(v[2]), aging_ms = num(v[3]) * 1000,
     max_attempts = num(v[4]), lease_ms = num(v[5]) * 1000 }}
 end
+local MAX_WAIT_CODE = '{max_wait}'
 local AD_FIELDS = {{ {read} }}
 local AD_FIELDS_FAM = {{ {read}, '{fam}' }}
 local function fields(id)
@@ -60,7 +65,6 @@ end
 pub(super) struct Scripts {
     pub(super) submit: Script,
     pub(super) lease: Script,
-    pub(super) ack: Script,
     pub(super) ack_many: Script,
     pub(super) nack: Script,
     pub(super) extend: Script,
@@ -77,6 +81,7 @@ pub(super) struct Scripts {
     pub(super) peek: Script,
     pub(super) redeadline: Script,
     pub(super) audit: Script,
+    pub(super) sync: Script,
 }
 
 impl Scripts {
@@ -91,7 +96,6 @@ impl Scripts {
         Self {
             submit: s(include_str!("lua/submit.lua")),
             lease: s(include_str!("lua/lease.lua")),
-            ack: s(include_str!("lua/ack.lua")),
             ack_many: s(include_str!("lua/ack_many.lua")),
             nack: s(include_str!("lua/nack.lua")),
             extend: s(include_str!("lua/extend.lua")),
@@ -108,6 +112,7 @@ impl Scripts {
             peek: s(include_str!("lua/peek.lua")),
             redeadline: s(include_str!("lua/redeadline.lua")),
             audit: s(include_str!("lua/audit.lua")),
+            sync: s(include_str!("lua/sync.lua")),
         }
     }
 }

@@ -1,3 +1,5 @@
--- ARGV: id. Returns {fields, position} or {} when unknown.
+-- ARGV: id. Returns {fields, position in this shard, rank in its partition} or {} when
+-- unknown.
 if redis.call('EXISTS', adk(ARGV[1])) == 0 then return {} end
-return { fields(ARGV[1]), position(ARGV[1]) }
+local pos, rank = position(ARGV[1])
+return { fields(ARGV[1]), pos, rank }

@@ -1,6 +1,16 @@
 -- Helpers every script starts with.
 local function adk(id) return P .. ':ad:' .. id end
 local function num(x) return tonumber(x) or 0 end
+-- `cmd key args...` in calls of at most 4000 arguments (Lua's unpack limit is ~8000);
+-- one call for many ads costs far less than one call per ad.
+local function bulk(cmd, key, args)
+  local i = 1
+  while i <= #args do
+    local j = math.min(#args, i + 3999)
+    redis.call(cmd, key, unpack(args, i, j))
+    i = j + 1
+  end
+end
 local function fam_add(fam, kind, n)
   redis.call('HINCRBY', P .. ':fam', kind .. ':' .. (fam or ''), n)
 end
@@ -35,10 +45,11 @@ local function dequeue(id)
   fam_add(h[3], 's', BASE - num(h[2]))
   return true
 end
+-- Ads ahead of `id` in this shard, and its rank in its partition (-1, -1: not queued).
 local function position(id)
   local pr = num(redis.call('HGET', adk(id), 'pr'))
   local r = redis.call('ZRANK', P .. ':q:' .. pr, id)
-  if not r then return -1 end
+  if not r then return -1, -1 end
   local n = r
   -- In a paused partition, every ad of every unpaused one is served first.
   local first = pr + 1
@@ -46,7 +57,7 @@ local function position(id)
   for p = first, MAX_PRIORITY do
     if p ~= pr and redis.call('SISMEMBER', P .. ':paused', p) == 0 then n = n + redis.call('ZCARD', P .. ':q:' .. p) end
   end
-  return n
+  return n, r
 end
 -- The ad of live lease `lid` held by `sess` and its {sess, fam, trace}, or nil and a
 -- refusal code (1 unknown, 2 stale).
