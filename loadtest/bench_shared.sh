@@ -44,11 +44,15 @@ run() {
   local bin=$1 label=$2; shift 2
   redis-cli -p $RP FLUSHALL >/dev/null
   redis-cli -p $RP CONFIG RESETSTAT >/dev/null
-  env ADFLOW_SERVER__LISTEN=127.0.0.1:50591 ADFLOW_LOG__LEVEL=warn ADFLOW_METRICS__LISTEN= \
+  # A build reads configs/default.toml from its working directory: use the build's own
+  # copy when it has one (an older build refuses keys it does not know).
+  local cwd=.; [ -f "$bin/configs/default.toml" ] && cwd=$bin
+  (cd "$cwd" && exec env ADFLOW_SERVER__LISTEN=127.0.0.1:50591 ADFLOW_LOG__LEVEL=warn ADFLOW_METRICS__LISTEN= \
     ADFLOW_DASHBOARD__LISTEN= ADFLOW_STORAGE__BACKEND=redis ADFLOW_STORAGE__REDIS__URL=$RURL \
     ADFLOW_QUEUE__BACKEND=embedded ADFLOW_QUEUE__PATH="$TMP/q-$RANDOM.redb" \
     ADFLOW_STORAGE__RESILIENCE__SPILL_DIR="$TMP/spill-$RANDOM" ADFLOW_WORKERS__IN_PROCESS=0 \
-    "$@" "$bin/adflow-gateway" & local gp=$!
+    "$@" "$bin/adflow-gateway") &
+  local gp=$!
   PIDS+=($gp)
   wait_port 50591
   echo "== $label ($bin)"
