@@ -121,6 +121,19 @@ async fn two_gateways(claim_secs: u64) -> Option<(SharedDedup, SharedDedup)> {
     Some((open("a").await, open("b").await))
 }
 
+/// A stored event carrying `id` (what a spill replay hands the guard).
+fn event(id: &str) -> adflow_store::StoredEvent {
+    adflow_store::StoredEvent::encode(
+        1,
+        &adflow_domain::pb::AdEvent {
+            event_id: id.into(),
+            ad_id: "a".into(),
+            r#type: 1,
+            ..Default::default()
+        },
+    )
+}
+
 fn ids(n: usize) -> Vec<String> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     (0..n).map(|i| format!("{run}-{i}")).collect()
@@ -183,22 +196,11 @@ async fn the_spill_replay_skips_what_another_gateway_stored_and_records_the_rest
     // Meanwhile a client resent x2 to B, which stored it.
     assert_eq!(b.admit(&x[2..], true).await.unwrap(), vec![true]);
     b.settle(&[&x[2]], false).await;
-    let ev = |id: &str| {
-        adflow_store::StoredEvent::encode(
-            1,
-            &adflow_domain::pb::AdEvent {
-                event_id: id.into(),
-                ad_id: "a".into(),
-                r#type: 1,
-                ..Default::default()
-            },
-        )
-    };
     // The spill holds x0, x1, x2 and x0 again (the client retried on A during the outage).
-    let page = vec![ev(&x[0]), ev(&x[1]), ev(&x[2]), ev(&x[0])];
+    let page = vec![event(&x[0]), event(&x[1]), event(&x[2]), event(&x[0])];
     let keep = ReplayGuard::admit(&a, &page).await.unwrap();
     assert_eq!(keep, vec![true, true, false, false]);
-    ReplayGuard::written(&a, &[ev(&x[0]), ev(&x[1])]).await;
+    ReplayGuard::written(&a, &[event(&x[0]), event(&x[1])]).await;
     // After the replay every id is a plain duplicate, on both gateways, without waiting.
     assert_eq!(b.admit(&x, true).await.unwrap(), vec![false; 3]);
     assert_eq!(a.admit(&x, true).await.unwrap(), vec![false; 3]);
@@ -258,18 +260,7 @@ async fn whole_claims_settle_hold_and_drop_a_request_s_ids() {
     let (_, claims) = a.claim_request(&z, true).await.unwrap();
     a.settle_claims(&claims, true).await;
     assert_eq!(b.admit(&z, false).await.unwrap(), vec![false; 4], "held by A: a duplicate for now");
-    let ev = |id: &str| {
-        adflow_store::StoredEvent::encode(
-            1,
-            &adflow_domain::pb::AdEvent {
-                event_id: id.into(),
-                ad_id: "a".into(),
-                r#type: 1,
-                ..Default::default()
-            },
-        )
-    };
-    let page: Vec<_> = z.iter().map(|id| ev(id)).collect();
+    let page: Vec<_> = z.iter().map(|id| event(id)).collect();
     use adflow_store::resilient::ReplayGuard;
     assert_eq!(ReplayGuard::admit(&a, &page).await.unwrap(), vec![true; 4], "the replay keeps its own");
     ReplayGuard::written(&a, &page).await;

@@ -175,10 +175,11 @@ async fn two_gateways_share_one_mongodb_queue_and_store_without_loss_or_double_p
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue() {
+/// Both gateways on the CI Redis Cluster for events, dedup, counters and a queue of
+/// `shards` shards (skipped without ADFLOW_TEST_REDIS_CLUSTER).
+async fn on_the_cluster(shards: u32) {
     let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER to run the two-gateway test on a Redis Cluster");
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER to run the two-gateway tests on a Redis Cluster");
         return;
     };
     let nodes: Vec<String> = nodes.split(',').map(|s| s.trim().to_owned()).collect();
@@ -195,6 +196,7 @@ async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue(
         cfg.queue.redis = RedisQueueConfig {
             cluster_nodes: nodes.clone(),
             prefix: format!("{{adflow-test-q-{run}}}"),
+            shards,
             ..Default::default()
         };
     })
@@ -202,30 +204,13 @@ async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_redis_cluster_for_events_dedup_counters_and_queue() {
+    on_the_cluster(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_a_three_shard_queue_on_a_redis_cluster() {
-    let Ok(nodes) = std::env::var("ADFLOW_TEST_REDIS_CLUSTER") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_CLUSTER to run the sharded-queue test on a Redis Cluster");
-        return;
-    };
-    let nodes: Vec<String> = nodes.split(',').map(|s| s.trim().to_owned()).collect();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    shared_queue(|cfg| {
-        cfg.storage.backend = Backend::Redis;
-        cfg.storage.redis = RedisConfig {
-            cluster_nodes: nodes.clone(),
-            stream_key: format!("{{adflow-test-{run}}}:events"),
-            ..Default::default()
-        };
-        cfg.ingest.dedup.shared = Some(true);
-        cfg.queue.backend = QueueBackend::Redis;
-        cfg.queue.redis = RedisQueueConfig {
-            cluster_nodes: nodes.clone(),
-            prefix: format!("{{adflow-test-q-{run}}}"),
-            shards: 3,
-            ..Default::default()
-        };
-    })
-    .await;
+    on_the_cluster(3).await;
 }
 
 /// Two gateways configured by `setup` share the queue: phase 1 submits through A with the
