@@ -112,25 +112,29 @@ fn sid(id: &str) -> (u64, u64) {
 /// One delta stream entry as XRANGE returns it.
 type Entry = (String, Vec<(String, Vec<u8>)>);
 
-/// The rows of the entries after `folded`; damaged deltas are skipped (and logged).
-fn pending_rows(entries: Vec<Entry>, folded: &str) -> Vec<delta::Row> {
-    let after = sid(folded);
+/// The rows of one delta entry; a damaged delta is skipped (and logged).
+fn entry_rows(id: &str, fields: Vec<(String, Vec<u8>)>) -> Vec<delta::Row> {
     let mut rows = Vec::new();
-    for (id, fields) in entries {
-        if sid(&id) <= after {
+    for (k, v) in fields {
+        if k != "d" {
             continue;
         }
-        for (k, v) in fields {
-            if k != "d" {
-                continue;
-            }
-            match delta::decode(&v) {
-                Some(r) => rows.extend(r),
-                None => tracing::error!(entry = %id, "damaged counter delta skipped"),
-            }
+        match delta::decode(&v) {
+            Some(r) => rows.extend(r),
+            None => tracing::error!(entry = %id, "damaged counter delta skipped"),
         }
     }
     rows
+}
+
+/// The rows of the entries after `folded`.
+fn pending_rows(entries: Vec<Entry>, folded: &str) -> Vec<delta::Row> {
+    let after = sid(folded);
+    entries
+        .into_iter()
+        .filter(|(id, _)| sid(id) > after)
+        .flat_map(|(id, fields)| entry_rows(&id, fields))
+        .collect()
 }
 
 /// Whether a range planned as (hours, minutes) covers `minute`.
@@ -236,7 +240,8 @@ impl RedisCounters {
             if n > 0 && sums.len() * 21 > FOLD_MAX_OPS {
                 break;
             }
-            for (kind, key, minute, c) in pending_rows(vec![(id.clone(), fields)], &folded) {
+            // XRANGE started after the folded position: every entry is pending.
+            for (kind, key, minute, c) in entry_rows(&id, fields) {
                 sums.entry((kind, key, minute)).or_default().add(&c);
             }
             last = id;
