@@ -48,7 +48,8 @@ use std::time::Duration;
 /// Shared by the scripts. Time comes from the Redis server (`TIME`), so every gateway
 /// agrees on generations and deadlines whatever its own clock says. KEYS = ids of
 /// generations G0..G0+3, then claims of the same four; ARGV[1] = window ms, ARGV[2] = G0
-/// (the caller's generation minus 2). `lookup` answers per id "s" (stored), the gateway
+/// (the caller's generation minus 2). `fetch` reads the ids' values (ARGV from `first`)
+/// in both generations; `lookup` answers per id "s" (stored), the gateway
 /// whose live claim holds it, or false (absent: never claimed, dropped, or past its
 /// deadline).
 const PRELUDE: &str = r#"
@@ -67,9 +68,10 @@ local function status(x, y)
   if d and d > now then return 'p' end
   return nil
 end
-local function lookup(first)
-  local a = redis.call('HMGET', CUR, unpack(ARGV, first))
-  local b = redis.call('HMGET', PREV, unpack(ARGV, first))
+local function fetch(first)
+  return redis.call('HMGET', CUR, unpack(ARGV, first)), redis.call('HMGET', PREV, unpack(ARGV, first))
+end
+local function lookup(a, b)
   local refs, known, st = {}, {}, {}
   local function add(v)
     if v and not known[v] then
@@ -103,25 +105,44 @@ end
 /// ARGV (after the prelude's): mine, claim, claim ms, ttl, fingerprints. Claims every
 /// absent id for this gateway under `claim`; answers one character per id: 1 new, 3
 /// already held by this gateway (or repeated in this call), 2 held by another, 0 stored;
-/// or "E" when the claim name is already in use (the caller picks another).
+/// "A" when no id was known (all claimed: the common case, without the per-id states and
+/// the reply string; the caller codes repeats inside the call 3 itself); or "E" when the
+/// claim name is already in use (the caller picks another).
 const CLAIM: &str = r#"
 local F = 7
-local mine, ref, out, new, seen = ARGV[3], ARGV[4], {}, {}, {}
+local mine, ref, new = ARGV[3], ARGV[4], {}
 if redis.call('HEXISTS', RCUR, ref) == 1 or redis.call('HEXISTS', RPREV, ref) == 1 then return 'E' end
-local st = lookup(F)
-for i = 1, #ARGV - F + 1 do
-  local fp, s = ARGV[F + i - 1], st[i]
-  if s == 's' then
-    out[i] = '0'
-  elseif s == mine or seen[fp] then
-    out[i] = '3'
-  elseif s then
-    out[i] = '2'
-  else
-    out[i] = '1'
-    seen[fp] = true
-    new[#new + 1] = fp
-    new[#new + 1] = ref
+local a, b = fetch(F)
+local known = false
+for i = 1, #a do
+  if a[i] or b[i] then
+    known = true
+    break
+  end
+end
+local out
+if known then
+  local st, seen = lookup(a, b), {}
+  out = {}
+  for i = 1, #a do
+    local fp, s = ARGV[F + i - 1], st[i]
+    if s == 's' then
+      out[i] = '0'
+    elseif s == mine or seen[fp] then
+      out[i] = '3'
+    elseif s then
+      out[i] = '2'
+    else
+      out[i] = '1'
+      seen[fp] = true
+      new[#new + 1] = fp
+      new[#new + 1] = ref
+    end
+  end
+else
+  for i = 1, #a do
+    new[2 * i - 1] = ARGV[F + i - 1]
+    new[2 * i] = ref
   end
 end
 if #new > 0 then
@@ -130,6 +151,7 @@ if #new > 0 then
   redis.call('HSET', RCUR, ref, now + tonumber(ARGV[5]))
   redis.call('PEXPIRE', RCUR, ARGV[6])
 end
+if not out then return 'A' end
 return table.concat(out)
 "#;
 
@@ -155,7 +177,7 @@ const SETTLE: &str = r#"
 local F = 7
 local mine, ref, mode, set = ARGV[3], ARGV[4], ARGV[5], {}
 local st = {}
-if mode ~= 's' then st = lookup(F) end
+if mode ~= 's' then st = lookup(fetch(F)) end
 for i = 1, #ARGV - F + 1 do
   if mode == 's' or not st[i] or st[i] == mine then
     set[#set + 1] = ARGV[F + i - 1]
@@ -175,7 +197,7 @@ return #set / 2
 /// (and not stored).
 const FORGET: &str = r#"
 local F = 4
-local st, gone = lookup(F), {}
+local st, gone = lookup(fetch(F)), {}
 for i = 1, #ARGV - F + 1 do
   if st[i] == ARGV[3] then gone[#gone + 1] = ARGV[F + i - 1] end
 end
@@ -395,6 +417,13 @@ impl SharedDedup {
                     break (name, reply);
                 }
             };
+            if reply == b"A" {
+                // Every id was absent and is now claimed; a repeat inside the call is 3.
+                claims.0.push(name);
+                let mut seen = std::collections::HashSet::with_capacity(chunk.len());
+                codes.extend(chunk.iter().map(|f| if seen.insert(f) { 1 } else { 3 }));
+                continue;
+            }
             if reply.len() != chunk.len() {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::Parse,

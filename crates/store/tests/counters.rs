@@ -224,3 +224,51 @@ async fn an_overflowing_counter_does_not_stop_or_repeat_the_fold() {
     let got = c.sum(Scope::Ad(&format!("{run}-ad")), now - MIN, now + MIN, now).await.unwrap();
     assert_eq!(got.count(EventType::Conversion), 3, "the counts are exact: {got:?}");
 }
+
+/// A backlog of deltas whose sums need many times one script's increments (thousands of
+/// distinct ads, more entries than one read) folds in several compare-and-set steps per
+/// read, every delta exactly once, while two gateways fold it at once.
+#[tokio::test]
+async fn a_large_backlog_folds_in_steps_exactly_once() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis fold backlog test");
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = RedisConfig { url, stream_key: format!("{{adflow-test-{run}}}:events"), ..Default::default() };
+    let a = RedisStore::open_with(cfg.clone(), Some(Retention::default())).await.unwrap();
+    let b = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
+    let now = adflow_domain::now_ms();
+    let evs: Vec<StoredEvent> = (0..6000u64)
+        .map(|i| {
+            let t = [1, 1, 2, 3][(i % 4) as usize];
+            StoredEvent::encode(
+                now,
+                &AdEvent {
+                    event_id: format!("{run}-{i}"),
+                    r#type: t,
+                    ad_id: format!("{run}-ad-{}", i % 3000),
+                    campaign_id: format!("{run}-cmp-{}", i % 2),
+                    timestamp_ms: now - (i as i64 % 5) * MIN,
+                    revenue_usd: (t == EventType::Conversion as i32).then_some(0.25),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    // 750 commits of 8 events: more entries than one read, ~25k increments.
+    let appends = evs.chunks(8).map(|c| a.append(c));
+    for r in futures::future::join_all(appends).await {
+        r.unwrap();
+    }
+    let (ca, cb) = (a.counters().unwrap(), b.counters().unwrap());
+    let (fa, fb) = tokio::join!(ca.fold_all(), cb.fold_all());
+    let folded = fa.unwrap() + fb.unwrap();
+    assert!(folded <= 750, "each delta entry is folded once: {folded}");
+    assert_eq!(ca.fold_all().await.unwrap(), 0, "nothing left to fold");
+    let mut r = Analytics::new(Retention::default());
+    r.record(&evs, now);
+    let reference = Local(Arc::new(RwLock::new(r)));
+    same_sums("large backlog", ca.as_ref(), &reference, &run, now).await;
+    recent("large backlog", ca.as_ref(), &reference, &run, now).await;
+}
