@@ -5,13 +5,17 @@
 //! costs Redis one command for its counters instead of one HINCRBY per counter it touches
 //! (2.5 per event with the load tester's mix: that was most of the shared-mode cost).
 //!
-//! **Fold** (in the background, every gateway, every `FOLD_EVERY`): read the deltas after
-//! the folded position `<tag>:an:folded`, sum them, and add the sums to the bucket hashes
-//! in one script that first checks the position is still the one read (compare and set):
-//! when two gateways fold the same deltas, one adds them and the other's script does
-//! nothing, so every delta is added exactly once. Folded deltas are then trimmed. Summing
-//! a fold's worth of commits first means one HINCRBY per distinct counter per fold, not
-//! per commit.
+//! **Fold** (in the background, every gateway, every `FOLD_EVERY`): read the pending
+//! deltas once, sum them, and add the sums to the bucket hashes. Counters are split into
+//! `PARTS` partitions by (kind, id), each with its own folded position (a field of
+//! `<tag>:an:folded:parts`); a partition's sums are added by one script that first checks
+//! the partition's position is still the one read and moves it (compare and set): when two
+//! gateways fold the same deltas, one adds each partition and the other's script does
+//! nothing, so every delta is added exactly once. Summing a whole read of commits first
+//! means one HINCRBY per distinct counter per fold, not per commit, and the partitions keep
+//! each script short however many counters a fold touches. Deltas every partition has
+//! folded are trimmed. (`<tag>:an:folded`, one position for all, written by earlier
+//! versions, is the start of any partition without its own.)
 //!
 //! **Buckets**: per-minute `<tag>:an:m:<minute>`, per-hour `<tag>:an:h:<hour>` and, for
 //! the counts leases carry, per-day `<tag>:an:d:<day>` hashes expiring with the retention.
@@ -19,9 +23,9 @@
 //! `u` revenue in micro-dollars (`r`: dollars as a float, written by earlier versions and
 //! still read), `v` video ms. Day fields are `<type>:<ad id>` for types 1-3.
 //!
-//! **Read**: `sum` and `per_key` read, in one MULTI/EXEC, the folded position, the
-//! buckets the range needs and the delta stream, and add the deltas after the position
-//! whose minute the range covers: exact whatever the folds are doing. `recent_for_ads`
+//! **Read**: `sum` and `per_key` read, in one MULTI/EXEC, the folded positions, the
+//! buckets the range needs and the delta stream, and add each delta row after its
+//! partition's position whose minute the range covers: exact whatever the folds are doing. `recent_for_ads`
 //! (the context leases carry) reads the day buckets only, so it lags by up to one fold.
 
 use super::delta;
@@ -43,23 +47,28 @@ use std::time::Duration;
 const FOLD_EVERY: Duration = Duration::from_millis(1000);
 /// Delta entries read per fold step.
 const FOLD_ENTRIES: usize = 512;
-/// A fold script stops taking delta entries once their sums need this many bucket
-/// increments (it blocks Redis while it runs: ~1.5 µs each), so a script makes at most
-/// this many plus one entry's worth.
+/// A fold stops taking delta entries once one partition's sums need this many bucket
+/// increments (its script blocks Redis while it runs: ~1.5 µs each), so a script makes at
+/// most this many plus one entry's worth.
 const FOLD_MAX_OPS: usize = 6000;
+/// Counter partitions, each folded by its own script under its own position. Part of the
+/// stored layout: changing it needs every gateway stopped and the deltas folded.
+const PARTS: usize = 16;
 
 const SLOTS: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "u", "r", "v"];
 
-/// Moves the folded position KEYS[1] from ARGV[1] to ARGV[2], only if it still is ARGV[1],
-/// and then adds the increments (key index, field, amount) and expiries (key index, at) in
-/// ARGV to the buckets in KEYS[2..]. ARGV[3] = number of increments. The position moves
-/// first and each increment is a `pcall`: an increment Redis refuses (a counter past
-/// 2^63) is skipped and counted in the reply, and never makes the deltas fold again.
+/// Moves partition ARGV[1]'s folded position (field of KEYS[1]; absent: the position for
+/// all in KEYS[2]) from ARGV[2] to ARGV[3], only if it still is ARGV[2], and then adds the
+/// increments (key index, field, amount) and expiries (key index, at) in ARGV to the
+/// buckets in KEYS[3..]. ARGV[4] = number of increments. The position moves first and
+/// each increment is a `pcall`: an increment Redis refuses (a counter past 2^63) is
+/// skipped and counted in the reply, and never makes the deltas fold again.
 const FOLD: &str = r#"
-if (redis.call('GET', KEYS[1]) or '0-0') ~= ARGV[1] then return -1 end
-redis.call('SET', KEYS[1], ARGV[2])
-local n, failed = tonumber(ARGV[3]), 0
-local i = 4
+local at = redis.call('HGET', KEYS[1], ARGV[1]) or redis.call('GET', KEYS[2]) or '0-0'
+if at ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local n, failed = tonumber(ARGV[4]), 0
+local i = 5
 for _ = 1, n do
   local r = redis.pcall('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
   if type(r) == 'table' and r.err then failed = failed + 1 end
@@ -143,14 +152,37 @@ fn entry_rows(id: &str, fields: Vec<(String, Vec<u8>)>) -> Vec<delta::Row> {
     rows
 }
 
-/// The rows of the entries after `folded`.
-fn pending_rows(entries: Vec<Entry>, folded: &str) -> Vec<delta::Row> {
-    let after = sid(folded);
-    entries
-        .into_iter()
-        .filter(|(id, _)| sid(id) > after)
-        .flat_map(|(id, fields)| entry_rows(&id, fields))
-        .collect()
+/// The partition of a counter: FNV-1a of its kind tag and id. Stable across gateways and
+/// versions (part of the layout).
+fn part(kind: Kind, id: &[u8]) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in std::iter::once(kind.tag() as u8).chain(id.iter().copied()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h as usize % PARTS
+}
+
+/// The folded position of each partition, as stored (`"0-0"`: nothing folded).
+type Positions = Vec<String>;
+
+/// Positions from the partition fields (HMGET 0..PARTS) and the earlier single position.
+fn positions(parts: Vec<Option<String>>, all: Option<String>) -> Positions {
+    let all = all.unwrap_or_else(|| "0-0".into());
+    (0..PARTS).map(|p| parts.get(p).cloned().flatten().unwrap_or_else(|| all.clone())).collect()
+}
+
+/// The rows of the entries after their partition's position.
+fn pending_rows(entries: Vec<Entry>, at: &Positions) -> Vec<delta::Row> {
+    let after: Vec<(u64, u64)> = at.iter().map(|p| sid(p)).collect();
+    let mut rows = Vec::new();
+    for (id, fields) in entries {
+        let e = sid(&id);
+        if after.iter().all(|a| e <= *a) {
+            continue;
+        }
+        rows.extend(entry_rows(&id, fields).into_iter().filter(|(k, key, _, _)| e > after[part(*k, key)]));
+    }
+    rows
 }
 
 /// Whether a range planned as (hours, minutes) covers `minute`.
@@ -185,8 +217,20 @@ impl RedisCounters {
         format!("{}:delta", self.prefix)
     }
 
+    /// One position for all counters (earlier versions).
     fn folded_key(&self) -> String {
         format!("{}:folded", self.prefix)
+    }
+
+    /// The partitions' positions.
+    fn parts_key(&self) -> String {
+        format!("{}:folded:parts", self.prefix)
+    }
+
+    /// Adds the reads of every partition's position to a pipeline (two replies).
+    fn read_positions(&self, p: &mut redis::Pipeline) {
+        p.cmd("HMGET").arg(self.parts_key()).arg((0..PARTS).collect::<Vec<_>>());
+        p.cmd("GET").arg(self.folded_key());
     }
 
     /// Adds the counters of `events` to a (MULTI) pipeline: one delta entry.
@@ -219,72 +263,103 @@ impl RedisCounters {
         });
     }
 
-    /// Folds every pending delta; returns how many entries were folded.
+    /// Folds every delta pending when it starts; returns how many entries were folded. It
+    /// reads on only while a read was cut short (a backlog), not for commits that arrive
+    /// meanwhile: at full load a fold touches nearly every counter however few commits it
+    /// covers, so chasing them would fold continuously.
     pub async fn fold_all(&self) -> Result<usize> {
         let mut total = 0;
         loop {
-            match self.fold_page().await? {
-                0 => return Ok(total),
-                n => total += n,
+            let (n, cut) = self.fold_page().await?;
+            total += n;
+            if n == 0 || !cut {
+                return Ok(total);
             }
         }
     }
 
-    /// Reads up to `FOLD_ENTRIES` pending deltas once and folds them in as many script
-    /// steps as their increments need (`FOLD_MAX_OPS` each); returns how many this call
-    /// folded (it stops when another gateway folded them first).
-    async fn fold_page(&self) -> Result<usize> {
+    /// Reads up to `FOLD_ENTRIES` pending deltas once (fewer when one partition's sums
+    /// reach `FOLD_MAX_OPS` increments), sums them per partition and folds each partition
+    /// with one compare-and-set script. Returns how many entries this call folded for at
+    /// least one partition (0: nothing pending, or other gateways folded it first), and
+    /// whether the read was cut short (more may be pending).
+    async fn fold_page(&self) -> Result<(usize, bool)> {
         let mut con = self.con.clone();
-        let folded: Option<String> =
-            redis::cmd("GET").arg(self.folded_key()).query_async(&mut con).await.map_err(redis_err("GET"))?;
-        let mut position = folded.unwrap_or_else(|| "0-0".into());
+        let mut p = redis::pipe();
+        self.read_positions(&mut p);
+        let (parts, all): (Vec<Option<String>>, Option<String>) =
+            p.query_async(&mut con).await.map_err(redis_err("HMGET"))?;
+        let at = positions(parts, all);
+        let after: Vec<(u64, u64)> = at.iter().map(|p| sid(p)).collect();
+        let start = at.iter().min_by_key(|p| sid(p)).cloned().unwrap_or_else(|| "0-0".into());
         let entries: Vec<Entry> = redis::cmd("XRANGE")
             .arg(self.delta_key())
-            .arg(format!("({position}"))
+            .arg(format!("({start}"))
             .arg("+")
             .arg("COUNT")
             .arg(FOLD_ENTRIES)
             .query_async(&mut con)
             .await
             .map_err(redis_err("XRANGE"))?;
-        let mut entries = entries.into_iter().peekable();
-        let mut total = 0;
-        while entries.peek().is_some() {
-            // Sum entry by entry until the sums need a script's worth of increments.
-            let mut sums: HashMap<(Kind, Vec<u8>, i64), Counters> = HashMap::new();
-            let (mut ops, mut n, mut last) = (0, 0, position.clone());
-            while ops < FOLD_MAX_OPS {
-                let Some((id, fields)) = entries.next() else { break };
-                // XRANGE started after the folded position: every entry is pending.
-                for (kind, key, minute, c) in entry_rows(&id, fields) {
-                    let sum = sums.entry((kind, key, minute)).or_default();
-                    let before = increments(kind, sum);
-                    sum.add(&c);
-                    ops += increments(kind, sum) - before;
+        let read = entries.len();
+        let mut sums: Vec<HashMap<(Kind, Vec<u8>, i64), Counters>> = vec![HashMap::new(); PARTS];
+        let mut ops = [0usize; PARTS];
+        let (mut last, mut n) = (None, 0);
+        for (id, fields) in entries {
+            if ops.iter().any(|o| *o >= FOLD_MAX_OPS) {
+                break;
+            }
+            let e = sid(&id);
+            for (kind, key, minute, c) in entry_rows(&id, fields) {
+                let p = part(kind, &key);
+                if e <= after[p] {
+                    continue; // this partition has folded the entry already
                 }
-                last = id;
-                n += 1;
+                let sum = sums[p].entry((kind, key, minute)).or_default();
+                let before = increments(kind, sum);
+                sum.add(&c);
+                ops[p] += increments(kind, sum) - before;
             }
-            if !self.fold_step(&mut con, &position, &last, &sums).await? {
-                return Ok(total); // another gateway folded these first
-            }
-            position = last;
-            total += n;
+            last = Some(id);
+            n += 1;
         }
-        Ok(total)
+        let Some(last) = last else { return Ok((0, false)) };
+        let cut = n < read || read == FOLD_ENTRIES;
+        let to = sid(&last);
+        let (mut moved, mut all_past) = (false, true);
+        for (p, sums) in sums.iter().enumerate() {
+            if after[p] >= to {
+                continue;
+            }
+            if self.fold_step(&mut con, p, &at[p], &last, sums).await? {
+                moved = true;
+            } else {
+                all_past = false; // another gateway moved it: trim on a later fold
+            }
+        }
+        if all_past {
+            // Every partition has folded these deltas: they are no longer needed.
+            let _: redis::RedisResult<i64> = redis::cmd("XTRIM")
+                .arg(self.delta_key())
+                .arg("MINID")
+                .arg(format!("{}-{}", to.0, to.1.saturating_add(1)))
+                .query_async(&mut con)
+                .await;
+        }
+        Ok((if moved { n } else { 0 }, cut))
     }
 
-    /// Adds `sums` to the buckets and moves the folded position from `from` to `to`, in
-    /// one compare-and-set script; false when the position was no longer `from`. Then
-    /// trims the folded deltas.
+    /// Adds partition `part`'s `sums` to the buckets and moves its position from `from` to
+    /// `to`, in one compare-and-set script; false when the position was no longer `from`.
     async fn fold_step(
         &self,
         con: &mut RedisConn,
+        part: usize,
         from: &str,
         to: &str,
         sums: &HashMap<(Kind, Vec<u8>, i64), Counters>,
     ) -> Result<bool> {
-        let mut keys: Vec<String> = vec![self.folded_key()];
+        let mut keys: Vec<String> = vec![self.parts_key(), self.folded_key()];
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut key_of = |k: String, keys: &mut Vec<String>| -> usize {
             *index.entry(k.clone()).or_insert_with(|| {
@@ -330,9 +405,9 @@ impl RedisCounters {
         for k in &keys {
             inv.key(k);
         }
-        inv.arg(from).arg(to).arg(ops.len());
+        inv.arg(part).arg(from).arg(to).arg(ops.len());
         for (k, field, n) in &ops {
-            // KEYS is 1-based in Lua and starts with the folded position.
+            // KEYS is 1-based in Lua and starts with the two position keys.
             inv.arg(k).arg(field).arg(n);
         }
         for (k, at) in &expiries {
@@ -345,14 +420,6 @@ impl RedisCounters {
         if failed > 0 {
             tracing::error!(increments = failed, "analytics counters past 2^63 were not increased");
         }
-        // Folded deltas are no longer needed (readers skip them by position anyway).
-        let (ms, seq) = sid(to);
-        let _: redis::RedisResult<i64> = redis::cmd("XTRIM")
-            .arg(self.delta_key())
-            .arg("MINID")
-            .arg(format!("{ms}-{}", seq.saturating_add(1)))
-            .query_async(con)
-            .await;
         Ok(true)
     }
 
@@ -366,7 +433,7 @@ impl RedisCounters {
         (keys, hours, minutes)
     }
 
-    /// The folded position, one reply per bucket command, and the pending delta rows,
+    /// The folded positions, one reply per bucket command, and the pending delta rows,
     /// read in one transaction.
     async fn snapshot<T: redis::FromRedisValue>(
         &self,
@@ -374,29 +441,29 @@ impl RedisCounters {
     ) -> Result<(Vec<T>, Vec<delta::Row>)> {
         let mut p = redis::pipe();
         p.atomic();
-        p.cmd("GET").arg(self.folded_key());
+        self.read_positions(&mut p);
         p.cmd("XRANGE").arg(self.delta_key()).arg("-").arg("+").arg("COUNT").arg(READ_DELTAS);
         bucket_cmds(&mut p);
         let mut con = self.con.clone();
         let mut replies: Vec<redis::Value> = p.query_async(&mut con).await.map_err(redis_err("MULTI"))?;
-        if replies.len() < 2 {
+        if replies.len() < 3 {
             return Err(redis_err("MULTI")(redis::RedisError::from((
                 redis::ErrorKind::Parse,
                 "short reply",
             ))));
         }
-        let rest = replies.split_off(2);
+        let rest = replies.split_off(3);
         let mut it = replies.into_iter();
         let bad = |e: redis::ParsingError| StoreError::Backend {
             backend: "redis",
             op: "MULTI",
             message: e.to_string(),
         };
-        let folded: Option<String> =
-            redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil)).map_err(bad)?;
-        let entries: Vec<Entry> =
-            redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil)).map_err(bad)?;
-        let rows = pending_rows(entries, folded.as_deref().unwrap_or("0-0"));
+        let mut next = || it.next().unwrap_or(redis::Value::Nil);
+        let parts: Vec<Option<String>> = redis::from_redis_value(next()).map_err(bad)?;
+        let all: Option<String> = redis::from_redis_value(next()).map_err(bad)?;
+        let entries: Vec<Entry> = redis::from_redis_value(next()).map_err(bad)?;
+        let rows = pending_rows(entries, &positions(parts, all));
         let buckets = rest
             .into_iter()
             .map(redis::from_redis_value)
@@ -529,5 +596,43 @@ mod tests {
             covers(&hours, &minutes, 600) && covers(&hours, &minutes, 719) && covers(&hours, &minutes, 724)
         );
         assert!(!covers(&hours, &minutes, 599) && !covers(&hours, &minutes, 725));
+    }
+
+    #[test]
+    fn partitions_are_fixed_by_kind_and_id() {
+        // Part of the stored layout: a change here would re-add or skip folded deltas.
+        assert_eq!(part(Kind::Ad, b"ad-1"), part(Kind::Ad, b"ad-1"));
+        assert_eq!((part(Kind::All, b""), part(Kind::Ad, b"ad-1"), part(Kind::Campaign, b"c-7")), (13, 7, 7));
+        let used: std::collections::HashSet<usize> =
+            (0..1000).map(|i| part(Kind::Ad, format!("ad-{i}").as_bytes())).collect();
+        assert_eq!(used.len(), PARTS, "ids spread over every partition");
+    }
+
+    #[test]
+    fn a_partition_without_its_own_position_starts_at_the_earlier_single_one() {
+        let mut fields = vec![None; PARTS];
+        fields[3] = Some("9-0".to_owned());
+        let at = positions(fields, Some("5-1".into()));
+        assert_eq!((at[3].as_str(), at[0].as_str(), at[15].as_str()), ("9-0", "5-1", "5-1"));
+        assert!(positions(vec![], None).iter().all(|p| p == "0-0"));
+    }
+
+    #[test]
+    fn pending_rows_skip_what_their_partition_has_folded() {
+        let c = Counters { by_type: [0, 1, 0, 0, 0, 0, 0, 0], ..Default::default() };
+        let ids: Vec<String> = (0..40).map(|i| format!("ad-{i}")).collect();
+        let blob = delta::encode(ids.iter().map(|id| (Kind::Ad, id.as_bytes(), 5, &c)));
+        let entry = |id: &str| -> Entry { (id.to_owned(), vec![("d".to_owned(), blob.clone())]) };
+        // Partition 0 has folded entry 2-0; every other partition only 1-0.
+        let mut at = vec!["1-0".to_owned(); PARTS];
+        at[0] = "2-0".into();
+        let rows = pending_rows(vec![entry("2-0"), entry("3-0")], &at);
+        let in_zero = ids.iter().filter(|id| part(Kind::Ad, id.as_bytes()) == 0).count();
+        assert!(in_zero > 0);
+        assert_eq!(rows.len(), 2 * ids.len() - in_zero);
+        assert!(
+            rows.iter().filter(|r| part(r.0, &r.1) == 0).count() == in_zero,
+            "only 3-0's rows of partition 0"
+        );
     }
 }
