@@ -147,6 +147,13 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Most requests served at once per connection (default 1024).
     pub concurrency_limit_per_connection: usize,
+    /// HTTP/2 flow-control window per connection, in KiB: what one client connection may
+    /// push ahead of the gateway reading it (default 1024).
+    pub http2_connection_window_kib: u32,
+    /// HTTP/2 flow-control window per stream (call), in KiB (default 512). A stream moves
+    /// at most this much per round trip: raise both for far-away clients sending large
+    /// batches, at the cost of memory under overload.
+    pub http2_stream_window_kib: u32,
     /// Most connections open at once; beyond it new ones are closed (default 10000).
     pub max_connections: usize,
     /// A new connection must send its first bytes (HTTP/2 preface or TLS hello) within
@@ -173,6 +180,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             max_concurrent_streams: 1024,
             concurrency_limit_per_connection: 1024,
+            http2_connection_window_kib: 1024,
+            http2_stream_window_kib: 512,
             tls_cert_path: String::new(),
             tls_key_path: String::new(),
             tls_domain: "localhost".into(),
@@ -419,6 +428,15 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             return Err(invalid("server.max_message_bytes", "must be at least 1024"));
         }
+        // HTTP/2 allows windows of 64 KiB (its default) up to 2^31 - 1 bytes.
+        for (key, kib) in [
+            ("server.http2_connection_window_kib", self.server.http2_connection_window_kib),
+            ("server.http2_stream_window_kib", self.server.http2_stream_window_kib),
+        ] {
+            if !(64..=2_097_151).contains(&kib) {
+                return Err(invalid(key, "must be between 64 and 2097151 (KiB)"));
+            }
+        }
         if self.validation.max_event_id_len == 0 {
             return Err(invalid("validation.max_event_id_len", "must be > 0"));
         }
@@ -609,6 +627,20 @@ mod tests {
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.dedup.claim_secs"), "{err}");
         cfg.ingest.dedup.claim_secs = 10;
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn http2_windows_outside_what_http2_allows_are_refused_by_name() {
+        let mut cfg = Config::default();
+        cfg.server.http2_stream_window_kib = 32;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("server.http2_stream_window_kib"), "{err}");
+        cfg.server.http2_stream_window_kib = 64;
+        cfg.server.http2_connection_window_kib = 2_097_152;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("server.http2_connection_window_kib"), "{err}");
+        cfg.server.http2_connection_window_kib = 4096;
         assert!(cfg.validate().is_ok());
     }
 

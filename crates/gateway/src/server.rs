@@ -490,10 +490,11 @@ pub async fn serve(
         .layer(crate::auth::AuthLayer(authz))
         .layer(crate::panic_layer::PanicLayer) // a handler panic becomes INTERNAL, logged
         .concurrency_limit_per_connection(cfg.server.concurrency_limit_per_connection)
-        // Windows bound what a client can push ahead of us (memory during disk stalls);
-        // 4 MiB / 2 MiB kept batch and stream throughput (measured 700k / 757k ev/s).
-        .initial_connection_window_size(Some(4 << 20))
-        .initial_stream_window_size(Some(2 << 20))
+        // Windows bound what a client can push ahead of us (memory during disk stalls and
+        // overload): 1 MiB / 512 KiB keep loopback throughput and cut the 2x stream
+        // overload's RSS by ~50 MB against 4 MiB / 2 MiB (BENCHMARKS.md, memory).
+        .initial_connection_window_size(Some(cfg.server.http2_connection_window_kib << 10))
+        .initial_stream_window_size(Some(cfg.server.http2_stream_window_kib << 10))
         .max_concurrent_streams(Some(cfg.server.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // A peer that does not answer a keepalive ping within 20 s is dropped.

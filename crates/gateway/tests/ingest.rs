@@ -258,6 +258,28 @@ async fn a_torn_segment_tail_is_recovered_by_the_gateway_with_every_earlier_reco
     assert_eq!(ids, want);
 }
 
+/// A batch many times the HTTP/2 stream window (512 KiB by default) still flows: the
+/// window bounds what is buffered, not how large a message may be.
+#[tokio::test]
+async fn a_batch_far_larger_than_the_flow_control_window_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(config(dir.path())).await;
+    assert!(gw.cfg.server.http2_stream_window_kib <= 1024);
+    let mut c = gw.ingest().await;
+    let evs: Vec<_> = (0..10_000)
+        .map(|i| {
+            let mut e = event(&format!("wide-{i}"), "ad-1", EventType::Click);
+            e.attributes.insert("pad".into(), "x".repeat(250));
+            e
+        })
+        .collect();
+    let b = batch(evs);
+    assert!(prost::Message::encoded_len(&b) > 4 * (gw.cfg.server.http2_stream_window_kib as usize) << 10);
+    let ok = c.send_events(b).await.unwrap().into_inner();
+    assert_eq!(ok.accepted, 10_000);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_message_over_the_size_limit_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
