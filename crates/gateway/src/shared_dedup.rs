@@ -413,8 +413,14 @@ impl SharedDedup {
                 let reply: Vec<u8> = self.call(&self.claim, &args, chunk).await?;
                 tries += 1;
                 // A name still in use (a restart that drew the same start tag): another one.
-                if reply != b"E" || tries == 8 {
+                if reply != b"E" {
                     break (name, reply);
+                }
+                if tries == 8 {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "shared dedup: no free claim name after 8 tries",
+                    )));
                 }
             };
             if reply == b"A" {

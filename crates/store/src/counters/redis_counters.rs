@@ -45,7 +45,7 @@ use std::time::Duration;
 /// a longer interval cuts that cost proportionally. Queries stay exact (they add the
 /// unfolded deltas); only the lease context (`recent_for_ads`) lags by up to one interval.
 const FOLD_EVERY: Duration = Duration::from_millis(1000);
-/// Delta entries read per fold step.
+/// Delta entries read at once by a fold (one page; each partition folds it in one script).
 const FOLD_ENTRIES: usize = 512;
 /// A fold stops taking delta entries once one partition's sums need this many bucket
 /// increments (its script blocks Redis while it runs: ~1.5 µs each), so a script makes at
@@ -292,6 +292,9 @@ impl RedisCounters {
         let at = positions(parts, all);
         let after: Vec<(u64, u64)> = at.iter().map(|p| sid(p)).collect();
         let start = at.iter().min_by_key(|p| sid(p)).cloned().unwrap_or_else(|| "0-0".into());
+        // Whatever every partition has folded is no longer needed, whoever folded it (two
+        // folds that split the partitions between them trim nothing themselves).
+        self.trim_through(&mut con, sid(&start)).await;
         let entries: Vec<Entry> = redis::cmd("XRANGE")
             .arg(self.delta_key())
             .arg(format!("({start}"))
@@ -338,15 +341,23 @@ impl RedisCounters {
             }
         }
         if all_past {
-            // Every partition has folded these deltas: they are no longer needed.
-            let _: redis::RedisResult<i64> = redis::cmd("XTRIM")
-                .arg(self.delta_key())
-                .arg("MINID")
-                .arg(format!("{}-{}", to.0, to.1.saturating_add(1)))
-                .query_async(&mut con)
-                .await;
+            self.trim_through(&mut con, to).await;
         }
         Ok((if moved { n } else { 0 }, cut))
+    }
+
+    /// Trims the delta entries up to and including `id` (every partition has folded
+    /// them). Best effort: a failed trim is redone by the next fold.
+    async fn trim_through(&self, con: &mut RedisConn, id: (u64, u64)) {
+        if id == (0, 0) {
+            return;
+        }
+        let _: redis::RedisResult<i64> = redis::cmd("XTRIM")
+            .arg(self.delta_key())
+            .arg("MINID")
+            .arg(format!("{}-{}", id.0, id.1.saturating_add(1)))
+            .query_async(con)
+            .await;
     }
 
     /// Adds partition `part`'s `sums` to the buckets and moves its position from `from` to
@@ -463,6 +474,12 @@ impl RedisCounters {
         let parts: Vec<Option<String>> = redis::from_redis_value(next()).map_err(bad)?;
         let all: Option<String> = redis::from_redis_value(next()).map_err(bad)?;
         let entries: Vec<Entry> = redis::from_redis_value(next()).map_err(bad)?;
+        if entries.len() == READ_DELTAS {
+            tracing::warn!(
+                entries = READ_DELTAS,
+                "analytics query read the most pending deltas it adds: later ones are not counted until folded"
+            );
+        }
         let rows = pending_rows(entries, &positions(parts, all));
         let buckets = rest
             .into_iter()
