@@ -274,7 +274,7 @@ async fn a_batch_far_larger_than_the_flow_control_window_is_stored() {
         })
         .collect();
     let b = batch(evs);
-    assert!(prost::Message::encoded_len(&b) > 4 * (gw.cfg.server.http2_stream_window_kib as usize) << 10);
+    assert!(prost::Message::encoded_len(&b) > (4 * gw.cfg.server.http2_stream_window_kib as usize) << 10);
     let ok = c.send_events(b).await.unwrap().into_inner();
     assert_eq!(ok.accepted, 10_000);
     gw.stop().await;

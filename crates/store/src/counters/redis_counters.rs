@@ -162,6 +162,9 @@ fn part(kind: Kind, id: &[u8]) -> usize {
     h as usize % PARTS
 }
 
+/// Counters summed per (kind, id, minute).
+type Sums = HashMap<(Kind, Vec<u8>, i64), Counters>;
+
 /// The folded position of each partition, as stored (`"0-0"`: nothing folded).
 type Positions = Vec<String>;
 
@@ -305,7 +308,7 @@ impl RedisCounters {
             .await
             .map_err(redis_err("XRANGE"))?;
         let read = entries.len();
-        let mut sums: Vec<HashMap<(Kind, Vec<u8>, i64), Counters>> = vec![HashMap::new(); PARTS];
+        let mut sums: Vec<Sums> = vec![HashMap::new(); PARTS];
         let mut ops = [0usize; PARTS];
         let (mut last, mut n) = (None, 0);
         for (id, fields) in entries {
@@ -368,7 +371,7 @@ impl RedisCounters {
         part: usize,
         from: &str,
         to: &str,
-        sums: &HashMap<(Kind, Vec<u8>, i64), Counters>,
+        sums: &Sums,
     ) -> Result<bool> {
         let mut keys: Vec<String> = vec![self.parts_key(), self.folded_key()];
         let mut index: HashMap<String, usize> = HashMap::new();
