@@ -271,3 +271,53 @@ async fn a_large_backlog_folds_in_steps_exactly_once() {
     same_sums("large backlog", ca.as_ref(), &reference, &run, now).await;
     recent("large backlog", ca.as_ref(), &reference, &run, now).await;
 }
+
+/// Background folds take turns through the fold lease: while one gateway holds it another
+/// skips its round (and folds nothing twice); a finished round releases it; a lease held by
+/// a gateway that died expires, and folding goes on.
+#[tokio::test]
+async fn gateways_take_turns_folding_through_the_lease() {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis fold lease test");
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = RedisConfig {
+        url: url.clone(),
+        stream_key: format!("{{adflow-test-{run}}}:events"),
+        ..Default::default()
+    };
+    let s = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
+    let c = s.counters().unwrap();
+    let now = adflow_domain::now_ms();
+    let evs = events(now, &run);
+    s.append(&evs[..100]).await.unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let lease = format!("{{adflow-test-{run}}}:an:folding");
+    // Another gateway holds the lease: this one skips its round.
+    let _: () =
+        redis::cmd("SET").arg(&lease).arg("other").arg("PX").arg(300).query_async(&mut con).await.unwrap();
+    assert_eq!(c.fold_round("mine").await.unwrap(), None, "skipped while another holds the lease");
+    // It expires (that gateway died): a round folds again, and releases the lease. (This
+    // store's own background fold may take a turn in between: try a few rounds.)
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let mut folded = false;
+    for _ in 0..20 {
+        if c.fold_round("mine").await.unwrap().is_some() {
+            folded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(folded, "folds once the lease expired");
+    let held: Option<String> = redis::cmd("GET").arg(&lease).query_async(&mut con).await.unwrap();
+    assert_ne!(held.as_deref(), Some("mine"), "a finished round releases the lease");
+    s.append(&evs[100..]).await.unwrap();
+    c.fold_all().await.unwrap();
+    let mut r = Analytics::new(Retention::default());
+    r.record(&evs, now);
+    let reference = Local(Arc::new(RwLock::new(r)));
+    same_sums("fold lease", c.as_ref(), &reference, &run, now).await;
+    recent("fold lease", c.as_ref(), &reference, &run, now).await;
+}
