@@ -45,13 +45,6 @@ use std::time::Duration;
 /// a longer interval cuts that cost proportionally. Queries stay exact (they add the
 /// unfolded deltas); only the lease context (`recent_for_ads`) lags by up to one interval.
 const FOLD_EVERY: Duration = Duration::from_millis(1000);
-/// How long a gateway may hold the fold lease (see `fold_round`).
-const FOLD_LEASE: Duration = Duration::from_secs(5);
-
-/// Deletes KEYS[1] if it holds ARGV[1].
-const RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-
 /// Delta entries read at once by a fold (one page; each partition folds it in one script).
 const FOLD_ENTRIES: usize = 512;
 /// A fold stops taking delta entries once one partition's sums need this many bucket
@@ -258,11 +251,10 @@ impl RedisCounters {
         let me: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut failing = false;
-            let token = uuid::Uuid::new_v4().simple().to_string();
             loop {
                 tokio::time::sleep(FOLD_EVERY).await;
                 let Some(c) = me.upgrade() else { return };
-                match c.fold_round(&token).await {
+                match c.fold_all().await {
                     Ok(_) => failing = false,
                     Err(e) if !failing => {
                         failing = true;
@@ -272,35 +264,6 @@ impl RedisCounters {
                 }
             }
         });
-    }
-
-    /// One background fold: folds (`fold_all`) only while holding the fold lease
-    /// (`<tag>:an:folding`, `FOLD_LEASE` long, named by `token`), so the gateways of a
-    /// deployment take turns instead of all reading the deltas and sending every partition's
-    /// increments each second, only for all but one compare-and-set to fail. The lease is
-    /// an economy, not the guarantee (that is the compare-and-set): a gateway that dies
-    /// holding it only pauses folding until it expires, and queries stay exact meanwhile.
-    /// None when another gateway holds the lease.
-    pub async fn fold_round(&self, token: &str) -> Result<Option<usize>> {
-        let mut con = self.con.clone();
-        let key = format!("{}:folding", self.prefix);
-        let took: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(FOLD_LEASE.as_millis() as u64)
-            .query_async(&mut con)
-            .await
-            .map_err(redis_err("SET"))?;
-        if took.is_none() {
-            return Ok(None);
-        }
-        let res = self.fold_all().await;
-        // Released only if still ours (it may have expired and been taken meanwhile).
-        let _: redis::RedisResult<i64> =
-            redis::Script::new(RELEASE).key(&key).arg(token).invoke_async(&mut con).await;
-        res.map(Some)
     }
 
     /// Folds every delta pending when it starts; returns how many entries were folded. It
