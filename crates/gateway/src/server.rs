@@ -274,6 +274,12 @@ pub async fn serve(
         })?
         .with_token(&node_token(&cfg.storage.resilience.spill_dir))
         .with_claim_secs(d.claim_secs);
+        // Events in the same Redis: commits settle their claims in their own transaction.
+        let s = if cfg.storage.backend == adflow_store::Backend::Redis {
+            s.with_events_stream(&cfg.storage.redis.stream_key)
+        } else {
+            s
+        };
         tracing::info!(url = %cfg.storage.redis.url, "dedup ids are shared through Redis");
         let s = Arc::new(s);
         s.start_flusher();

@@ -156,12 +156,19 @@ return table.concat(out)
 "#;
 
 /// ARGV (after the prelude's): state ("s", "h" or "x"), ttl, claims. Sets the state of
-/// whole claims.
+/// whole claims, except that a stored claim stays stored: its commit may have landed
+/// (and settled it in its own transaction) even though its gateway heard an error.
 const MARK: &str = r#"
-local set = {}
-for i = 5, #ARGV do
-  set[#set + 1] = ARGV[i]
-  set[#set + 1] = ARGV[3]
+local set, claims = {}, {}
+for i = 5, #ARGV do claims[#claims + 1] = ARGV[i] end
+if #claims == 0 then return 0 end
+local cur = {}
+if ARGV[3] ~= 's' then cur = redis.call('HMGET', RCUR, unpack(claims)) end
+for j, c in ipairs(claims) do
+  if cur[j] ~= 's' then
+    set[#set + 1] = c
+    set[#set + 1] = ARGV[3]
+  end
 end
 if #set > 0 then
   redis.call('HSET', RCUR, unpack(set))
@@ -203,6 +210,25 @@ for i = 1, #ARGV - F + 1 do
 end
 if #gone == 0 then return 0 end
 return redis.call('HDEL', CUR, unpack(gone)) + redis.call('HDEL', PREV, unpack(gone))
+"#;
+
+/// Run inside the commit's MULTI/EXEC (`CommitScript`): marks the claims in ARGV[3..] stored.
+/// KEYS and ARGV[1..2] as for the other scripts. It never returns an error (an error reply
+/// would fail a commit that landed): on a clock mismatch it does nothing, and the settle
+/// after the commit reports it as it does today.
+const TX_MARK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ci = math.floor(now / tonumber(ARGV[1])) - tonumber(ARGV[2]) + 1
+if ci < 2 or ci > 4 or #ARGV < 3 then return 0 end
+local RCUR, set = KEYS[ci + 4], {}
+for i = 3, #ARGV do
+  set[#set + 1] = ARGV[i]
+  set[#set + 1] = 's'
+end
+redis.call('HSET', RCUR, unpack(set))
+redis.call('PEXPIRE', RCUR, tostring(2 * tonumber(ARGV[1]) + 60000))
+return #set / 2
 "#;
 
 /// Most ids per script call (Lua's `unpack` limit is 8000 values).
@@ -273,6 +299,8 @@ pub struct SharedDedup {
     forget: redis::Script,
     /// Ids of stored events, and claims of stored commits, not yet recorded in Redis.
     backlog: Mutex<(VecDeque<String>, Vec<String>)>,
+    /// Whether the events stream shares the dedup keys' hash slot (see `commit_script`).
+    in_events_slot: bool,
     /// After a failed call, calls fail at once until this time (ms): a dead or
     /// partitioned Redis must not add a timeout to every request and commit.
     open_until_ms: std::sync::atomic::AtomicI64,
@@ -306,6 +334,7 @@ impl SharedDedup {
             settle: script(SETTLE),
             forget: script(FORGET),
             backlog: Mutex::new((VecDeque::new(), Vec::new())),
+            in_events_slot: false,
             open_until_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
@@ -540,6 +569,27 @@ impl SharedDedup {
             Err(AdmitError::Redis(e)) => Err(e),
             Err(AdmitError::StillPending(_)) => unreachable!("accepted mode never waits"),
         }
+    }
+
+    /// The script that marks `claims` stored inside the commit's own transaction (see
+    /// `CommitScript`), or None when there is nothing to mark or the dedup keys are not in
+    /// the events' hash slot (`with_events_stream`).
+    pub fn commit_script(&self, claims: &Claims) -> Option<adflow_store::redis_store::CommitScript> {
+        if claims.is_empty() || !self.in_events_slot || claims.0.len() > CHUNK {
+            return None;
+        }
+        let (g0, keys) = self.keys_at(adflow_domain::now_ms() + self.skew_ms);
+        let mut args = vec![self.ttl_ms.to_string(), g0.to_string()];
+        args.extend(claims.0.iter().cloned());
+        Some(adflow_store::redis_store::CommitScript { body: TX_MARK.into(), keys, args })
+    }
+
+    /// The events live in the Redis stream `key`: when it shares the dedup keys' hash slot,
+    /// commits settle their claims in their own transaction (`commit_script`).
+    pub fn with_events_stream(mut self, key: &str) -> Self {
+        self.in_events_slot =
+            adflow_store::counters::hash_tag(key) == adflow_store::counters::hash_tag(&self.prefix);
+        self
     }
 
     /// Sets the state of whole claims: one field per claim.

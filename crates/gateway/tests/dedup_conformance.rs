@@ -328,3 +328,52 @@ async fn a_restart_never_reuses_a_stored_claim_name() {
     // The first run's ids stay stored through all of it.
     assert_eq!(other.admit(&x, true).await.unwrap(), vec![false; 3], "stored ids came back as new");
 }
+
+/// A's commit landed in Redis (events and claims in one transaction), then A died before it
+/// could settle, or heard an error (reply lost) and dropped or held its claims for a spill:
+/// the ids are stored, so B's durable retry, after A's claim deadline, is a duplicate, and
+/// A's spill replay skips them. (Found by an attacker: kill -9 mid-commit, and a Redis
+/// shutdown mid-commit, each stored one batch twice.)
+#[tokio::test]
+async fn a_commit_that_landed_settles_its_claims_whatever_its_gateway_hears() {
+    use adflow_store::EventStore;
+    use adflow_store::redis_store::{COMMIT_SCRIPT, RedisConfig, RedisStore};
+    use adflow_store::resilient::ReplayGuard;
+    let Some((a, b)) = two_gateways(1).await else { return };
+    let url = std::env::var("ADFLOW_TEST_REDIS_URL").unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let stream = format!("{{adflow-test}}:events-{run}");
+    let a = a.with_events_stream(&stream);
+    let store =
+        RedisStore::open(RedisConfig { url, stream_key: stream, ..Default::default() }).await.unwrap();
+    for how in ["died", "dropped", "held for the spill"] {
+        let x = ids(3);
+        let (new, claims) = a.claim_request(&x, true).await.unwrap();
+        assert_eq!(new, vec![true; 3]);
+        let script = a.commit_script(&claims);
+        assert!(script.is_some(), "same hash slot: the commit settles its claims");
+        let evs: Vec<_> = x.iter().map(|i| event(i)).collect();
+        COMMIT_SCRIPT.scope(script, store.append(&evs)).await.unwrap();
+        match how {
+            "dropped" => a.drop_claims(&claims).await,
+            "held for the spill" => a.settle_claims(&claims, true).await,
+            _ => {}
+        }
+        // Past A's claim deadline (1 s): still a duplicate on B, for a durable retry.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(b.admit(&x, true).await.unwrap(), vec![false; 3], "{how}: stored, so a duplicate");
+        if how == "held for the spill" {
+            assert_eq!(
+                ReplayGuard::admit(&a, &evs).await.unwrap(),
+                vec![false; 3],
+                "the replay skips what landed"
+            );
+        }
+    }
+    // Another hash slot: no script (MULTI/EXEC cannot span slots), the settle after the
+    // commit does it as before.
+    let (c, _) = two_gateways(1).await.unwrap();
+    let c = c.with_events_stream("{elsewhere}:events");
+    let (_, claims) = c.claim_request(&ids(1), true).await.unwrap();
+    assert!(c.commit_script(&claims).is_none());
+}

@@ -94,6 +94,28 @@ impl RedisStore {
     }
 }
 
+/// A script run inside a commit's MULTI/EXEC, with the events: the shared dedup settles
+/// the commit's claims there, so "stored" and "its ids recorded as stored" land together
+/// or not at all (a gateway killed, or Redis gone, between the EXEC and a later call would
+/// otherwise leave stored ids pending, and a retry past the claim's deadline would store
+/// them again). Set for the committing task with `COMMIT_SCRIPT.scope`; only the Redis
+/// store runs it, and only a script that never errors belongs here (an error reply inside
+/// EXEC would fail a commit that landed). Its keys must share the stream's hash slot.
+#[derive(Clone, Debug)]
+pub struct CommitScript {
+    /// The Lua body (sent with EVAL: it must work even right after a Redis restart).
+    pub body: std::sync::Arc<str>,
+    /// KEYS.
+    pub keys: Vec<String>,
+    /// ARGV.
+    pub args: Vec<String>,
+}
+
+tokio::task_local! {
+    /// The script the current task's next Redis commit runs with its events.
+    pub static COMMIT_SCRIPT: Option<CommitScript>;
+}
+
 #[async_trait]
 impl EventStore for RedisStore {
     fn backend(&self) -> &'static str {
@@ -113,6 +135,9 @@ impl EventStore for RedisStore {
         p.add_command(xadd).ignore();
         if let Some(c) = &self.counters {
             c.add_to(&mut p, events);
+        }
+        if let Some(s) = COMMIT_SCRIPT.try_with(|s| s.clone()).ok().flatten() {
+            p.cmd("EVAL").arg(&*s.body).arg(s.keys.len()).arg(&s.keys).arg(&s.args).ignore();
         }
         // `max_len` counts events, the stream counts entries (commits).
         let per_entry = self.per_entry.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {

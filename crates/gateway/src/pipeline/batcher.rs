@@ -204,12 +204,22 @@ impl Batcher {
         let mut attempt = 0u32;
         let placement = loop {
             attempt += 1;
-            let res = match &self.resilient {
-                Some(r) => r.append_placed(&events).instrument(span.clone()).await,
-                None => {
-                    self.store.append(&events).instrument(span.clone()).await.map(|()| Placement::Backend)
+            // The shared dedup's claims are settled inside the commit's own transaction
+            // (built per attempt: a failed attempt may have dropped waiters and their claims).
+            let commit_script = self.shared.as_ref().and_then(|s| {
+                let mut claims = crate::shared_dedup::Claims::default();
+                waiters.iter().for_each(|w| claims.extend(&w.claims));
+                s.commit_script(&claims)
+            });
+            let append = async {
+                match &self.resilient {
+                    Some(r) => r.append_placed(&events).instrument(span.clone()).await,
+                    None => {
+                        self.store.append(&events).instrument(span.clone()).await.map(|()| Placement::Backend)
+                    }
                 }
             };
+            let res = adflow_store::redis_store::COMMIT_SCRIPT.scope(commit_script, append).await;
             let e = match res {
                 Ok(p) => break p,
                 Err(e) => e,
