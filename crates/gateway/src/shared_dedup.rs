@@ -45,17 +45,21 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Shared by the scripts. Time comes from the Redis server (`TIME`), so every gateway
+/// Where every script starts (`CLOCK`, then `PRELUDE` or `TX_MARK`). Time comes from the Redis server (`TIME`), so every gateway
 /// agrees on generations and deadlines whatever its own clock says. KEYS = ids of
 /// generations G0..G0+3, then claims of the same four; ARGV[1] = window ms, ARGV[2] = G0
 /// (the caller's generation minus 2). `fetch` reads the ids' values (ARGV from `first`)
 /// in both generations; `lookup` answers per id "s" (stored), the gateway
 /// whose live claim holds it, or false (absent: never claimed, dropped, or past its
 /// deadline).
-const PRELUDE: &str = r#"
+const CLOCK: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ci = math.floor(now / tonumber(ARGV[1])) - tonumber(ARGV[2]) + 1
+"#;
+
+/// After `CLOCK`: refuses a clock mismatch, and the helpers the scripts share.
+const PRELUDE: &str = r#"
 if ci < 2 or ci > 4 then
   return redis.error_reply('ERR adflow dedup: this gateway clock and the Redis clock differ by more than a window')
 end
@@ -212,22 +216,19 @@ if #gone == 0 then return 0 end
 return redis.call('HDEL', CUR, unpack(gone)) + redis.call('HDEL', PREV, unpack(gone))
 "#;
 
-/// Run inside the commit's MULTI/EXEC (`CommitScript`): marks the claims in ARGV[3..] stored.
-/// KEYS and ARGV[1..2] as for the other scripts. It never returns an error (an error reply
-/// would fail a commit that landed): on a clock mismatch it does nothing, and the settle
-/// after the commit reports it as it does today.
+/// After `CLOCK`, run inside the commit's MULTI/EXEC (`CommitScript`): ARGV[3] = ttl;
+/// marks the claims in ARGV[4..] stored. KEYS and ARGV[1..2] as for the other scripts. It
+/// never returns an error (an error reply would fail a commit that landed): on a clock
+/// mismatch it does nothing, and the settle after the commit reports it as it does today.
 const TX_MARK: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ci = math.floor(now / tonumber(ARGV[1])) - tonumber(ARGV[2]) + 1
-if ci < 2 or ci > 4 or #ARGV < 3 then return 0 end
+if ci < 2 or ci > 4 or #ARGV < 4 then return 0 end
 local RCUR, set = KEYS[ci + 4], {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   set[#set + 1] = ARGV[i]
   set[#set + 1] = 's'
 end
 redis.call('HSET', RCUR, unpack(set))
-redis.call('PEXPIRE', RCUR, tostring(2 * tonumber(ARGV[1]) + 60000))
+redis.call('PEXPIRE', RCUR, ARGV[3])
 return #set / 2
 "#;
 
@@ -301,6 +302,8 @@ pub struct SharedDedup {
     backlog: Mutex<(VecDeque<String>, Vec<String>)>,
     /// Whether the events stream shares the dedup keys' hash slot (see `commit_script`).
     in_events_slot: bool,
+    /// The body of the in-transaction mark (built once; sent with every commit).
+    tx_mark: std::sync::Arc<str>,
     /// After a failed call, calls fail at once until this time (ms): a dead or
     /// partitioned Redis must not add a timeout to every request and commit.
     open_until_ms: std::sync::atomic::AtomicI64,
@@ -319,7 +322,7 @@ impl SharedDedup {
     /// prefix must carry a hash tag so the keys share one slot. The gateway's token is random.
     pub async fn connect(target: &Target, prefix: &str, ttl_secs: u64) -> Result<Self, redis::RedisError> {
         let con = connect(target).await?;
-        let script = |body: &str| redis::Script::new(&format!("{PRELUDE}{body}"));
+        let script = |body: &str| redis::Script::new(&format!("{CLOCK}{PRELUDE}{body}"));
         Ok(Self {
             con,
             prefix: prefix.to_owned(),
@@ -335,6 +338,7 @@ impl SharedDedup {
             forget: script(FORGET),
             backlog: Mutex::new((VecDeque::new(), Vec::new())),
             in_events_slot: false,
+            tx_mark: format!("{CLOCK}{TX_MARK}").into(),
             open_until_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
@@ -579,9 +583,9 @@ impl SharedDedup {
             return None;
         }
         let (g0, keys) = self.keys_at(adflow_domain::now_ms() + self.skew_ms);
-        let mut args = vec![self.ttl_ms.to_string(), g0.to_string()];
+        let mut args = vec![self.ttl_ms.to_string(), g0.to_string(), self.generation_ttl_ms().to_string()];
         args.extend(claims.0.iter().cloned());
-        Some(adflow_store::redis_store::CommitScript { body: TX_MARK.into(), keys, args })
+        Some(adflow_store::redis_store::CommitScript { body: self.tx_mark.clone(), keys, args })
     }
 
     /// The events live in the Redis stream `key`: when it shares the dedup keys' hash slot,

@@ -14,6 +14,18 @@ use std::sync::{Arc, RwLock};
 
 const MIN: i64 = 60_000;
 
+/// A Redis store config on a stream of its own and the run's id, or None (printed as
+/// skipped) without ADFLOW_TEST_REDIS_URL.
+fn redis_config(what: &str) -> Option<(RedisConfig, String)> {
+    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the {what}");
+        return None;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let stream_key = format!("{{adflow-test-{run}}}:events");
+    Some((RedisConfig { url, stream_key, ..Default::default() }, run))
+}
+
 fn events(now: i64, run: &str) -> Vec<StoredEvent> {
     (0..600u64)
         .map(|i| {
@@ -118,12 +130,7 @@ async fn recent(name: &str, shared: &dyn CounterSource, reference: &Local, run: 
 
 #[tokio::test]
 async fn redis_counters_agree_with_the_in_memory_reference() {
-    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis counters test");
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let cfg = RedisConfig { url, stream_key: format!("{{adflow-test-{run}}}:events"), ..Default::default() };
+    let Some((cfg, run)) = redis_config("redis counters test") else { return };
     let s = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
     let c = s.counters().unwrap();
     agree("redis", &s, c.as_ref(), &run, Some(&c)).await;
@@ -132,16 +139,8 @@ async fn redis_counters_agree_with_the_in_memory_reference() {
 /// Two gateways append and fold the same counters at once: every delta is added once.
 #[tokio::test]
 async fn redis_counters_folded_by_two_gateways_at_once_count_every_commit_once() {
-    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis fold test");
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let cfg = RedisConfig {
-        url: url.clone(),
-        stream_key: format!("{{adflow-test-{run}}}:events"),
-        ..Default::default()
-    };
+    let Some((cfg, run)) = redis_config("redis fold test") else { return };
+    let url = cfg.url.clone();
     let a = Arc::new(RedisStore::open_with(cfg.clone(), Some(Retention::default())).await.unwrap());
     let b = Arc::new(RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap());
     let now = adflow_domain::now_ms();
@@ -193,12 +192,7 @@ async fn mongodb_counters_agree_with_the_in_memory_reference() {
 /// A counter Redis cannot increase (past 2^63) is skipped: the fold moves on, once.
 #[tokio::test]
 async fn an_overflowing_counter_does_not_stop_or_repeat_the_fold() {
-    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis fold overflow test");
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let cfg = RedisConfig { url, stream_key: format!("{{adflow-test-{run}}}:events"), ..Default::default() };
+    let Some((cfg, run)) = redis_config("redis fold overflow test") else { return };
     let s = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
     let c = s.counters().unwrap();
     let now = adflow_domain::now_ms();
@@ -230,12 +224,7 @@ async fn an_overflowing_counter_does_not_stop_or_repeat_the_fold() {
 /// read, every delta exactly once, while two gateways fold it at once.
 #[tokio::test]
 async fn a_large_backlog_folds_in_steps_exactly_once() {
-    let Ok(url) = std::env::var("ADFLOW_TEST_REDIS_URL") else {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL to run the redis fold backlog test");
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let cfg = RedisConfig { url, stream_key: format!("{{adflow-test-{run}}}:events"), ..Default::default() };
+    let Some((cfg, run)) = redis_config("redis fold backlog test") else { return };
     let a = RedisStore::open_with(cfg.clone(), Some(Retention::default())).await.unwrap();
     let b = RedisStore::open_with(cfg, Some(Retention::default())).await.unwrap();
     let now = adflow_domain::now_ms();
