@@ -112,6 +112,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// Persists `events` as one commit; when it returns Ok they survive a crash. On error
     /// none of them is visible (the backend rolls back a partial write).
     async fn append(&self, events: &[StoredEvent]) -> Result<()>;
+    /// Appends like `append` and records, with the events and for a while, that the
+    /// `covers` events starting at `first` (the batch, or the spill page it was cut from)
+    /// are stored, so a writer that did not see the outcome can ask `landed` before it
+    /// writes them again. Backends whose commit cannot land unseen just append.
+    async fn append_marked(&self, events: &[StoredEvent], first: &StoredEvent, covers: u32) -> Result<()> {
+        let _ = (first, covers);
+        self.append(events).await
+    }
+    /// For each event, how many events starting with it an earlier `append_marked`
+    /// recorded as stored (0: none known). Backends whose commit cannot land unseen (a
+    /// local file; MongoDB, whose inserts are idempotent by event id) answer all 0.
+    async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<u32>> {
+        Ok(vec![0; events.len()])
+    }
     /// Reads up to `limit` committed events in commit order, starting at `from` (the
     /// beginning when `None`).
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page>;

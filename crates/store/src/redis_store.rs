@@ -5,7 +5,8 @@
 //! events (retention). The key carries a
 //! hash tag so it maps to one slot on a Redis Cluster. Scans page with exclusive XRANGE.
 //! With shared analytics on, the same transaction increments the counter buckets
-//! (`counters`), which share the stream's hash tag.
+//! (`counters`), which share the stream's hash tag. `append_marked` also sets a landed
+//! marker (a key in the same slot, 10 minutes) that `landed` reads: see `resilient`.
 //!
 //! Reading the log back (`log_*`, `group_*`; see `log`): cursors are stream entry ids,
 //! consumer group positions live in a hash next to the stream, and follow mode waits with
@@ -92,7 +93,59 @@ impl RedisStore {
     pub fn counters(&self) -> Option<Arc<RedisCounters>> {
         self.counters.clone()
     }
+
+    /// The key recording that a commit starting with `e` landed: the stream key's hash
+    /// tag (one slot with the events, so it joins their MULTI on a cluster), the receive
+    /// time and the event id (the raw bytes' checksum for an event without one).
+    fn landed_key(&self, e: &StoredEvent) -> Vec<u8> {
+        let k = &self.cfg.stream_key;
+        let mut key = if k.contains('{') { k.clone().into_bytes() } else { format!("{{{k}}}").into_bytes() };
+        key.extend_from_slice(format!(":landed:{}:", e.received_at_ms).as_bytes());
+        match e.view() {
+            Ok(v) => key.extend_from_slice(v.event_id.as_bytes()),
+            Err(_) => key.extend_from_slice(format!("#{:08x}", crc32fast::hash(&e.raw)).as_bytes()),
+        }
+        key
+    }
+
+    /// One commit: the events as one stream entry, the counters, the commit script, the
+    /// landed marker and the trim, in one MULTI/EXEC.
+    async fn commit(&self, events: &[StoredEvent], marker: Option<(Vec<u8>, u32)>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        p.atomic();
+        // The whole commit is one entry (see `log`).
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.cfg.stream_key).arg("*");
+        log::encode(&mut xadd, events);
+        p.add_command(xadd).ignore();
+        if let Some(c) = &self.counters {
+            c.add_to(&mut p, events);
+        }
+        if let Some(s) = COMMIT_SCRIPT.try_with(|s| s.clone()).ok().flatten() {
+            p.cmd("EVAL").arg(&*s.body).arg(s.keys.len()).arg(&s.keys).arg(&s.args).ignore();
+        }
+        // `max_len` counts events, the stream counts entries (commits).
+        let per_entry = self.per_entry.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+            Some((avg * 7 + events.len() as u64).div_ceil(8).max(1))
+        });
+        let per_entry = per_entry.unwrap_or(1).max(1);
+        let entries = (self.cfg.max_len / per_entry).max(1);
+        p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(entries).ignore();
+        if let Some((key, covers)) = marker {
+            p.cmd("SET").arg(key).arg(covers).arg("PX").arg(LANDED_TTL_MS).ignore();
+        }
+        let mut con = self.con.clone();
+        let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
+        Ok(())
+    }
 }
+
+/// How long a commit's landed marker is kept (10 minutes): a retry or a spill replay of a
+/// batch whose reply was lost is recognised within it.
+const LANDED_TTL_MS: u64 = 600_000;
 
 /// A script run inside a commit's MULTI/EXEC, with the events: the shared dedup settles
 /// the commit's claims there, so "stored" and "its ids recorded as stored" land together
@@ -123,32 +176,24 @@ impl EventStore for RedisStore {
     }
 
     async fn append(&self, events: &[StoredEvent]) -> Result<()> {
+        self.commit(events, None).await
+    }
+
+    async fn append_marked(&self, events: &[StoredEvent], first: &StoredEvent, covers: u32) -> Result<()> {
+        self.commit(events, Some((self.landed_key(first), covers))).await
+    }
+
+    async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<u32>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
-        p.atomic();
-        // The whole commit is one entry (see `log`).
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.cfg.stream_key).arg("*");
-        log::encode(&mut xadd, events);
-        p.add_command(xadd).ignore();
-        if let Some(c) = &self.counters {
-            c.add_to(&mut p, events);
+        let mut mget = redis::cmd("MGET");
+        for e in events {
+            mget.arg(self.landed_key(e));
         }
-        if let Some(s) = COMMIT_SCRIPT.try_with(|s| s.clone()).ok().flatten() {
-            p.cmd("EVAL").arg(&*s.body).arg(s.keys.len()).arg(&s.keys).arg(&s.args).ignore();
-        }
-        // `max_len` counts events, the stream counts entries (commits).
-        let per_entry = self.per_entry.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-            Some((avg * 7 + events.len() as u64).div_ceil(8).max(1))
-        });
-        let per_entry = per_entry.unwrap_or(1).max(1);
-        let entries = (self.cfg.max_len / per_entry).max(1);
-        p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(entries).ignore();
         let mut con = self.con.clone();
-        let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
-        Ok(())
+        let got: Vec<Option<u32>> = mget.query_async(&mut con).await.map_err(err("MGET"))?;
+        Ok(got.into_iter().map(|c| c.unwrap_or(0)).collect())
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {

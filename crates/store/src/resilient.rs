@@ -8,6 +8,12 @@
 //! A drain task replays the spill into the backend in order, page by page, persisting its
 //! position after each page, and empties the spill once it has caught up.
 //!
+//! An append can land although its caller hears an error (Redis runs the EXEC after the
+//! response timeout). Every batch is appended with a landed marker (`append_marked`): a
+//! retry asks `landed` first, the replay skips the spilled events a marker covers and
+//! marks each page it writes, so neither a retry nor a replay after a crash writes a
+//! commit twice.
+//!
 //! A `ReplayGuard` (set by the gateway when event ids are deduplicated in a shared set)
 //! sees every replayed page before it is written: it drops events that another writer
 //! stored meanwhile and records the ids of the events it lets through once they are
@@ -56,6 +62,11 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A batch's length as a landed marker's count.
+fn covers(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Where a committed batch landed.
@@ -188,7 +199,25 @@ impl Resilient {
                 let jitter = 0.5 + (now_ms().rem_euclid(97) as f64) / 194.0;
                 tokio::time::sleep(Duration::from_millis((base as f64 * jitter) as u64)).await;
             }
-            match self.backend.append(events).await {
+            if attempt > 0 {
+                // The attempt before may have landed with its reply lost (a response
+                // timeout, a dropped connection): ask before writing the batch again.
+                match self.backend.landed(&events[..1]).await {
+                    Ok(c) if c.first().is_some_and(|&n| n as usize >= events.len()) => {
+                        tracing::info!(
+                            events = events.len(),
+                            "an append whose reply was lost had landed: not written again"
+                        );
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
+            match self.backend.append_marked(events, &events[0], covers(events.len())).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
@@ -202,13 +231,43 @@ impl Resilient {
         if s.pending == 0 || self.breaker_open() {
             return Ok(0);
         }
-        let page = s.store.scan(s.cursor.clone(), self.cfg.drain_page.max(1)).await?;
+        let mut page = s.store.scan(s.cursor.clone(), self.cfg.drain_page.max(1)).await?;
         if page.events.is_empty() {
             s.pending = 0;
             return Ok(0);
         }
+        // Commits that landed although their writer saw an error (a live batch spilled
+        // after a lost reply, or this page's own replay before a crash) are not written
+        // again. A page is widened so it never ends inside such a commit.
+        let stored = loop {
+            let covers = match self.backend.landed(&page.events).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.trip();
+                    tracing::warn!(error = %e, "backend still failing; spill replay paused");
+                    return Ok(0);
+                }
+            };
+            let reach = covers.iter().enumerate().map(|(i, &c)| i + c as usize).max().unwrap_or(0);
+            if reach > page.events.len() && page.next.is_some() {
+                page = s.store.scan(s.cursor.clone(), reach).await?;
+                continue;
+            }
+            let mut stored = vec![false; page.events.len()];
+            for (i, &c) in covers.iter().enumerate() {
+                let end = (i + c as usize).min(stored.len());
+                stored[i..end].iter_mut().for_each(|s| *s = true);
+            }
+            break stored;
+        };
+        let landed = stored.iter().filter(|s| **s).count();
+        if landed > 0 {
+            tracing::info!(landed, "spill replay skipped events whose commit had landed unseen");
+        }
+        let candidates: Vec<StoredEvent> =
+            page.events.iter().zip(&stored).filter(|(_, s)| !**s).map(|(e, _)| e.clone()).collect();
         let keep = match self.guard.get() {
-            Some(g) => match g.admit(&page.events).await {
+            Some(g) => match g.admit(&candidates).await {
                 Ok(k) => Some(k),
                 Err(e) => {
                     self.trip();
@@ -218,18 +277,20 @@ impl Resilient {
             },
             None => None,
         };
+        let dropped = candidates.len();
         let write: Vec<StoredEvent> = match &keep {
-            Some(k) => page.events.iter().zip(k).filter(|(_, k)| **k).map(|(e, _)| e.clone()).collect(),
-            None => page.events.clone(),
+            Some(k) => candidates.into_iter().zip(k).filter(|(_, k)| **k).map(|(e, _)| e).collect(),
+            None => candidates,
         };
-        if let Err(e) = self.backend.append(&write).await {
+        let dropped = dropped - write.len();
+        // The marker covers the whole page: a replay after a crash skips all of it.
+        if let Err(e) = self.backend.append_marked(&write, &page.events[0], covers(page.events.len())).await {
             self.trip();
             tracing::warn!(error = %e, "backend still failing; spill replay paused");
             return Ok(0);
         }
         if let Some(g) = self.guard.get() {
             g.written(&write).await;
-            let dropped = page.events.len() - write.len();
             if dropped > 0 {
                 tracing::info!(dropped, "spill replay skipped events another writer had already stored");
             }
@@ -373,5 +434,152 @@ impl EventStore for Resilient {
         let s = self.spill.lock().await;
         s.store.close().await?;
         self.backend.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adflow_proto::v1::AdEvent;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU32};
+
+    /// A backend whose commits can land while their caller hears an error.
+    #[derive(Default)]
+    struct Lossy {
+        stored: std::sync::Mutex<Vec<StoredEvent>>,
+        markers: std::sync::Mutex<HashMap<(i64, Vec<u8>), u32>>,
+        /// The next this many appends land but answer an error.
+        lose_replies: AtomicU32,
+        /// Appends fail without landing.
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl EventStore for Lossy {
+        fn backend(&self) -> &'static str {
+            "lossy"
+        }
+        async fn append(&self, events: &[StoredEvent]) -> Result<()> {
+            self.stored.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+        async fn append_marked(
+            &self,
+            events: &[StoredEvent],
+            first: &StoredEvent,
+            covers: u32,
+        ) -> Result<()> {
+            let down = || StoreError::Backend { backend: "lossy", op: "append", message: "down".into() };
+            if self.down.load(Ordering::SeqCst) {
+                return Err(down());
+            }
+            if !events.is_empty() {
+                self.stored.lock().unwrap().extend_from_slice(events);
+                self.markers.lock().unwrap().insert((first.received_at_ms, first.raw.to_vec()), covers);
+            }
+            let lost =
+                self.lose_replies.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if lost.is_ok() { Err(down()) } else { Ok(()) }
+        }
+        async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<u32>> {
+            let m = self.markers.lock().unwrap();
+            Ok(events
+                .iter()
+                .map(|e| m.get(&(e.received_at_ms, e.raw.to_vec())).copied().unwrap_or(0))
+                .collect())
+        }
+        async fn scan(&self, _: Option<Cursor>, _: usize) -> Result<Page> {
+            Ok(Page::default())
+        }
+        async fn health(&self) -> Health {
+            Health { ok: true, detail: "ok".into(), degraded: false }
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn batch(b: usize, n: usize) -> Vec<StoredEvent> {
+        (0..n)
+            .map(|i| {
+                StoredEvent::encode(1_000, &AdEvent { event_id: format!("e-{b}-{i}"), ..Default::default() })
+            })
+            .collect()
+    }
+
+    async fn open(dir: &std::path::Path, attempts: u32, drain_page: usize) -> (Arc<Lossy>, Arc<Resilient>) {
+        let backend = Arc::new(Lossy::default());
+        let cfg = ResilienceConfig {
+            spill_dir: dir.join("spill"),
+            attempts,
+            retry_base_ms: 1,
+            breaker_cooldown_ms: 0,
+            drain_page,
+        };
+        let r = Resilient::open(backend.clone(), cfg).await.unwrap();
+        (backend, r)
+    }
+
+    fn ids(b: &Lossy) -> Vec<String> {
+        b.stored.lock().unwrap().iter().map(|e| e.event().unwrap().event_id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_lost_reply_does_not_write_the_batch_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 3, 100).await;
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        let placed = store.append_placed(&batch(0, 5)).await.unwrap();
+        assert_eq!(placed, Placement::Backend);
+        assert_eq!(ids(&backend).len(), 5, "stored once: {:?}", ids(&backend));
+    }
+
+    #[tokio::test]
+    async fn a_spilled_batch_whose_commit_landed_unseen_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 100).await;
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
+        assert_eq!(store.pending().await, 5);
+        assert_eq!(store.drain_once().await.unwrap(), 5);
+        assert_eq!(store.pending().await, 0);
+        assert_eq!(ids(&backend).len(), 5, "stored once: {:?}", ids(&backend));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_page_whose_reply_was_lost_is_not_replayed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 100).await;
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        assert_eq!(store.drain_once().await.unwrap(), 0, "the replay heard an error");
+        assert_eq!(store.drain_once().await.unwrap(), 5);
+        assert_eq!(store.pending().await, 0);
+        assert_eq!(ids(&backend).len(), 5, "stored once: {:?}", ids(&backend));
+    }
+
+    #[tokio::test]
+    async fn a_page_never_ends_inside_a_commit_that_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 3).await;
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&batch(0, 2)).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        // The spill is not empty, so this batch goes there too; land it behind the
+        // gateway's back, as a lost reply would have.
+        let second = batch(1, 5);
+        assert_eq!(store.append_placed(&second).await.unwrap(), Placement::Spill);
+        backend.append_marked(&second, &second[0], 5).await.unwrap_err();
+        while store.pending().await > 0 {
+            store.drain_once().await.unwrap();
+        }
+        let got = ids(&backend);
+        let unique: std::collections::HashSet<_> = got.iter().collect();
+        assert_eq!(got.len(), 7, "every event once: {got:?}");
+        assert_eq!(unique.len(), 7);
     }
 }

@@ -83,3 +83,63 @@ async fn every_acked_event_reaches_redis_exactly_once_across_an_outage() {
     redis.kill().unwrap();
     let _ = redis.wait();
 }
+
+/// A commit that Redis runs after its client gave up waiting (a response timeout while
+/// Redis was stalled: a long script, a fork, a pause) must not be written a second time
+/// by the retry: the retry asks for the commit's landed marker first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_reply_timed_out_is_not_written_again() {
+    if std::env::var("ADFLOW_TEST_REDIS_URL").is_err() {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (and install redis-server) to run the lost-reply test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _redis = KillOnDrop(adflow_store::conformance::spawn_redis(port, dir.path()));
+    let url = format!("redis://127.0.0.1:{port}/");
+    let rcfg = RedisConfig { url: url.clone(), stream_key: "{t}:events".into(), ..Default::default() };
+    let backend: Arc<dyn EventStore> = Arc::new(RedisStore::open(rcfg.clone()).await.unwrap());
+    let cfg = ResilienceConfig {
+        spill_dir: dir.path().join("spill"),
+        attempts: 3,
+        retry_base_ms: 20,
+        breaker_cooldown_ms: 100,
+        drain_page: 100,
+    };
+    let store = Resilient::open(backend, cfg).await.unwrap();
+    store.append(&[ev(0, 0)]).await.unwrap(); // connected and warm
+
+    // Stall Redis past the store's 2 s response timeout: the commit is read, then run
+    // when the pause ends, after its caller has heard an error.
+    let admin = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () =
+        redis::cmd("CLIENT").arg("PAUSE").arg(2_600).arg("ALL").query_async(&mut admin).await.unwrap();
+    let batch: Vec<_> = (0..50).map(|i| ev(1, i)).collect();
+    store.append(&batch).await.expect("acked, to Redis or to the spill");
+    for _ in 0..200 {
+        if store.pending().await == 0 {
+            break;
+        }
+        let _ = store.drain_once().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.pending().await, 0, "the spill drained");
+
+    let check = RedisStore::open(rcfg).await.unwrap();
+    let all = adflow_store::conformance::read_all(&check, 1000).await;
+    let ids: Vec<_> = all.iter().map(|e| e.event().unwrap().event_id).collect();
+    let unique: HashSet<_> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), 51, "each event once (placed: spilled {}): {ids:?}", store.spilled());
+    assert_eq!(unique.len(), 51);
+}
+
+/// Stops a test's redis-server even when an assertion fails (it would outlive the test).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
