@@ -64,6 +64,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Most events a replay page is widened to, so it never ends inside a landed commit.
+const MAX_WIDENED_PAGE: usize = 1_000_000;
+
 /// A batch's length as a landed marker's count.
 fn covers(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -249,6 +252,8 @@ impl Resilient {
                 }
             };
             let reach = covers.iter().enumerate().map(|(i, &c)| i + c as usize).max().unwrap_or(0);
+            // (A cover is a batch or a page: bounded, so the widened page is too.)
+            let reach = reach.min(MAX_WIDENED_PAGE);
             if reach > page.events.len() && page.next.is_some() {
                 page = s.store.scan(s.cursor.clone(), reach).await?;
                 continue;
