@@ -80,6 +80,58 @@ pub enum StoreError {
 /// Convenience alias.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What a commit records so that its writer, having heard an error, can tell whether it
+/// landed: recorded under its first event, the number of events it covers from there and
+/// a digest of them (so it is never taken for another run of events that merely starts
+/// with the same event, e.g. a repeated id or a shorter batch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Marker {
+    /// The first covered event (the marker is found under it).
+    pub first: StoredEvent,
+    /// What the marker says about the run starting there.
+    pub landed: Landed,
+}
+
+/// A landed marker's contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Landed {
+    /// Events covered, from the one the marker is found under.
+    pub covers: u32,
+    /// `digest` of the covered events.
+    pub digest: u64,
+}
+
+impl Marker {
+    /// The marker of a commit covering `events` (which must not be empty).
+    pub fn of(events: &[StoredEvent]) -> Self {
+        Self {
+            first: events[0].clone(),
+            landed: Landed {
+                covers: u32::try_from(events.len()).unwrap_or(u32::MAX),
+                digest: digest(events),
+            },
+        }
+    }
+}
+
+impl Landed {
+    /// Whether this marker describes exactly the run `events` (its length and digest).
+    pub fn matches(&self, events: &[StoredEvent]) -> bool {
+        events.len() == self.covers as usize && digest(events) == self.digest
+    }
+}
+
+/// A digest of a run of events: their receive times and encoded bytes, in order.
+pub fn digest(events: &[StoredEvent]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for e in events {
+        h.update(&e.received_at_ms.to_le_bytes());
+        h.update(&(e.raw.len() as u64).to_le_bytes());
+        h.update(&e.raw);
+    }
+    h.digest()
+}
+
 /// An opaque position in a store, returned by `scan` to continue after a page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor(pub String);
@@ -112,19 +164,18 @@ pub trait EventStore: Send + Sync + 'static {
     /// Persists `events` as one commit; when it returns Ok they survive a crash. On error
     /// none of them is visible (the backend rolls back a partial write).
     async fn append(&self, events: &[StoredEvent]) -> Result<()>;
-    /// Appends like `append` and records, with the events and for a while, that the
-    /// `covers` events starting at `first` (the batch, or the spill page it was cut from)
-    /// are stored, so a writer that did not see the outcome can ask `landed` before it
-    /// writes them again. Backends whose commit cannot land unseen just append.
-    async fn append_marked(&self, events: &[StoredEvent], first: &StoredEvent, covers: u32) -> Result<()> {
-        let _ = (first, covers);
+    /// Appends like `append` and records `marker` with the events, for a while, so a
+    /// writer that did not see the outcome can ask `landed` before it writes the commit
+    /// again. Backends whose commit cannot land unseen just append.
+    async fn append_marked(&self, events: &[StoredEvent], marker: &Marker) -> Result<()> {
+        let _ = marker;
         self.append(events).await
     }
-    /// For each event, how many events starting with it an earlier `append_marked`
-    /// recorded as stored (0: none known). Backends whose commit cannot land unseen (a
-    /// local file; MongoDB, whose inserts are idempotent by event id) answer all 0.
-    async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<u32>> {
-        Ok(vec![0; events.len()])
+    /// For each event, the marker recorded under it by an earlier `append_marked` (None:
+    /// none known). Backends whose commit cannot land unseen (a local file; MongoDB,
+    /// whose inserts are idempotent by event id) answer all None.
+    async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<Option<Landed>>> {
+        Ok(vec![None; events.len()])
     }
     /// Reads up to `limit` committed events in commit order, starting at `from` (the
     /// beginning when `None`).

@@ -17,7 +17,7 @@ mod log;
 use crate::counters::RedisCounters;
 use crate::eventlog::{GroupPosition, LogPage, Start};
 use crate::redis_conn::{RedisConn, Target, connect};
-use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
+use crate::{Cursor, EventStore, Health, Landed, Marker, Page, Result, StoreError, StoredEvent};
 use adflow_domain::analytics::Retention;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -94,23 +94,31 @@ impl RedisStore {
         self.counters.clone()
     }
 
-    /// The key recording that a commit starting with `e` landed: the stream key's hash
-    /// tag (one slot with the events, so it joins their MULTI on a cluster), the receive
-    /// time and the event id (the raw bytes' checksum for an event without one).
-    fn landed_key(&self, e: &StoredEvent) -> Vec<u8> {
+    /// The key recording that a commit starting with `e` landed: in the stream key's hash
+    /// slot (so it joins the events' MULTI on a cluster), then the receive time and the
+    /// event id (the raw bytes' checksum for an event without one). None when no such key
+    /// can be named (a stream key with a `}` but no hash tag): commits then go unmarked.
+    fn landed_key(&self, e: &StoredEvent) -> Option<Vec<u8>> {
         let k = &self.cfg.stream_key;
-        let mut key = if k.contains('{') { k.clone().into_bytes() } else { format!("{{{k}}}").into_bytes() };
+        let mut key = if has_hash_tag(k) {
+            k.clone().into_bytes()
+        } else if !k.contains('}') {
+            // `{k}` hashes by its tag `k`: the slot of the untagged stream key `k`.
+            format!("{{{k}}}").into_bytes()
+        } else {
+            return None;
+        };
         key.extend_from_slice(format!(":landed:{}:", e.received_at_ms).as_bytes());
         match e.view() {
             Ok(v) => key.extend_from_slice(v.event_id.as_bytes()),
             Err(_) => key.extend_from_slice(format!("#{:08x}", crc32fast::hash(&e.raw)).as_bytes()),
         }
-        key
+        Some(key)
     }
 
     /// One commit: the events as one stream entry, the counters, the commit script, the
     /// landed marker and the trim, in one MULTI/EXEC.
-    async fn commit(&self, events: &[StoredEvent], marker: Option<(Vec<u8>, u32)>) -> Result<()> {
+    async fn commit(&self, events: &[StoredEvent], marker: Option<(Vec<u8>, String)>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -134,13 +142,25 @@ impl RedisStore {
         let per_entry = per_entry.unwrap_or(1).max(1);
         let entries = (self.cfg.max_len / per_entry).max(1);
         p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(entries).ignore();
-        if let Some((key, covers)) = marker {
-            p.cmd("SET").arg(key).arg(covers).arg("PX").arg(LANDED_TTL_MS).ignore();
+        if let Some((key, value)) = marker {
+            p.cmd("SET").arg(key).arg(value).arg("PX").arg(LANDED_TTL_MS).ignore();
         }
         let mut con = self.con.clone();
         let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
         Ok(())
     }
+}
+
+/// Whether Redis Cluster hashes `key` by a tag: a `{` followed later by a `}` with at
+/// least one byte between them (the first such pair counts).
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{').is_some_and(|open| key[open + 1..].find('}').is_some_and(|len| len > 0))
+}
+
+/// A landed marker's value, "<covers>:<digest, 16 hex digits>".
+fn parse_landed(v: &str) -> Option<Landed> {
+    let (covers, digest) = v.split_once(':')?;
+    Some(Landed { covers: covers.parse().ok()?, digest: u64::from_str_radix(digest, 16).ok()? })
 }
 
 /// How long a commit's landed marker is kept (10 minutes): a retry or a spill replay of a
@@ -179,21 +199,25 @@ impl EventStore for RedisStore {
         self.commit(events, None).await
     }
 
-    async fn append_marked(&self, events: &[StoredEvent], first: &StoredEvent, covers: u32) -> Result<()> {
-        self.commit(events, Some((self.landed_key(first), covers))).await
+    async fn append_marked(&self, events: &[StoredEvent], marker: &Marker) -> Result<()> {
+        let value = format!("{}:{:016x}", marker.landed.covers, marker.landed.digest);
+        self.commit(events, self.landed_key(&marker.first).map(|k| (k, value))).await
     }
 
-    async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<u32>> {
+    async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<Option<Landed>>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let mut mget = redis::cmd("MGET");
         for e in events {
-            mget.arg(self.landed_key(e));
+            match self.landed_key(e) {
+                Some(k) => mget.arg(k),
+                None => return Ok(vec![None; events.len()]),
+            };
         }
         let mut con = self.con.clone();
-        let got: Vec<Option<u32>> = mget.query_async(&mut con).await.map_err(err("MGET"))?;
-        Ok(got.into_iter().map(|c| c.unwrap_or(0)).collect())
+        let got: Vec<Option<String>> = mget.query_async(&mut con).await.map_err(err("MGET"))?;
+        Ok(got.into_iter().map(|v| v.as_deref().and_then(parse_landed)).collect())
     }
 
     async fn scan(&self, from: Option<Cursor>, limit: usize) -> Result<Page> {
@@ -250,5 +274,29 @@ impl EventStore for RedisStore {
 
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_are_read_as_redis_cluster_reads_them() {
+        assert!(has_hash_tag("{adflow}:events"));
+        assert!(has_hash_tag("x{a}y{b}"));
+        assert!(!has_hash_tag("events"));
+        assert!(!has_hash_tag("{}events"), "an empty tag hashes the whole key");
+        assert!(!has_hash_tag("ad{flow"));
+        assert!(!has_hash_tag("ad}flow{"));
+    }
+
+    #[test]
+    fn landed_values_round_trip_and_junk_is_no_marker() {
+        let l = Landed { covers: 8192, digest: 0xdead_beef_0123_4567 };
+        assert_eq!(parse_landed(&format!("{}:{:016x}", l.covers, l.digest)), Some(l));
+        for junk in ["", "5", "5:", "x:00", "5:zz", "-1:00"] {
+            assert_eq!(parse_landed(junk), None, "{junk:?}");
+        }
     }
 }

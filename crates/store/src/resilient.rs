@@ -20,7 +20,7 @@
 //! written, so a resend after an outage is a duplicate and never a second copy.
 
 use crate::file::{FileConfig, FileStore};
-use crate::{Cursor, EventStore, Health, Page, Result, StoreError, StoredEvent};
+use crate::{Cursor, EventStore, Health, Marker, Page, Result, StoreError, StoredEvent};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -66,11 +66,6 @@ fn now_ms() -> i64 {
 
 /// Most events a replay page is widened to, so it never ends inside a landed commit.
 const MAX_WIDENED_PAGE: usize = 1_000_000;
-
-/// A batch's length as a landed marker's count.
-fn covers(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
 
 /// Where a committed batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +190,7 @@ impl Resilient {
     }
 
     async fn try_backend(&self, events: &[StoredEvent]) -> std::result::Result<(), StoreError> {
+        let marker = Marker::of(events);
         let mut last = None;
         for attempt in 0..self.cfg.attempts.max(1) {
             if attempt > 0 {
@@ -206,7 +202,7 @@ impl Resilient {
                 // The attempt before may have landed with its reply lost (a response
                 // timeout, a dropped connection): ask before writing the batch again.
                 match self.backend.landed(&events[..1]).await {
-                    Ok(c) if c.first().is_some_and(|&n| n as usize >= events.len()) => {
+                    Ok(l) if l.first().copied().flatten() == Some(marker.landed) => {
                         tracing::info!(
                             events = events.len(),
                             "an append whose reply was lost had landed: not written again"
@@ -220,7 +216,7 @@ impl Resilient {
                     }
                 }
             }
-            match self.backend.append_marked(events, &events[0], covers(events.len())).await {
+            match self.backend.append_marked(events, &marker).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
@@ -243,31 +239,47 @@ impl Resilient {
         // after a lost reply, or this page's own replay before a crash) are not written
         // again. A page is widened so it never ends inside such a commit.
         let stored = loop {
-            let covers = match self.backend.landed(&page.events).await {
-                Ok(c) => c,
+            let marks = match self.backend.landed(&page.events).await {
+                Ok(m) => m,
                 Err(e) => {
                     self.trip();
                     tracing::warn!(error = %e, "backend still failing; spill replay paused");
                     return Ok(0);
                 }
             };
-            let reach = covers.iter().enumerate().map(|(i, &c)| i + c as usize).max().unwrap_or(0);
-            // (A cover is a batch or a page: bounded, so the widened page is too.)
-            let reach = reach.min(MAX_WIDENED_PAGE);
-            if reach > page.events.len() && page.next.is_some() {
+            let n = page.events.len();
+            let reach = marks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| m.map(|l| i + l.covers as usize))
+                .max()
+                .unwrap_or(0)
+                .min(MAX_WIDENED_PAGE);
+            if reach > n && page.next.is_some() {
                 page = s.store.scan(s.cursor.clone(), reach).await?;
                 continue;
             }
-            let mut stored = vec![false; page.events.len()];
-            for (i, &c) in covers.iter().enumerate() {
-                let end = (i + c as usize).min(stored.len());
-                stored[i..end].iter_mut().for_each(|s| *s = true);
+            // A marker counts only where the very run it describes starts (its length and
+            // digest): an id repeated later, or a shorter batch starting with the same
+            // event, is not covered by it.
+            let mut stored = vec![false; n];
+            for (i, m) in marks.iter().enumerate() {
+                if let Some(l) = m
+                    && let Some(run) = page.events.get(i..i + l.covers as usize)
+                    && l.matches(run)
+                {
+                    stored[i..i + run.len()].iter_mut().for_each(|s| *s = true);
+                }
             }
             break stored;
         };
-        let landed = stored.iter().filter(|s| **s).count();
-        if landed > 0 {
-            tracing::info!(landed, "spill replay skipped events whose commit had landed unseen");
+        let landed: Vec<StoredEvent> =
+            page.events.iter().zip(&stored).filter(|(_, s)| **s).map(|(e, _)| e.clone()).collect();
+        if !landed.is_empty() {
+            tracing::info!(
+                landed = landed.len(),
+                "spill replay skipped events whose commit had landed unseen"
+            );
         }
         let candidates: Vec<StoredEvent> =
             page.events.iter().zip(&stored).filter(|(_, s)| !**s).map(|(e, _)| e.clone()).collect();
@@ -289,13 +301,14 @@ impl Resilient {
         };
         let dropped = dropped - write.len();
         // The marker covers the whole page: a replay after a crash skips all of it.
-        if let Err(e) = self.backend.append_marked(&write, &page.events[0], covers(page.events.len())).await {
+        if let Err(e) = self.backend.append_marked(&write, &Marker::of(&page.events)).await {
             self.trip();
             tracing::warn!(error = %e, "backend still failing; spill replay paused");
             return Ok(0);
         }
         if let Some(g) = self.guard.get() {
-            g.written(&write).await;
+            // What landed unseen is stored too: its ids are recorded like the written ones.
+            g.written(&[landed.as_slice(), write.as_slice()].concat()).await;
             if dropped > 0 {
                 tracing::info!(dropped, "spill replay skipped events another writer had already stored");
             }
@@ -445,19 +458,25 @@ impl EventStore for Resilient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Landed;
     use adflow_proto::v1::AdEvent;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU32};
 
-    /// A backend whose commits can land while their caller hears an error.
+    /// A backend whose commits can land while their caller hears an error; markers are
+    /// keyed like Redis's (receive time and event id).
     #[derive(Default)]
     struct Lossy {
         stored: std::sync::Mutex<Vec<StoredEvent>>,
-        markers: std::sync::Mutex<HashMap<(i64, Vec<u8>), u32>>,
+        markers: std::sync::Mutex<HashMap<(i64, String), Landed>>,
         /// The next this many appends land but answer an error.
         lose_replies: AtomicU32,
         /// Appends fail without landing.
         down: AtomicBool,
+    }
+
+    fn key(e: &StoredEvent) -> (i64, String) {
+        (e.received_at_ms, e.event().unwrap().event_id)
     }
 
     #[async_trait]
@@ -469,30 +488,22 @@ mod tests {
             self.stored.lock().unwrap().extend_from_slice(events);
             Ok(())
         }
-        async fn append_marked(
-            &self,
-            events: &[StoredEvent],
-            first: &StoredEvent,
-            covers: u32,
-        ) -> Result<()> {
+        async fn append_marked(&self, events: &[StoredEvent], marker: &Marker) -> Result<()> {
             let down = || StoreError::Backend { backend: "lossy", op: "append", message: "down".into() };
             if self.down.load(Ordering::SeqCst) {
                 return Err(down());
             }
             if !events.is_empty() {
                 self.stored.lock().unwrap().extend_from_slice(events);
-                self.markers.lock().unwrap().insert((first.received_at_ms, first.raw.to_vec()), covers);
+                self.markers.lock().unwrap().insert(key(&marker.first), marker.landed);
             }
             let lost =
                 self.lose_replies.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if lost.is_ok() { Err(down()) } else { Ok(()) }
         }
-        async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<u32>> {
+        async fn landed(&self, events: &[StoredEvent]) -> Result<Vec<Option<Landed>>> {
             let m = self.markers.lock().unwrap();
-            Ok(events
-                .iter()
-                .map(|e| m.get(&(e.received_at_ms, e.raw.to_vec())).copied().unwrap_or(0))
-                .collect())
+            Ok(events.iter().map(|e| m.get(&key(e)).copied()).collect())
         }
         async fn scan(&self, _: Option<Cursor>, _: usize) -> Result<Page> {
             Ok(Page::default())
@@ -505,12 +516,12 @@ mod tests {
         }
     }
 
+    fn ev(id: &str) -> StoredEvent {
+        StoredEvent::encode(1_000, &AdEvent { event_id: id.into(), ..Default::default() })
+    }
+
     fn batch(b: usize, n: usize) -> Vec<StoredEvent> {
-        (0..n)
-            .map(|i| {
-                StoredEvent::encode(1_000, &AdEvent { event_id: format!("e-{b}-{i}"), ..Default::default() })
-            })
-            .collect()
+        (0..n).map(|i| ev(&format!("e-{b}-{i}"))).collect()
     }
 
     async fn open(dir: &std::path::Path, attempts: u32, drain_page: usize) -> (Arc<Lossy>, Arc<Resilient>) {
@@ -530,6 +541,16 @@ mod tests {
         b.stored.lock().unwrap().iter().map(|e| e.event().unwrap().event_id).collect()
     }
 
+    async fn drain_all(store: &Resilient) {
+        for _ in 0..100 {
+            if store.pending().await == 0 {
+                return;
+            }
+            store.drain_once().await.unwrap();
+        }
+        panic!("the spill did not drain");
+    }
+
     #[tokio::test]
     async fn a_retry_after_a_lost_reply_does_not_write_the_batch_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -547,8 +568,7 @@ mod tests {
         backend.lose_replies.store(1, Ordering::SeqCst);
         assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
         assert_eq!(store.pending().await, 5);
-        assert_eq!(store.drain_once().await.unwrap(), 5);
-        assert_eq!(store.pending().await, 0);
+        drain_all(&store).await;
         assert_eq!(ids(&backend).len(), 5, "stored once: {:?}", ids(&backend));
     }
 
@@ -561,30 +581,88 @@ mod tests {
         backend.down.store(false, Ordering::SeqCst);
         backend.lose_replies.store(1, Ordering::SeqCst);
         assert_eq!(store.drain_once().await.unwrap(), 0, "the replay heard an error");
-        assert_eq!(store.drain_once().await.unwrap(), 5);
-        assert_eq!(store.pending().await, 0);
+        drain_all(&store).await;
         assert_eq!(ids(&backend).len(), 5, "stored once: {:?}", ids(&backend));
     }
 
     #[tokio::test]
-    async fn a_page_never_ends_inside_a_commit_that_landed() {
+    async fn a_page_is_widened_to_the_end_of_a_commit_that_landed() {
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = open(dir.path(), 1, 3).await;
-        backend.down.store(true, Ordering::SeqCst);
-        assert_eq!(store.append_placed(&batch(0, 2)).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
         backend.lose_replies.store(1, Ordering::SeqCst);
-        // The spill is not empty, so this batch goes there too; land it behind the
-        // gateway's back, as a lost reply would have.
-        let second = batch(1, 5);
-        assert_eq!(store.append_placed(&second).await.unwrap(), Placement::Spill);
-        backend.append_marked(&second, &second[0], 5).await.unwrap_err();
-        while store.pending().await > 0 {
-            store.drain_once().await.unwrap();
-        }
+        assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&batch(1, 2)).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        drain_all(&store).await;
         let got = ids(&backend);
         let unique: std::collections::HashSet<_> = got.iter().collect();
-        assert_eq!(got.len(), 7, "every event once: {got:?}");
-        assert_eq!(unique.len(), 7);
+        assert_eq!((got.len(), unique.len()), (7, 7), "every event once: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_id_later_in_the_spill_is_not_taken_for_a_landed_commit() {
+        // Dedup off (or a shared dedup that could not be asked): a request may hold the
+        // same id twice, with one receive time, so both copies have one marker key.
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 2).await;
+        backend.down.store(true, Ordering::SeqCst);
+        let b = vec![ev("a"), ev("x"), ev("a"), ev("c1")];
+        assert_eq!(store.append_placed(&b).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        drain_all(&store).await;
+        assert_eq!(ids(&backend), vec!["a", "x", "a", "c1"], "nothing skipped");
+    }
+
+    #[tokio::test]
+    async fn a_marker_of_a_longer_batch_does_not_cover_a_shorter_one_starting_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 100).await;
+        // A commit of five landed unseen; what reaches the spill is its first three
+        // (e.g. the batcher dropped failed durable requests), then another batch.
+        let five = batch(0, 5);
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        backend.append_marked(&five, &Marker::of(&five)).await.unwrap_err();
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&five[..3]).await.unwrap(), Placement::Spill);
+        assert_eq!(store.append_placed(&batch(1, 2)).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        drain_all(&store).await;
+        let got = ids(&backend);
+        assert!(
+            got.contains(&"e-1-0".to_string()) && got.contains(&"e-1-1".to_string()),
+            "nothing lost: {got:?}"
+        );
+    }
+
+    /// Records what the replay reports as written.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl ReplayGuard for Recorder {
+        async fn admit(&self, events: &[StoredEvent]) -> Result<Vec<bool>> {
+            Ok(vec![true; events.len()])
+        }
+        async fn written(&self, events: &[StoredEvent]) {
+            self.0.lock().unwrap().extend(events.iter().map(|e| e.event().unwrap().event_id));
+        }
+    }
+
+    #[tokio::test]
+    async fn events_skipped_as_landed_are_reported_written_to_the_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 100).await;
+        let guard = Arc::new(Recorder::default());
+        store.set_replay_guard(guard.clone());
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        assert_eq!(store.drain_once().await.unwrap(), 0, "the replay heard an error");
+        drain_all(&store).await;
+        let mut seen = guard.0.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ids(&backend), "the ids of the landed page are recorded as stored");
     }
 }
