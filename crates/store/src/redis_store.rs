@@ -143,7 +143,10 @@ impl RedisStore {
         let entries = (self.cfg.max_len / per_entry).max(1);
         p.cmd("XTRIM").arg(&self.cfg.stream_key).arg("MAXLEN").arg("~").arg(entries).ignore();
         if let Some((key, value)) = marker {
-            p.cmd("SET").arg(key).arg(value).arg("PX").arg(LANDED_TTL_MS).ignore();
+            // A MULTI runs on past a command that fails (an XADD on a key of another
+            // type): the marker is set only if the stream is there, never with an error.
+            p.cmd("EVAL").arg(MARK_LANDED).arg(2).arg(&self.cfg.stream_key).arg(key);
+            p.arg(value).arg(LANDED_TTL_MS).ignore();
         }
         let mut con = self.con.clone();
         let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
@@ -162,6 +165,11 @@ fn parse_landed(v: &str) -> Option<Landed> {
     let (covers, digest) = v.split_once(':')?;
     Some(Landed { covers: covers.parse().ok()?, digest: u64::from_str_radix(digest, 16).ok()? })
 }
+
+/// Sets a landed marker (KEYS[2] = ARGV[1], expiring in ARGV[2] ms) when KEYS[1] is a
+/// stream, i.e. when the XADD before it in the same MULTI did not fail; never errors.
+const MARK_LANDED: &str = "if redis.call('TYPE', KEYS[1]).ok == 'stream' then \
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end return 0";
 
 /// How long a commit's landed marker is kept (10 minutes): a retry or a spill replay of a
 /// batch whose reply was lost is recognised within it.

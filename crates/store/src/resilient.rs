@@ -262,13 +262,18 @@ impl Resilient {
             // A marker counts only where the very run it describes starts (its length and
             // digest): an id repeated later, or a shorter batch starting with the same
             // event, is not covered by it.
+            // One marker stands for one commit: it covers the first run it matches only
+            // (byte-identical runs with one receive time, possible with dedup off).
             let mut stored = vec![false; n];
+            let mut used = Vec::new();
             for (i, m) in marks.iter().enumerate() {
                 if let Some(l) = m
+                    && !used.contains(l)
                     && let Some(run) = page.events.get(i..i + l.covers as usize)
                     && l.matches(run)
                 {
                     stored[i..i + run.len()].iter_mut().for_each(|s| *s = true);
+                    used.push(*l);
                 }
             }
             break stored;
@@ -633,6 +638,21 @@ mod tests {
             got.contains(&"e-1-0".to_string()) && got.contains(&"e-1-1".to_string()),
             "nothing lost: {got:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn one_marker_covers_one_of_two_identical_commits() {
+        // Dedup off: the same event twice in one millisecond, as two commits; the first
+        // landed unseen, the second never reached the backend.
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open(dir.path(), 1, 100).await;
+        backend.lose_replies.store(1, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&[ev("a")]).await.unwrap(), Placement::Spill);
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(&[ev("a")]).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+        drain_all(&store).await;
+        assert_eq!(ids(&backend), vec!["a", "a"], "both acked copies stored, once each");
     }
 
     /// Records what the replay reports as written.

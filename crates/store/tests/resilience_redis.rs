@@ -143,3 +143,42 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Redis runs a MULTI on past a command that fails: when the XADD is refused (the stream
+/// key holds another type), the landed marker must not be set, or a retry would take the
+/// refused batch for stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_refused_inside_its_transaction_leaves_no_landed_marker() {
+    if std::env::var("ADFLOW_TEST_REDIS_URL").is_err() {
+        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (and install redis-server) to run the marker test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _redis = KillOnDrop(adflow_store::conformance::spawn_redis(port, dir.path()));
+    let url = format!("redis://127.0.0.1:{port}/");
+    let store = RedisStore::open(RedisConfig {
+        url: url.clone(),
+        stream_key: "{t}:events".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let batch: Vec<_> = (0..3).map(|i| ev(7, i)).collect();
+    let marker = adflow_store::Marker::of(&batch);
+    store.append_marked(&batch, &marker).await.unwrap();
+    assert_eq!(
+        store.landed(&batch[..1]).await.unwrap(),
+        vec![Some(marker.landed)],
+        "a stored commit is marked"
+    );
+
+    let admin = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL").arg("{t}:events").query_async(&mut admin).await.unwrap();
+    let _: () =
+        redis::cmd("SET").arg("{t}:events").arg("not a stream").query_async(&mut admin).await.unwrap();
+    let other: Vec<_> = (0..3).map(|i| ev(8, i)).collect();
+    assert!(store.append_marked(&other, &adflow_store::Marker::of(&other)).await.is_err());
+    assert_eq!(store.landed(&other[..1]).await.unwrap(), vec![None], "a refused commit is not marked");
+}
