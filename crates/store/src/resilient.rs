@@ -261,9 +261,9 @@ impl Resilient {
             }
             // A marker counts only where the very run it describes starts (its length and
             // digest): an id repeated later, or a shorter batch starting with the same
-            // event, is not covered by it.
-            // One marker stands for one commit: it covers the first run it matches only
-            // (byte-identical runs with one receive time, possible with dedup off).
+            // event, is not covered by it. And one marker stands for one commit: it covers
+            // the first run it matches only (byte-identical runs with one receive time are
+            // possible with dedup off).
             let mut stored = vec![false; n];
             let mut used = Vec::new();
             for (i, m) in marks.iter().enumerate() {
