@@ -59,10 +59,16 @@ impl CounterSource for Local {
 
 /// The hash tag of a key (`{adflow}` of `{adflow}:events`), or the key itself.
 pub fn hash_tag(key: &str) -> &str {
-    match (key.find('{'), key.find('}')) {
-        (Some(a), Some(b)) if b > a + 1 => &key[a..=b],
-        _ => key,
-    }
+    tag_of(key).unwrap_or(key)
+}
+
+/// The hash tag Redis Cluster hashes `key` by, braces included: the first `{` and the
+/// first `}` after it, with at least one byte between them; None when it hashes the
+/// whole key.
+pub fn tag_of(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open..open + len + 2])
 }
 
 #[cfg(test)]
@@ -74,5 +80,16 @@ mod tests {
         assert_eq!(hash_tag("{adflow}:events"), "{adflow}");
         assert_eq!(hash_tag("events"), "events");
         assert_eq!(hash_tag("{}x"), "{}x");
+    }
+
+    #[test]
+    fn tags_are_read_as_redis_cluster_reads_them() {
+        assert_eq!(tag_of("{adflow}:events"), Some("{adflow}"));
+        assert_eq!(tag_of("x{a}y{b}"), Some("{a}"));
+        assert_eq!(tag_of("a}b{c}"), Some("{c}"), "the first closing brace after the first opening one");
+        assert_eq!(tag_of("events"), None);
+        assert_eq!(tag_of("{}events"), None, "an empty tag hashes the whole key");
+        assert_eq!(tag_of("ad{flow"), None);
+        assert_eq!(tag_of("ad}flow{"), None);
     }
 }

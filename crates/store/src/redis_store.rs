@@ -100,13 +100,11 @@ impl RedisStore {
     /// can be named (a stream key with a `}` but no hash tag): commits then go unmarked.
     fn landed_key(&self, e: &StoredEvent) -> Option<Vec<u8>> {
         let k = &self.cfg.stream_key;
-        let mut key = if has_hash_tag(k) {
-            k.clone().into_bytes()
-        } else if !k.contains('}') {
+        let mut key = match crate::counters::tag_of(k) {
+            Some(tag) => tag.as_bytes().to_vec(),
             // `{k}` hashes by its tag `k`: the slot of the untagged stream key `k`.
-            format!("{{{k}}}").into_bytes()
-        } else {
-            return None;
+            None if !k.contains('}') => format!("{{{k}}}").into_bytes(),
+            None => return None,
         };
         key.extend_from_slice(format!(":landed:{}:", e.received_at_ms).as_bytes());
         match e.view() {
@@ -152,12 +150,6 @@ impl RedisStore {
         let _: () = p.query_async(&mut con).await.map_err(err("XADD"))?;
         Ok(())
     }
-}
-
-/// Whether Redis Cluster hashes `key` by a tag: a `{` followed later by a `}` with at
-/// least one byte between them (the first such pair counts).
-fn has_hash_tag(key: &str) -> bool {
-    key.find('{').is_some_and(|open| key[open + 1..].find('}').is_some_and(|len| len > 0))
 }
 
 /// A landed marker's value, "<covers>:<digest, 16 hex digits>".
@@ -288,16 +280,6 @@ impl EventStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_tags_are_read_as_redis_cluster_reads_them() {
-        assert!(has_hash_tag("{adflow}:events"));
-        assert!(has_hash_tag("x{a}y{b}"));
-        assert!(!has_hash_tag("events"));
-        assert!(!has_hash_tag("{}events"), "an empty tag hashes the whole key");
-        assert!(!has_hash_tag("ad{flow"));
-        assert!(!has_hash_tag("ad}flow{"));
-    }
 
     #[test]
     fn landed_values_round_trip_and_junk_is_no_marker() {

@@ -546,6 +546,13 @@ mod tests {
         b.stored.lock().unwrap().iter().map(|e| e.event().unwrap().event_id).collect()
     }
 
+    /// Appends `events` while the backend is down (so they are spilled, never sent).
+    async fn spill_while_down(backend: &Lossy, store: &Resilient, events: &[StoredEvent]) {
+        backend.down.store(true, Ordering::SeqCst);
+        assert_eq!(store.append_placed(events).await.unwrap(), Placement::Spill);
+        backend.down.store(false, Ordering::SeqCst);
+    }
+
     async fn drain_all(store: &Resilient) {
         for _ in 0..100 {
             if store.pending().await == 0 {
@@ -581,9 +588,7 @@ mod tests {
     async fn a_replayed_page_whose_reply_was_lost_is_not_replayed_again() {
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = open(dir.path(), 1, 100).await;
-        backend.down.store(true, Ordering::SeqCst);
-        assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
+        spill_while_down(&backend, &store, &batch(0, 5)).await;
         backend.lose_replies.store(1, Ordering::SeqCst);
         assert_eq!(store.drain_once().await.unwrap(), 0, "the replay heard an error");
         drain_all(&store).await;
@@ -596,9 +601,7 @@ mod tests {
         let (backend, store) = open(dir.path(), 1, 3).await;
         backend.lose_replies.store(1, Ordering::SeqCst);
         assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
-        backend.down.store(true, Ordering::SeqCst);
-        assert_eq!(store.append_placed(&batch(1, 2)).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
+        spill_while_down(&backend, &store, &batch(1, 2)).await;
         drain_all(&store).await;
         let got = ids(&backend);
         let unique: std::collections::HashSet<_> = got.iter().collect();
@@ -611,10 +614,7 @@ mod tests {
         // same id twice, with one receive time, so both copies have one marker key.
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = open(dir.path(), 1, 2).await;
-        backend.down.store(true, Ordering::SeqCst);
-        let b = vec![ev("a"), ev("x"), ev("a"), ev("c1")];
-        assert_eq!(store.append_placed(&b).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
+        spill_while_down(&backend, &store, &[ev("a"), ev("x"), ev("a"), ev("c1")]).await;
         drain_all(&store).await;
         assert_eq!(ids(&backend), vec!["a", "x", "a", "c1"], "nothing skipped");
     }
@@ -628,10 +628,8 @@ mod tests {
         let five = batch(0, 5);
         backend.lose_replies.store(1, Ordering::SeqCst);
         backend.append_marked(&five, &Marker::of(&five)).await.unwrap_err();
-        backend.down.store(true, Ordering::SeqCst);
-        assert_eq!(store.append_placed(&five[..3]).await.unwrap(), Placement::Spill);
-        assert_eq!(store.append_placed(&batch(1, 2)).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
+        spill_while_down(&backend, &store, &five[..3]).await;
+        spill_while_down(&backend, &store, &batch(1, 2)).await;
         drain_all(&store).await;
         let got = ids(&backend);
         assert!(
@@ -648,9 +646,7 @@ mod tests {
         let (backend, store) = open(dir.path(), 1, 100).await;
         backend.lose_replies.store(1, Ordering::SeqCst);
         assert_eq!(store.append_placed(&[ev("a")]).await.unwrap(), Placement::Spill);
-        backend.down.store(true, Ordering::SeqCst);
-        assert_eq!(store.append_placed(&[ev("a")]).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
+        spill_while_down(&backend, &store, &[ev("a")]).await;
         drain_all(&store).await;
         assert_eq!(ids(&backend), vec!["a", "a"], "both acked copies stored, once each");
     }
@@ -675,9 +671,7 @@ mod tests {
         let (backend, store) = open(dir.path(), 1, 100).await;
         let guard = Arc::new(Recorder::default());
         store.set_replay_guard(guard.clone());
-        backend.down.store(true, Ordering::SeqCst);
-        assert_eq!(store.append_placed(&batch(0, 5)).await.unwrap(), Placement::Spill);
-        backend.down.store(false, Ordering::SeqCst);
+        spill_while_down(&backend, &store, &batch(0, 5)).await;
         backend.lose_replies.store(1, Ordering::SeqCst);
         assert_eq!(store.drain_once().await.unwrap(), 0, "the replay heard an error");
         drain_all(&store).await;

@@ -89,14 +89,8 @@ async fn every_acked_event_reaches_redis_exactly_once_across_an_outage() {
 /// by the retry: the retry asks for the commit's landed marker first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_reply_timed_out_is_not_written_again() {
-    if std::env::var("ADFLOW_TEST_REDIS_URL").is_err() {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (and install redis-server) to run the lost-reply test");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _redis = KillOnDrop(adflow_store::conformance::spawn_redis(port, dir.path()));
-    let url = format!("redis://127.0.0.1:{port}/");
+    let Some(redis) = OwnRedis::start("lost-reply test") else { return };
+    let (dir, url) = (&redis.dir, redis.url.clone());
     let rcfg = RedisConfig { url: url.clone(), stream_key: "{t}:events".into(), ..Default::default() };
     let backend: Arc<dyn EventStore> = Arc::new(RedisStore::open(rcfg.clone()).await.unwrap());
     let cfg = ResilienceConfig {
@@ -134,13 +128,33 @@ async fn a_commit_whose_reply_timed_out_is_not_written_again() {
     assert_eq!(unique.len(), 51);
 }
 
-/// Stops a test's redis-server even when an assertion fails (it would outlive the test).
-struct KillOnDrop(std::process::Child);
+/// A redis-server of the test's own (fsync-always AOF in a temporary directory), stopped
+/// when dropped, even after a failed assertion (it would outlive the test).
+struct OwnRedis {
+    dir: tempfile::TempDir,
+    url: String,
+    child: std::process::Child,
+}
 
-impl Drop for KillOnDrop {
+impl OwnRedis {
+    /// Starts one on a free port, or prints that `what` was skipped and returns None
+    /// without ADFLOW_TEST_REDIS_URL (which says redis-server is installed).
+    fn start(what: &str) -> Option<Self> {
+        if std::env::var("ADFLOW_TEST_REDIS_URL").is_err() {
+            eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (and install redis-server) to run the {what}");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = adflow_store::conformance::spawn_redis(port, dir.path());
+        Some(Self { dir, url: format!("redis://127.0.0.1:{port}/"), child })
+    }
+}
+
+impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -149,14 +163,8 @@ impl Drop for KillOnDrop {
 /// refused batch for stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_refused_inside_its_transaction_leaves_no_landed_marker() {
-    if std::env::var("ADFLOW_TEST_REDIS_URL").is_err() {
-        eprintln!("skipped: set ADFLOW_TEST_REDIS_URL (and install redis-server) to run the marker test");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _redis = KillOnDrop(adflow_store::conformance::spawn_redis(port, dir.path()));
-    let url = format!("redis://127.0.0.1:{port}/");
+    let Some(redis) = OwnRedis::start("marker test") else { return };
+    let url = redis.url.clone();
     let store = RedisStore::open(RedisConfig {
         url: url.clone(),
         stream_key: "{t}:events".into(),
