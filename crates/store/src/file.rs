@@ -53,6 +53,7 @@ mod log;
 mod maintenance;
 mod reader;
 mod retention;
+mod tail;
 
 pub use damage::{Damage, Kind};
 
@@ -87,6 +88,9 @@ pub struct FileConfig {
     /// Below this much free disk space new events are refused with RESOURCE_EXHAUSTED
     /// ("disk nearly full") before the filesystem fills up (default 512; 0: off).
     pub min_free_mb: u64,
+    /// MiB of the newest commits kept in memory for follow-mode readers that have caught
+    /// up, so they read them without a disk read (default 32; 0: always read from disk).
+    pub tail_cache_mb: u64,
 }
 
 impl Default for FileConfig {
@@ -98,6 +102,7 @@ impl Default for FileConfig {
             retention_hours: 168,
             max_bytes: 0,
             min_free_mb: 512,
+            tail_cache_mb: 32,
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct FileStore {
     index: Arc<log::TimeIndex>,
     /// Bumped after every commit (follow-mode readers wait on it).
     commits: tokio::sync::watch::Sender<u64>,
+    /// The newest commits, for followers that have caught up.
+    tail: Arc<Mutex<tail::Tail>>,
     /// Retention and the disk watermark, in the background until `close`.
     upkeep: maintenance::Upkeep,
 }
@@ -206,6 +213,7 @@ impl FileStore {
         let writer = Arc::new(Mutex::new(writer));
         let groups = Arc::new(groups::Groups::new(&cfg.dir));
         let index = Arc::new(log::TimeIndex::default());
+        let tail = Arc::new(Mutex::new(tail::Tail::new((cfg.tail_cache_mb.min(1 << 20) as usize) << 20)));
         let upkeep = maintenance::Upkeep::start(cfg.clone(), writer.clone(), groups.clone(), index.clone());
         Ok(Self {
             cfg,
@@ -215,6 +223,7 @@ impl FileStore {
             groups,
             index,
             commits: tokio::sync::watch::Sender::new(0),
+            tail,
             upkeep,
         })
     }
@@ -358,11 +367,19 @@ impl EventStore for FileStore {
         for e in events {
             framing::encode(e, &mut buf);
         }
-        let (cfg, writer) = (self.cfg.clone(), self.writer.clone());
+        let (cfg, writer, tail) = (self.cfg.clone(), self.writer.clone(), self.tail.clone());
+        let kept = (cfg.tail_cache_mb > 0).then(|| events.to_vec());
         tokio::task::spawn_blocking(move || {
             let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
             let res = write_batch(&cfg, &mut w, &buf);
             w.last_error = res.as_ref().err().map(|e| e.to_string());
+            if res.is_ok()
+                && let Some(events) = kept
+            {
+                // Durable now: followers may read it from memory.
+                let start = w.committed - buf.len() as u64;
+                tail.lock().unwrap_or_else(|p| p.into_inner()).push(w.segment, start, &events);
+            }
             res
         })
         .await
@@ -417,6 +434,11 @@ impl EventStore for FileStore {
 
     async fn log_read(&self, from: &Cursor, limit: usize) -> Result<crate::eventlog::LogPage> {
         let from = parse_cursor(from)?;
+        let hit = self.tail.lock().unwrap_or_else(|p| p.into_inner()).read(from, limit.max(1));
+        if let Some(hit) = hit {
+            let next = Some(Cursor(format!("{}:{}", hit.end.0, hit.end.1)));
+            return Ok(crate::eventlog::LogPage { events: hit.events, next, gap: false });
+        }
         let active = self.active();
         let (dir, damage) = (self.cfg.dir.clone(), self.damage.clone());
         let r = self

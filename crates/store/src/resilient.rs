@@ -116,6 +116,8 @@ fn spill_cfg(cfg: &ResilienceConfig) -> FileConfig {
         retention_hours: 0,
         max_bytes: 0,
         min_free_mb: 0,
+        // Nothing follows the spill: no tail kept in memory.
+        tail_cache_mb: 0,
         ..FileConfig::default()
     }
 }

@@ -8,12 +8,23 @@ use std::sync::{Arc, Mutex};
 
 struct FileHarness {
     dirs: Mutex<Vec<tempfile::TempDir>>,
+    /// The in-memory tail of the newest commits (0: every read goes to disk).
+    tail_cache_mb: u64,
 }
 
 impl FileHarness {
-    fn cfg(dir: &std::path::Path) -> FileConfig {
+    fn new(tail_cache_mb: u64) -> Self {
+        Self { dirs: Mutex::new(Vec::new()), tail_cache_mb }
+    }
+
+    fn cfg(&self, dir: &std::path::Path) -> FileConfig {
         // Small segments so the suite also crosses segment boundaries.
-        FileConfig { dir: dir.to_path_buf(), segment_bytes: 1024, ..FileConfig::default() }
+        FileConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes: 1024,
+            tail_cache_mb: self.tail_cache_mb,
+            ..FileConfig::default()
+        }
     }
 }
 
@@ -21,7 +32,7 @@ impl FileHarness {
 impl Harness for FileHarness {
     async fn fresh(&self) -> Arc<dyn EventStore> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(Self::cfg(dir.path())).await.expect("open");
+        let store = FileStore::open(self.cfg(dir.path())).await.expect("open");
         self.dirs.lock().unwrap().push(dir);
         Arc::new(store)
     }
@@ -29,11 +40,16 @@ impl Harness for FileHarness {
     async fn reopen(&self, store: Arc<dyn EventStore>) -> Arc<dyn EventStore> {
         store.close().await.expect("close");
         let dir = self.dirs.lock().unwrap().last().expect("a fresh store first").path().to_path_buf();
-        Arc::new(FileStore::open(Self::cfg(&dir)).await.expect("reopen"))
+        Arc::new(FileStore::open(self.cfg(&dir)).await.expect("reopen"))
     }
 }
 
 #[tokio::test]
 async fn file_backend_passes_the_conformance_suite() {
-    run_all(&FileHarness { dirs: Mutex::new(Vec::new()) }).await;
+    run_all(&FileHarness::new(FileConfig::default().tail_cache_mb)).await;
+}
+
+#[tokio::test]
+async fn file_backend_passes_the_conformance_suite_reading_only_from_disk() {
+    run_all(&FileHarness::new(0)).await;
 }
