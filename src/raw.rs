@@ -79,8 +79,23 @@ impl<'a> Wire<'a> {
 
     /// The next field's number and wire type, refused unless the key follows the
     /// encoding rules (see the module comment).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn key(&mut self) -> Result<(u32, u8), Malformed> {
+        // Fast path: a one-byte key (fields 1..=15) of a known wire type, which is every
+        // key of an `AdEvent` a well-behaved client sends.
+        if let Some(&b) = self.b.get(self.pos)
+            && (8..0x80).contains(&b)
+            && matches!(b & 7, VARINT | I64 | LEN | I32)
+        {
+            self.pos += 1;
+            return Ok((u32::from(b >> 3), b & 7));
+        }
+        self.key_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn key_slow(&mut self) -> Result<(u32, u8), Malformed> {
         let start = self.pos;
         let k = match self.b.get(self.pos) {
             Some(&b) if b < 0x80 => {
@@ -144,13 +159,8 @@ impl<'a> Wire<'a> {
     #[inline]
     fn string(&mut self, field: &str) -> Result<&'a str, Malformed> {
         let r = self.len_delimited()?;
-        let b = &self.b[r];
-        // Ids and labels are nearly always ASCII; the word-at-a-time check is cheaper than
-        // full UTF-8 validation, which runs only when it fails.
-        if b.is_ascii() {
-            return Ok(std::str::from_utf8(b).unwrap_or_default());
-        }
-        std::str::from_utf8(b).or_else(|_| bad(format!("{field} is not valid UTF-8")))
+        // One pass: std's validation already runs word-at-a-time over ASCII.
+        std::str::from_utf8(&self.b[r]).or_else(|_| bad(format!("{field} is not valid UTF-8")))
     }
 }
 

@@ -189,17 +189,36 @@ impl<P: Clone> DedupWindow<P> {
     /// Records `key` as accepted (and stored) at `now_ms`; false when it was already
     /// inside the window. Used for ids read back from the store.
     pub fn insert(&self, key: u64, now_ms: i64) -> bool {
-        matches!(self.admit(key, now_ms, None), Seen::New)
+        matches!(self.admit(key, now_ms, None, |_| ()), Seen::New)
     }
 
     /// Records `key` as accepted at `now_ms` and pending until `settle` (or `remove`):
     /// `New` when it was not inside the window; a repeat gets `Stored` or the token of
     /// the pending first copy.
     pub fn claim(&self, key: u64, now_ms: i64, token: &P) -> Seen<P> {
-        self.admit(key, now_ms, Some(token))
+        self.admit(key, now_ms, Some(token), P::clone)
     }
 
-    fn admit(&self, key: u64, now_ms: i64, token: Option<&P>) -> Seen<P> {
+    /// `claim`, with the pending first copy's token handed to `on_pending` while the
+    /// shard is still locked: the id cannot settle (or be forgotten) until it returns, so
+    /// whatever `on_pending` looks up for that token is still there.
+    pub fn claim_with<R>(
+        &self,
+        key: u64,
+        now_ms: i64,
+        token: &P,
+        on_pending: impl FnOnce(&P) -> R,
+    ) -> Seen<R> {
+        self.admit(key, now_ms, Some(token), on_pending)
+    }
+
+    fn admit<R>(
+        &self,
+        key: u64,
+        now_ms: i64,
+        token: Option<&P>,
+        on_pending: impl FnOnce(&P) -> R,
+    ) -> Seen<R> {
         let key = table::nonzero(key);
         let mut guard = self.shard(key);
         let s = &mut *guard;
@@ -208,7 +227,7 @@ impl<P: Clone> DedupWindow<P> {
         s.drop_oldest(expired);
         if s.table.find(key).is_some() {
             return match s.pending.get(&key) {
-                Some(p) => Seen::Pending(p.clone()),
+                Some(p) => Seen::Pending(on_pending(p)),
                 None => Seen::Stored,
             };
         }

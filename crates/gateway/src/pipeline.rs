@@ -10,13 +10,14 @@
 //!
 //! "Duplicate" means "stored". Every submission carries an `Outcome` channel that the
 //! batcher resolves when the commit holding it ends. The dedup window marks the ids of a
-//! submission pending with that channel until then; a repeat of a pending id (a client's
+//! submission pending with its ticket until then (`in_flight` maps tickets to channels); a repeat of a pending id (a client's
 //! retry racing its first attempt, on any connection) is counted as a duplicate, and in
 //! durable mode its reply waits for the first copy's commit and shares its outcome: a
 //! failed first commit fails the repeat too, so its client retries instead of trusting a
 //! copy that was never written.
 
 mod batcher;
+mod in_flight;
 
 use crate::config::{AckMode, IngestConfig};
 use adflow_domain::analytics::Analytics;
@@ -33,8 +34,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 pub type CommitState = Option<Result<(), Arc<str>>>;
 /// Where a submission's commit outcome is published (the batcher holds the sender).
 pub type Outcome = watch::Receiver<CommitState>;
-/// The local dedup window, with pending ids marked by their commit's outcome.
-pub type Window = DedupWindow<Outcome>;
+/// The local dedup window, with pending ids marked by their submission's ticket
+/// (`in_flight`).
+pub type Window = DedupWindow<u64>;
 
 /// Why a request could not be taken in.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,8 @@ pub(crate) struct Submission {
     unchecked: Vec<String>,
     /// Resolved by the batcher when the commit holding these events ends.
     outcome: watch::Sender<CommitState>,
+    /// Marks this submission's pending ids in the dedup window; dropped once they settled.
+    ticket: in_flight::Ticket,
     /// Whether a client waits for the commit (durable mode).
     durable: bool,
     _room: Option<OwnedSemaphorePermit>,
@@ -158,6 +162,7 @@ pub struct Pipeline {
     tx: mpsc::Sender<Submission>,
     room: Arc<Semaphore>,
     dedup: Option<Arc<Window>>,
+    in_flight: Arc<in_flight::InFlight>,
     shared: Option<Arc<crate::shared_dedup::SharedDedup>>,
     counters: Arc<Counters>,
     batcher: batcher::Handle,
@@ -201,7 +206,8 @@ impl Pipeline {
         };
         let mark = parts.mark.clone();
         let batcher = batcher::spawn(parts, rx);
-        Self { cfg, limits, tx, room, dedup, shared, counters, batcher, max_batch, mark, store }
+        let in_flight = Arc::default();
+        Self { cfg, limits, tx, room, dedup, in_flight, shared, counters, batcher, max_batch, mark, store }
     }
 
     /// The store position the local analytics are counted through (for checkpoints).
@@ -267,8 +273,11 @@ impl Pipeline {
         let mut room = self.reserve(received, when_full).await?;
         let durable = mode == pb::AckMode::Durable;
         let (outcome, mine) = watch::channel(None);
+        let ticket = self.in_flight.open(&mine);
         // Commits of pending first copies this request's duplicates must wait for.
         let mut firsts: Vec<Outcome> = Vec::new();
+        // The ticket of the last of them (a resent batch repeats one ticket many times).
+        let (own, mut last_first) = (ticket.id(), ticket.id());
         let mut fresh = Vec::with_capacity(received);
         let mut by_type = [0u64; 9]; // EventType values 0..=7, 8 = not parseable
         let mut keys = Vec::with_capacity(if self.dedup.is_some() { received } else { 0 });
@@ -301,7 +310,22 @@ impl Pipeline {
             }
             if let Some(window) = &self.dedup {
                 let k = dedup::key(view.event_id);
-                match window.claim(k, now, &mine) {
+                // A repeat inside this request shares its own commit. Consecutive repeats
+                // of one first commit are folded; others are kept even if seen before:
+                // waiting on a resolved commit is O(1), a search per event would be
+                // quadratic. The lookup runs under the window's lock, while the first
+                // copy's ticket is certainly open.
+                let first = |&t: &u64| {
+                    if !durable || t == own || t == last_first {
+                        return None;
+                    }
+                    last_first = t;
+                    // Closed with its ids still pending only if the batcher gave up on
+                    // them (stopping with a dead store) or died: then, as for a dropped
+                    // outcome, the repeat is answered "shutting down, retry".
+                    Some(self.in_flight.get(t).unwrap_or_else(|| watch::channel(None).1))
+                };
+                match window.claim_with(k, now, &own, first) {
                     Seen::New => keys.push(k),
                     Seen::Stored => {
                         reply.duplicates += 1;
@@ -309,16 +333,7 @@ impl Pipeline {
                     }
                     Seen::Pending(first) => {
                         reply.duplicates += 1;
-                        // A repeat inside this request shares its own commit.
-                        // (Consecutive repeats of one first commit are folded; others are
-                        // kept even if seen before: waiting on a resolved commit is O(1),
-                        // a search of the list per event would be quadratic.)
-                        if durable
-                            && !first.same_channel(&mine)
-                            && !firsts.last().is_some_and(|f| f.same_channel(&first))
-                        {
-                            firsts.push(first);
-                        }
+                        firsts.extend(first);
                         continue;
                     }
                 }
@@ -369,7 +384,7 @@ impl Pipeline {
             drop(extra);
         }
         let events = fresh;
-        let sub = Submission { events, keys, claims, unchecked, outcome, durable, _room: room };
+        let sub = Submission { events, keys, claims, unchecked, outcome, ticket, durable, _room: room };
         if let Err(e) = self.tx.try_send(sub) {
             // Room was reserved, so the channel can only be closed (shutdown), not full.
             let sub = e.into_inner();

@@ -71,6 +71,8 @@ struct Waiter {
     claims: crate::shared_dedup::Claims,
     unchecked: Vec<String>,
     outcome: watch::Sender<CommitState>,
+    /// Dropped (closed) only after the keys settled or were forgotten.
+    _ticket: super::in_flight::Ticket,
     durable: bool,
 }
 
@@ -184,6 +186,7 @@ impl Batcher {
                 claims: s.claims,
                 unchecked: s.unchecked,
                 outcome: s.outcome,
+                _ticket: s.ticket,
                 durable: s.durable,
             });
             rooms.push(s._room);

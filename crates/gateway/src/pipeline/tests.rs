@@ -273,3 +273,31 @@ async fn a_request_that_waited_its_admission_time_is_refused_with_a_retry_hint()
     store.gate.add_permits(1_000);
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_repeat_of_several_pending_commits_waits_for_each_and_no_ticket_stays_open() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    let p = Arc::new(start(store.clone()));
+    let a = p.enqueue(vec![ev("a1"), ev("a2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    appends_reach(&store, 1).await;
+    let b = p.enqueue(vec![ev("b1")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    appends_reach(&store, 2).await;
+    // Repeats of two first copies, interleaved (nothing new: no commit of its own).
+    let batch = vec![ev("a1"), ev("b1"), ev("a2")];
+    let repeat = p.enqueue(batch, pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    let waiting = tokio::spawn(repeat.wait());
+    store.gate.add_permits(1); // only the first commit (a1, a2) ends
+    assert_eq!(a.wait().await.unwrap().accepted, 2);
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "answered while b1's first copy was not stored");
+    store.gate.add_permits(10);
+    assert_eq!(b.wait().await.unwrap().accepted, 1);
+    let reply = waiting.await.unwrap().unwrap();
+    assert_eq!((reply.accepted, reply.duplicates), (0, 3));
+    assert_eq!(store.events.lock().unwrap().len(), 3);
+    p.shutdown().await;
+    assert_eq!(p.in_flight.len(), 0, "every commit's ticket is closed");
+}
