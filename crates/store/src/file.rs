@@ -89,7 +89,7 @@ pub struct FileConfig {
     /// ("disk nearly full") before the filesystem fills up (default 512; 0: off).
     pub min_free_mb: u64,
     /// MiB of the newest commits kept in memory for follow-mode readers that have caught
-    /// up, so they read them without a disk read (default 32; 0: always read from disk).
+    /// up, so they read them without a disk read (default 16; 0: always read from disk).
     pub tail_cache_mb: u64,
 }
 
@@ -102,7 +102,7 @@ impl Default for FileConfig {
             retention_hours: 168,
             max_bytes: 0,
             min_free_mb: 512,
-            tail_cache_mb: 32,
+            tail_cache_mb: 16,
         }
     }
 }
