@@ -140,6 +140,73 @@ async fn follow_mode_streams_new_commits_in_order() {
     gw.stop().await;
 }
 
+/// Follows from NEWEST with `max_batch_events` `batch` until `n` events arrived; after its
+/// first batch it reads nothing until `go` fires (flow control holds it back meanwhile).
+async fn follow_n(ch: Channel, batch: u32, n: usize, go: tokio::sync::watch::Receiver<bool>) -> Vec<String> {
+    let mut c = EventLogClient::new(ch);
+    let req = pb::ReadRequest {
+        follow: true,
+        max_batch_events: batch,
+        start: Some(Start::Position(pb::StartPosition::Newest as i32)),
+        ..Default::default()
+    };
+    let mut s = c.read(req).await.unwrap().into_inner();
+    // The first batch says where the log ends: from then on every commit is ours.
+    let mut got = ids(&s.next().await.unwrap().unwrap());
+    let mut go = go;
+    go.wait_for(|g| *g).await.unwrap();
+    while got.len() < n {
+        let b =
+            tokio::time::timeout(Duration::from_secs(20), s.next()).await.expect("a batch").unwrap().unwrap();
+        assert!(batch == 0 || b.events.len() <= batch as usize);
+        got.extend(ids(&b));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_see_every_commit_once_in_order_across_rotations_and_a_full_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Small segments (many rotations) and the smallest in-memory tail (1 MiB), which the
+    // held-back follower falls out of: it reads from disk, then from memory again.
+    cfg.storage.file.segment_bytes = 64 << 10;
+    cfg.storage.file.tail_cache_mb = 1;
+    let gw = std::sync::Arc::new(TestGateway::start(cfg).await);
+    let n = 30_000;
+    let ((_keep, now), later) = (tokio::sync::watch::channel(true), tokio::sync::watch::channel(false));
+    let mut followers = Vec::new();
+    for (batch, go) in [(3, now.clone()), (7, now), (0, later.1.clone())] {
+        let ch = gw.channel().await;
+        followers.push(tokio::spawn(follow_n(ch, batch, n, go)));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // every follower has its first batch
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let gw = gw.clone();
+            tokio::spawn(async move { send(&gw, w * n / 3..(w + 1) * n / 3).await })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut c = log(&gw).await;
+    let (stored, _, _) = read_all(&mut c, pb::ReadRequest::default()).await;
+    assert_eq!(stored.len(), n);
+    let bytes: u64 = std::fs::read_dir(gw.events_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    assert!(bytes > 2 << 20, "the held-back follower must fall out of the 1 MiB tail ({bytes} bytes stored)");
+    later.0.send_replace(true);
+    for f in followers {
+        assert_eq!(f.await.unwrap(), stored, "a follower missed, repeated or reordered events");
+    }
+    std::sync::Arc::into_inner(gw).expect("every task ended").stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_resumes_at_its_committed_cursor_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();

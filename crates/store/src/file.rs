@@ -378,7 +378,7 @@ impl EventStore for FileStore {
             {
                 // Durable now: followers may read it from memory.
                 let start = w.committed - buf.len() as u64;
-                tail.lock().unwrap_or_else(|p| p.into_inner()).push(w.segment, start, &events);
+                tail.lock().unwrap_or_else(|p| p.into_inner()).push(w.segment, start, events);
             }
             res
         })

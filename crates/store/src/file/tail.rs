@@ -49,7 +49,7 @@ impl Tail {
     }
 
     /// Records a commit of `events` written at `start` of `segment` (already durable).
-    pub(super) fn push(&mut self, segment: u64, start: u64, events: &[StoredEvent]) {
+    pub(super) fn push(&mut self, segment: u64, start: u64, events: Vec<StoredEvent>) {
         if self.max_bytes == 0 || events.is_empty() {
             return;
         }
@@ -62,12 +62,12 @@ impl Tail {
         let mut starts = Vec::with_capacity(events.len());
         let mut at = start;
         let mut bytes = 0;
-        for e in events {
+        for e in &events {
             starts.push(at);
             at += framed_len(e);
             bytes += e.raw.len();
         }
-        self.commits.push_back(Commit { starts, end: at, events: events.to_vec() });
+        self.commits.push_back(Commit { starts, end: at, events });
         self.bytes += bytes;
         while self.bytes > self.max_bytes && self.commits.len() > 1 {
             let old = self.commits.pop_front().expect("more than one commit");
@@ -109,8 +109,9 @@ mod tests {
 
     fn commit(tail: &mut Tail, segment: u64, start: u64, n: std::ops::Range<usize>) -> u64 {
         let events: Vec<StoredEvent> = n.map(ev).collect();
-        tail.push(segment, start, &events);
-        start + events.iter().map(framed_len).sum::<u64>()
+        let end = start + events.iter().map(framed_len).sum::<u64>();
+        tail.push(segment, start, events);
+        end
     }
 
     #[test]
