@@ -19,7 +19,20 @@
 //! mismatching checkpoint (another dedup window length or memory budget, a position past
 //! the store's end) is logged and the gateway rebuilds from the whole store instead.
 //!
-//! Layout: `"ADFLOWCK"`, `version u32`, `created_ms i64`, `cursor_len u16`, cursor,
+//! **Journal.** The dedup window is the large part (up to its memory budget, hundreds of
+//! MB) and most of it does not change between two checkpoints, so it is not rewritten
+//! each time: after a full checkpoint (the *base*), each save appends one record to
+//! `checkpoint.journal` holding its position, the analytics, and only the dedup ids
+//! settled since the previous save (`journal`). A restart loads the base, then every
+//! valid record of the journal in order (ids inserted, the last record's position and
+//! analytics used). A new base is written at the first save after a start, after a failed
+//! save, and once the journal outgrows the base; the journal is emptied after it. Every
+//! record names its base, so records left by a crash between a new base and emptying the
+//! journal are ignored; a torn or damaged record ends the journal there (the store is
+//! then read from the record before it, so nothing is lost, only replayed).
+//!
+//! Layout: `"ADFLOWCK"`, `version u32` (2; 1 had no base id and no journal),
+//! `created_ms i64`, `base_id u64` (version 2), `cursor_len u16`, cursor,
 //! `analytics_len u64`, analytics snapshot, `has_dedup u8`, dedup snapshot, `crc32 u32`.
 
 use crate::pipeline::Window;
@@ -30,12 +43,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod journal;
 mod schedule;
 
 pub use schedule::{CheckpointConfig, Sources, run};
 
 const MAGIC: &[u8; 8] = b"ADFLOWCK";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Why a checkpoint could not be used or written.
 #[derive(Debug, thiserror::Error)]
@@ -61,22 +75,35 @@ pub enum CheckpointError {
     },
 }
 
-/// The store position through which the analytics are counted (None: nothing yet).
-pub type Mark = Arc<Mutex<Option<Cursor>>>;
+/// The store position through which the analytics are counted, and the dedup ids
+/// settled since the last save (the next journal record's).
+#[derive(Debug, Default)]
+pub struct Position {
+    /// The position (None: nothing counted yet).
+    pub cursor: Option<Cursor>,
+    ids: journal::Pending,
+}
 
-/// Counts a commit in the analytics and moves `mark` past it, atomically for a saver.
-/// The commit's ids must already be settled in the dedup window.
+/// Shared by the batcher, which moves it, and the checkpoints, which read it.
+pub type Mark = Arc<Mutex<Position>>;
+
+/// Counts a commit in the analytics and moves `mark` past it, atomically for a saver;
+/// `ids` are the commit's dedup keys, which must already be settled in the window.
 pub fn record_commit(
     analytics: &RwLock<Analytics>,
     mark: Option<&Mark>,
     store: &dyn EventStore,
     events: &[adflow_store::StoredEvent],
+    ids: &[u64],
     now_ms: i64,
 ) {
     let mut a = analytics.write().unwrap_or_else(|p| p.into_inner());
     a.record(events, now_ms);
     if let Some(m) = mark {
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = store.end_cursor();
+        let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+        m.cursor = store.end_cursor();
+        let at = events.first().map_or(now_ms, |e| e.received_at_ms);
+        m.ids.push(at, ids);
     }
 }
 
@@ -103,6 +130,8 @@ pub struct Saved {
 /// Writes and reads the checkpoint file of one gateway.
 pub struct Checkpoints {
     path: PathBuf,
+    /// The base the journal extends (None: the next save writes a base).
+    base: Mutex<Option<journal::Base>>,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CheckpointError + 'a {
@@ -158,7 +187,11 @@ impl Write for Paced {
 impl Checkpoints {
     /// Checkpoints kept at `path` (its directory must exist).
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, base: Mutex::new(None) }
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.path.with_extension("journal")
     }
 
     /// The file.
@@ -166,7 +199,8 @@ impl Checkpoints {
         &self.path
     }
 
-    /// Saves the state now (blocking: run it off the async threads). None when no
+    /// Saves the state now (blocking: run it off the async threads): a journal record
+    /// when the journal can extend the current base, else a new base. None when no
     /// commit has been counted yet (there is nothing to save).
     pub fn save(
         &self,
@@ -175,15 +209,65 @@ impl Checkpoints {
         dedup: Option<&Window>,
         now_ms: i64,
     ) -> Result<Option<Saved>, CheckpointError> {
-        let (cursor, counters) = {
+        let (cursor, counters, ids) = {
             let a = analytics.read().unwrap_or_else(|p| p.into_inner());
-            let Some(cursor) = mark.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            let mut m = mark.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(cursor) = m.cursor.clone() else {
                 return Ok(None);
             };
+            // The ids settled since the last save; from now on the batcher keeps them
+            // for the next record (only a local window has any).
+            let ids = m.ids.take(dedup.is_some());
             let mut buf = Vec::new();
             a.write_snapshot(&mut buf).map_err(io("encode", &self.path))?;
-            (cursor, buf)
+            (cursor, buf, ids)
         };
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        let res = match (*base, ids) {
+            (Some(b), Some(ids)) if b.has_room() => self
+                .append(b, &cursor, &counters, &ids, now_ms)
+                .map(|n| (Some(journal::Base { journal_bytes: b.journal_bytes + n, ..b }), n)),
+            _ => self.write_base(&cursor, &counters, dedup, now_ms).map(|b| (Some(b), b.bytes)),
+        };
+        match res {
+            Ok((b, bytes)) => {
+                *base = b;
+                Ok(Some(Saved { bytes, cursor }))
+            }
+            Err(e) => {
+                // The ids taken for this save are gone: only a new base covers them.
+                *base = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends a journal record; returns its size.
+    fn append(
+        &self,
+        base: journal::Base,
+        cursor: &Cursor,
+        counters: &[u8],
+        ids: &[(i64, Vec<u64>)],
+        now_ms: i64,
+    ) -> Result<u64, CheckpointError> {
+        let path = self.journal_path();
+        let record = journal::encode(base.id, now_ms, &cursor.0, counters, ids);
+        let mut file = OpenOptions::new().append(true).open(&path).map_err(io("open", &path))?;
+        file.write_all(&record).map_err(io("write", &path))?;
+        file.sync_data().map_err(io("fsync", &path))?;
+        Ok(record.len() as u64)
+    }
+
+    /// Writes a new base (the whole state), then empties the journal.
+    fn write_base(
+        &self,
+        cursor: &Cursor,
+        counters: &[u8],
+        dedup: Option<&Window>,
+        now_ms: i64,
+    ) -> Result<journal::Base, CheckpointError> {
+        let id = base_id(now_ms);
         let tmp = self.path.with_extension("bin.tmp");
         let file = OpenOptions::new()
             .create(true)
@@ -198,10 +282,11 @@ impl Checkpoints {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
             w.write_all(&now_ms.to_le_bytes())?;
+            w.write_all(&id.to_le_bytes())?;
             w.write_all(&(cursor.0.len() as u16).to_le_bytes())?;
             w.write_all(cursor.0.as_bytes())?;
             w.write_all(&(counters.len() as u64).to_le_bytes())?;
-            w.write_all(&counters)?;
+            w.write_all(counters)?;
             w.write_all(&[dedup.is_some() as u8])?;
             if let Some(d) = dedup {
                 d.write_snapshot(w)?;
@@ -218,7 +303,11 @@ impl Checkpoints {
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync dir", dir))?;
         }
-        Ok(Some(Saved { bytes, cursor }))
+        // Records of the old base are ignored from now on; emptying the journal only
+        // stops them from taking room.
+        let path = self.journal_path();
+        File::create(&path).and_then(|f| f.sync_all()).map_err(io("create", &path))?;
+        Ok(journal::Base { id, bytes, journal_bytes: 0 })
     }
 
     /// Loads the checkpoint: the analytics, and the dedup window filled in place.
@@ -263,10 +352,12 @@ impl Checkpoints {
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic).map_err(bad)?;
         let version = read_u32(&mut r).map_err(bad)?;
-        if &magic != MAGIC || version != VERSION {
-            return Err(unusable(format!("not a version {VERSION} checkpoint")));
+        if &magic != MAGIC || !(1..=VERSION).contains(&version) {
+            return Err(unusable(format!("not a version 1 to {VERSION} checkpoint")));
         }
         let _created = read_u64(&mut r).map_err(bad)?;
+        // Version 1 had no journal.
+        let base_id = if version >= 2 { Some(read_u64(&mut r).map_err(bad)?) } else { None };
         let mut len = [0u8; 2];
         r.read_exact(&mut len).map_err(bad)?;
         let mut cursor = vec![0u8; u16::from_le_bytes(len) as usize];
@@ -281,13 +372,62 @@ impl Checkpoints {
         }
         let mut has = [0u8; 1];
         r.read_exact(&mut has).map_err(bad)?;
-        let dedup_ids = match (has[0], dedup) {
+        let mut dedup_ids = match (has[0], dedup) {
             (_, None) => 0,
             (1, Some(d)) => d.read_snapshot(&mut r).map_err(|e| unusable(e.to_string()))?,
             (_, Some(_)) => return Err(unusable("saved without a dedup window".into())),
         };
-        Ok(Some(Loaded { analytics, cursor, dedup_ids, bytes }))
+        let mut loaded = Loaded { analytics, cursor, dedup_ids, bytes };
+        if let Some(id) = base_id {
+            let path = self.journal_path();
+            let journal = match std::fs::read(&path) {
+                Ok(j) => j,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io("read", &path)(e)),
+            };
+            let (records, used) = journal::records(&journal, id);
+            if used < journal.len() {
+                tracing::warn!(
+                    path = %path.display(),
+                    valid_bytes = used,
+                    bytes = journal.len(),
+                    "checkpoint journal ends in a torn, damaged or stale record; the store is read from the last valid one"
+                );
+            }
+            if let Some(last) = records.last() {
+                let cursor = Cursor(last.cursor.to_owned());
+                store.check_cursor(&cursor).map_err(|e| unusable(format!("journal: {e}")))?;
+                let mut section = last.analytics;
+                let analytics = Analytics::read_snapshot(retention.clone(), &mut section, now_ms)
+                    .map_err(|e| unusable(format!("journal analytics: {e}")))?;
+                if !section.is_empty() {
+                    return Err(unusable("journal analytics longer than their contents".into()));
+                }
+                if let Some(d) = dedup {
+                    for r in &records {
+                        // Inserting an id the base already holds is a no-op.
+                        dedup_ids += r.ids().filter(|&(at, k)| d.insert(k, at)).count();
+                    }
+                }
+                loaded = Loaded { analytics, cursor, dedup_ids, bytes: bytes + used as u64 };
+            }
+        }
+        Ok(Some(loaded))
     }
+}
+
+/// A base's id: distinct from every earlier base's (time, process, a counter).
+fn base_id(now_ms: i64) -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut seed = [0u8; 36];
+    seed[..8].copy_from_slice(&now_ms.to_le_bytes());
+    seed[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    seed[12..20].copy_from_slice(&n.to_le_bytes());
+    seed[20..36].copy_from_slice(&nanos.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&seed)
 }
 
 fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {

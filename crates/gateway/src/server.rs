@@ -325,7 +325,7 @@ pub async fn serve(
     // The analytics now cover the whole store: a checkpoint taken before the next commit
     // (e.g. at an idle shutdown) is valid too.
     if let Some(m) = pipeline.mark() {
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = store.end_cursor();
+        m.lock().unwrap_or_else(|p| p.into_inner()).cursor = store.end_cursor();
     }
     let checkpoint_task = match (&checkpoints, pipeline.mark()) {
         (Some(cp), Some(mark)) => {

@@ -48,10 +48,11 @@ async fn fixture() -> Fixture {
 impl Fixture {
     async fn commit(&self, batch: &[StoredEvent]) {
         self.store.append(batch).await.unwrap();
-        for e in batch {
-            self.dedup.insert(key(e.view().unwrap().event_id), NOW);
+        let keys: Vec<u64> = batch.iter().map(|e| key(e.view().unwrap().event_id)).collect();
+        for &k in &keys {
+            self.dedup.insert(k, NOW);
         }
-        record_commit(&self.analytics, Some(&self.mark), &self.store, batch, NOW);
+        record_commit(&self.analytics, Some(&self.mark), &self.store, batch, &keys, NOW);
     }
     fn total(a: &Analytics) -> u64 {
         a.sum(Scope::All, 0, NOW + 1, NOW).total()
@@ -111,4 +112,110 @@ async fn a_checkpoint_past_the_stores_end_or_for_another_window_is_refused() {
     // A different dedup window length.
     let w = Window::new(60_000, 1_000_000);
     assert!(f.cp.load(&Retention::default(), Some(&w), &f.store, NOW).is_err());
+}
+
+fn journal_len(f: &Fixture) -> u64 {
+    std::fs::metadata(f.cp.journal_path()).map(|m| m.len()).unwrap_or(0)
+}
+
+fn load_fresh(f: &Fixture) -> (Loaded, Window) {
+    let w = Window::new(600_000, 1_000_000);
+    let l = f.cp.load(&Retention::default(), Some(&w), &f.store, NOW).unwrap().unwrap();
+    (l, w)
+}
+
+#[tokio::test]
+async fn later_saves_append_only_what_changed_and_a_restart_reads_base_and_journal() {
+    let f = fixture().await;
+    f.commit(&events(0, 3000)).await;
+    let first = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let base = std::fs::read(f.cp.path()).unwrap();
+    assert_eq!(journal_len(&f), 0, "a base starts an empty journal");
+    f.commit(&events(3000, 200)).await;
+    let second = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.commit(&events(3200, 100)).await;
+    let third = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    assert_eq!(std::fs::read(f.cp.path()).unwrap(), base, "the base is not rewritten");
+    assert_eq!(journal_len(&f), second.bytes + third.bytes);
+    assert!(
+        second.bytes < first.bytes / 4,
+        "a record holds the new ids only: {} vs {}",
+        second.bytes,
+        first.bytes
+    );
+    let (l, w) = load_fresh(&f);
+    assert_eq!(Some(l.cursor.clone()), f.store.end_cursor());
+    assert_eq!(l.cursor, third.cursor);
+    assert_eq!(Fixture::total(&l.analytics), 3300);
+    assert_eq!(l.dedup_ids, 3300);
+    for id in ["e0", "e2999", "e3000", "e3199", "e3299"] {
+        assert!(!w.insert(key(id), NOW), "{id} is remembered");
+    }
+}
+
+#[tokio::test]
+async fn a_torn_or_damaged_journal_record_costs_only_a_longer_replay() {
+    let f = fixture().await;
+    f.commit(&events(0, 300)).await;
+    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.commit(&events(300, 200)).await;
+    let second = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.commit(&events(500, 100)).await;
+    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let good = std::fs::read(f.cp.journal_path()).unwrap();
+    let torn = &good[..good.len() - 5];
+    let mut flipped = good.clone();
+    flipped[good.len() - 30] ^= 0x08;
+    for bad in [torn.to_vec(), flipped] {
+        std::fs::write(f.cp.journal_path(), &bad).unwrap();
+        let (l, w) = load_fresh(&f);
+        // The last valid record's position: the store is read on from there.
+        assert_eq!(l.cursor, second.cursor);
+        assert_eq!(Fixture::total(&l.analytics), 500);
+        assert!(!w.insert(key("e499"), NOW), "ids of valid records are remembered");
+        assert!(w.insert(key("e550"), NOW), "ids after them come from the store replay");
+        let rest = f.store.scan(Some(l.cursor.clone()), 1000).await.unwrap().events;
+        assert_eq!(rest.len(), 100, "what the torn record covered is still read from the store");
+    }
+}
+
+#[tokio::test]
+async fn a_restart_writes_a_new_base_and_ignores_the_old_journal() {
+    let f = fixture().await;
+    f.commit(&events(0, 300)).await;
+    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.commit(&events(300, 200)).await;
+    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let old_journal = std::fs::read(f.cp.journal_path()).unwrap();
+    assert!(!old_journal.is_empty());
+    // A restarted gateway's first save is a base; a crash right after its rename leaves
+    // the old journal in place, whose records name the old base.
+    let restarted = Checkpoints::new(f.cp.path().to_path_buf());
+    f.commit(&events(500, 10)).await;
+    let base = restarted.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    assert_eq!(journal_len(&f), 0);
+    std::fs::write(f.cp.journal_path(), &old_journal).unwrap();
+    let (l, _) = load_fresh(&f);
+    assert_eq!(l.cursor, base.cursor);
+    assert_eq!(Fixture::total(&l.analytics), 510);
+    assert_eq!(l.dedup_ids, 510);
+}
+
+#[tokio::test]
+async fn after_a_failed_save_the_next_one_writes_a_whole_base() {
+    let f = fixture().await;
+    f.commit(&events(0, 300)).await;
+    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let base = std::fs::read(f.cp.path()).unwrap();
+    f.commit(&events(300, 200)).await;
+    // The journal cannot be appended to: this save's ids are lost to it...
+    std::fs::remove_file(f.cp.journal_path()).unwrap();
+    assert!(f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).is_err());
+    f.commit(&events(500, 100)).await;
+    // ...so the next save writes the whole window again, which holds them.
+    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    assert_ne!(std::fs::read(f.cp.path()).unwrap(), base, "a new base");
+    let (l, w) = load_fresh(&f);
+    assert_eq!(l.dedup_ids, 600);
+    assert!(!w.insert(key("e350"), NOW), "the ids of the failed save are in the new base");
 }

@@ -261,12 +261,13 @@ impl Batcher {
         );
         // Settle before counting: a checkpoint's position must never pass ids still
         // pending (see `checkpoint`).
+        let keys: Vec<u64> = waiters.iter().flat_map(|w| w.keys.iter().copied()).collect();
         if let Some(d) = &self.dedup {
-            let keys: Vec<u64> = waiters.iter().flat_map(|w| w.keys.iter().copied()).collect();
             d.settle(&keys);
         }
         if let Some(a) = &self.analytics {
-            crate::checkpoint::record_commit(a, self.mark.as_ref(), &*self.store, &events, now_ms());
+            // The settled keys go to the next checkpoint journal record.
+            crate::checkpoint::record_commit(a, self.mark.as_ref(), &*self.store, &events, &keys, now_ms());
         }
         self.counters.committed.fetch_add(n, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
