@@ -209,6 +209,8 @@ impl Checkpoints {
         dedup: Option<&Window>,
         now_ms: i64,
     ) -> Result<Option<Saved>, CheckpointError> {
+        // Held throughout: saves are serialised, so records are appended in mark order.
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
         let (cursor, counters, ids) = {
             let a = analytics.read().unwrap_or_else(|p| p.into_inner());
             let mut m = mark.lock().unwrap_or_else(|p| p.into_inner());
@@ -222,7 +224,6 @@ impl Checkpoints {
             a.write_snapshot(&mut buf).map_err(io("encode", &self.path))?;
             (cursor, buf, ids)
         };
-        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
         let res = match (*base, ids) {
             (Some(b), Some(ids)) if b.has_room() => self
                 .append(b, &cursor, &counters, &ids, now_ms)

@@ -9,8 +9,10 @@
 const MAGIC: &[u8; 4] = b"ADCJ";
 /// Ids kept for the next record at most; beyond, the next save writes a base instead.
 const MAX_PENDING_IDS: usize = 16 << 20;
-/// A journal may grow to the size of its base, and at least to this.
-pub(super) const MIN_JOURNAL_BYTES: u64 = 64 << 20;
+/// A journal may grow to the size of its base (rewriting a small base is cheap), but at
+/// least to the first and at most to the second bound: a start inserts every id of the
+/// journal one by one (~4M ids at the upper bound), while a base loads table by table.
+const JOURNAL_BYTES: std::ops::RangeInclusive<u64> = (4 << 20)..=(32 << 20);
 
 /// The base checkpoint the journal extends.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +27,7 @@ pub(super) struct Base {
 impl Base {
     /// Whether the next save may append to the journal instead of writing a new base.
     pub fn has_room(&self) -> bool {
-        self.journal_bytes < self.bytes.max(MIN_JOURNAL_BYTES)
+        self.journal_bytes < self.bytes.clamp(*JOURNAL_BYTES.start(), *JOURNAL_BYTES.end())
     }
 }
 
@@ -208,6 +210,15 @@ mod tests {
         let mut junk = j.clone();
         junk.extend_from_slice(&[0xAD; 40]);
         assert_eq!(records(&junk, 1).0.len(), 2);
+    }
+
+    #[test]
+    fn a_journal_grows_to_its_base_within_bounds() {
+        let b = |bytes: u64, journal_bytes: u64| Base { id: 1, bytes, journal_bytes }.has_room();
+        const MB: u64 = 1 << 20;
+        assert!(b(MB, 3 * MB) && !b(MB, 4 * MB), "a small base: up to 4 MiB");
+        assert!(b(10 * MB, 9 * MB) && !b(10 * MB, 10 * MB), "as large as its base");
+        assert!(b(500 * MB, 31 * MB) && !b(500 * MB, 32 * MB), "never past 32 MiB");
     }
 
     #[test]
