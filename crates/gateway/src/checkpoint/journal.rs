@@ -8,7 +8,7 @@
 
 const MAGIC: &[u8; 4] = b"ADCJ";
 /// Ids kept for the next record at most; beyond, the next save writes a base instead.
-const MAX_PENDING_IDS: usize = 16 << 20;
+const MAX_PENDING_IDS: usize = 4 << 20;
 /// A journal may grow to the size of its base (rewriting a small base is cheap), but at
 /// least to the first and at most to the second bound: a start inserts every id of the
 /// journal one by one (~4M ids at the upper bound), while a base loads table by table.
