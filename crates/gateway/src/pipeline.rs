@@ -273,7 +273,7 @@ impl Pipeline {
         let mut room = self.reserve(received, when_full).await?;
         let durable = mode == pb::AckMode::Durable;
         let (outcome, mine) = watch::channel(None);
-        let ticket = self.in_flight.open(&mine);
+        let ticket = self.in_flight.open(&mine, durable);
         // Commits of pending first copies this request's duplicates must wait for.
         let mut firsts: Vec<Outcome> = Vec::new();
         // The ticket of the last of them (a resent batch repeats one ticket many times).
@@ -310,20 +310,28 @@ impl Pipeline {
             }
             if let Some(window) = &self.dedup {
                 let k = dedup::key(view.event_id);
+                // A repeat waits for its first copy's commit when that copy is durable
+                // (dropped if its commit fails) or the repeat itself is durable: a
+                // "duplicate" must never stand for an event that is then not stored. A
+                // repeat in accepted mode of an accepted-mode first copy is answered at
+                // once: that copy is kept and retried until stored.
                 // A repeat inside this request shares its own commit. Consecutive repeats
                 // of one first commit are folded; others are kept even if seen before:
                 // waiting on a resolved commit is O(1), a search per event would be
                 // quadratic. The lookup runs under the window's lock, while the first
                 // copy's ticket is certainly open.
                 let first = |&t: &u64| {
-                    if !durable || t == own || t == last_first {
+                    if t == own || t == last_first {
                         return None;
                     }
                     last_first = t;
-                    // Closed with its ids still pending only if the batcher gave up on
-                    // them (stopping with a dead store) or died: then, as for a dropped
-                    // outcome, the repeat is answered "shutting down, retry".
-                    Some(self.in_flight.get(t).unwrap_or_else(|| watch::channel(None).1))
+                    match self.in_flight.get(t) {
+                        Some((rx, first_durable)) => (durable || first_durable).then_some(rx),
+                        // Closed with its ids still pending only if the batcher gave up on
+                        // them (stopping with a dead store) or died: then, as for a dropped
+                        // outcome, the repeat is answered "shutting down, retry".
+                        None => Some(watch::channel(None).1),
+                    }
                 };
                 match window.claim_with(k, now, &own, first) {
                     Seen::New => keys.push(k),

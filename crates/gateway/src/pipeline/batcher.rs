@@ -29,6 +29,9 @@ use tracing::Instrument;
 
 /// Stops and joins the batcher.
 pub(super) struct Handle {
+    /// Raised first, so a commit already retrying on a dead store sees the shutdown too
+    /// (the file store's batcher is inside that commit, not waiting on `stop`).
+    stop_asked: Arc<AtomicBool>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     join: Mutex<Option<JoinHandle<()>>>,
 }
@@ -36,6 +39,7 @@ pub(super) struct Handle {
 impl Handle {
     /// Asks the batcher to drain the queue, commit it and exit; waits until it has.
     pub(super) async fn stop(&self) {
+        self.stop_asked.store(true, Ordering::Relaxed);
         if let Some(tx) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = tx.send(());
         }
@@ -58,6 +62,8 @@ struct Batcher {
     resilient: Option<Arc<adflow_store::resilient::Resilient>>,
     counters: Arc<Counters>,
     stopping: AtomicBool,
+    /// Set by `Handle::stop` (see there).
+    stop_asked: Arc<AtomicBool>,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
     /// One permit per commit that may be in flight.
     slots: Arc<Semaphore>,
@@ -95,6 +101,7 @@ pub(super) struct Parts {
 
 pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
     let (stop_tx, stop_rx) = oneshot::channel();
+    let stop_asked = Arc::new(AtomicBool::new(false));
     let b = Batcher {
         cfg: p.cfg,
         store: p.store,
@@ -105,12 +112,13 @@ pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
         resilient: p.resilient,
         counters: p.counters,
         stopping: AtomicBool::new(false),
+        stop_asked: stop_asked.clone(),
         max_batch: p.max_batch,
         slots: Arc::new(Semaphore::new(p.in_flight.max(1) as usize)),
         in_flight: p.in_flight.max(1),
     };
     let join = tokio::spawn(Arc::new(b).run(rx, stop_rx));
-    Handle { stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
+    Handle { stop_asked, stop: Mutex::new(Some(stop_tx)), join: Mutex::new(Some(join)) }
 }
 
 impl Batcher {
@@ -205,6 +213,9 @@ impl Batcher {
             tracing::Span::none()
         };
         let mut attempt = 0u32;
+        // The attempt at which this commit saw the shutdown begin (a commit already
+        // retrying then must give up too, not only the batches gathered after it).
+        let mut stopped_at = stopping.then_some(0u32);
         let placement = loop {
             attempt += 1;
             // The shared dedup's claims are settled inside the commit's own transaction
@@ -237,7 +248,10 @@ impl Batcher {
                     return;
                 }
             }
-            if stopping && attempt >= 2 * self.cfg.store_retry_attempts {
+            if stopped_at.is_none() && self.stop_asked.load(Ordering::Relaxed) {
+                stopped_at = Some(attempt);
+            }
+            if stopped_at.is_some_and(|at| attempt - at >= 2 * self.cfg.store_retry_attempts) {
                 tracing::error!(
                     events = events.len(),
                     "shutting down with a failing store: accepted-mode events were NOT stored"

@@ -9,23 +9,25 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Outcome channels of the submissions whose commit has not ended.
+/// Outcome channels of the submissions whose commit has not ended, and whether each
+/// is durable (its events are dropped if the commit fails; accepted-mode events are kept
+/// and retried until stored).
 #[derive(Default)]
 pub(crate) struct InFlight {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Outcome>>,
+    open: Mutex<HashMap<u64, (Outcome, bool)>>,
 }
 
 impl InFlight {
     /// Opens a ticket for a submission whose commit outcome `rx` will carry.
-    pub(crate) fn open(self: &Arc<Self>, rx: &Outcome) -> Ticket {
+    pub(crate) fn open(self: &Arc<Self>, rx: &Outcome, durable: bool) -> Ticket {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, rx.clone());
+        self.lock().insert(id, (rx.clone(), durable));
         Ticket { id, registry: self.clone() }
     }
 
-    /// The outcome of ticket `id`'s commit, while it is open.
-    pub(crate) fn get(&self, id: u64) -> Option<Outcome> {
+    /// The outcome of ticket `id`'s commit and whether it is durable, while it is open.
+    pub(crate) fn get(&self, id: u64) -> Option<(Outcome, bool)> {
         self.lock().get(&id).cloned()
     }
 
@@ -35,7 +37,7 @@ impl InFlight {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Outcome>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Outcome, bool)>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -76,10 +78,11 @@ mod tests {
     fn a_ticket_is_found_while_open_and_gone_once_dropped() {
         let reg = Arc::new(InFlight::default());
         let (tx, rx) = watch::channel(None);
-        let a = reg.open(&rx);
-        let b = reg.open(&rx);
+        let a = reg.open(&rx, true);
+        let b = reg.open(&rx, false);
         assert_ne!(a.id(), b.id());
-        assert!(reg.get(a.id()).is_some_and(|o| o.same_channel(&rx)));
+        assert!(reg.get(a.id()).is_some_and(|(o, durable)| o.same_channel(&rx) && durable));
+        assert!(reg.get(b.id()).is_some_and(|(_, durable)| !durable));
         drop(a);
         assert_eq!(reg.len(), 1);
         tx.send_replace(Some(Ok(())));

@@ -109,6 +109,9 @@ async fn events_acked_in_accepted_mode_are_retried_until_stored() {
     let p = start(store.clone());
     let r = p.enqueue(vec![ev("x"), ev("y")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
     assert_eq!(r.wait().await.unwrap().accepted, 2);
+    while store.events.lock().unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     p.shutdown().await;
     let ids: Vec<_> = store.events.lock().unwrap().iter().map(|e| e.event().unwrap().event_id).collect();
     assert_eq!(ids, vec!["x", "y"]);
@@ -300,4 +303,47 @@ async fn a_repeat_of_several_pending_commits_waits_for_each_and_no_ticket_stays_
     assert_eq!(store.events.lock().unwrap().len(), 3);
     p.shutdown().await;
     assert_eq!(p.in_flight.len(), 0, "every commit's ticket is closed");
+}
+
+#[tokio::test]
+async fn an_accepted_mode_repeat_of_a_pending_durable_id_fails_with_it() {
+    let store = Arc::new(FlakyStore::default());
+    store.gated.store(true, Ordering::SeqCst);
+    store.fail.store(3, Ordering::SeqCst); // the whole retry budget: the durable copy is dropped
+    let p = start(store.clone());
+    let first = p.enqueue(vec![ev("d1"), ev("d2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
+    appends_reach(&store, 1).await;
+    let repeat =
+        p.enqueue(vec![ev("d1"), ev("d2")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+    let waiting = tokio::spawn(repeat.wait());
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "answered 'duplicate' while the durable first copy was not stored");
+    store.gate.add_permits(3);
+    assert!(matches!(first.wait().await, Err(IngestError::CommitFailed(_))));
+    let err = waiting.await.unwrap().expect_err("the first copy was dropped: no 'duplicate'");
+    assert!(matches!(err, IngestError::CommitFailed(_)), "{err}");
+    // Its retry is taken as new and stored.
+    store.gated.store(false, Ordering::SeqCst);
+    let r = p.enqueue(vec![ev("d1"), ev("d2")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(r.wait().await.unwrap().accepted, 2);
+    p.shutdown().await;
+    assert_eq!(store.events.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn shutdown_ends_even_while_a_commit_retries_on_a_dead_store() {
+    let store = Arc::new(FlakyStore::default());
+    store.fail.store(u32::MAX, Ordering::SeqCst);
+    // One commit at a time, as on the file store: the batcher itself is inside the commit.
+    let analytics = Arc::new(RwLock::new(Analytics::default()));
+    let one = IngestConfig { commits_in_flight: 1, ..cfg() };
+    let p = Pipeline::start(one, Limits::default(), store.clone(), Some(analytics), None, None, None);
+    let r = p.enqueue(vec![ev("s1")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+    assert_eq!(r.wait().await.unwrap().accepted, 1);
+    appends_reach(&store, 5).await; // past the retry budget: accepted-mode events are kept
+    tokio::time::timeout(std::time::Duration::from_secs(10), p.shutdown())
+        .await
+        .expect("shutdown gives up on a dead store after its budget");
 }
