@@ -31,6 +31,7 @@ one() {
   wait $IP
   echo "  ingest: $(grep -E 'throughput|latency' "$DATA/ingest.txt" | sed 's/(.*//' | tr -s ' ' | tr '\n' ' ')"
   echo "  cpu seconds: gateway $(awk '{print ($14+$15)/100}' /proc/$GP/stat) ingest $(awk '{print $1+$2}' "$DATA/icpu") reader $(awk '{print $1+$2}' "$DATA/rcpu")"
+  echo "  gateway wrote $(awk '/^write_bytes/ {print int($2/1048576)}' /proc/$GP/io) MiB to disk for $(du -sm "$DATA/events" | cut -f1) MiB of segments"
   kill -TERM $GP; wait $GP; rm -rf "$DATA"
 }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(date -u +%FT%TZ)"
