@@ -225,9 +225,18 @@ impl Checkpoints {
             (cursor, buf, ids)
         };
         let res = match (*base, ids) {
-            (Some(b), Some(ids)) if b.has_room() => self
-                .append(b, &cursor, &counters, &ids, now_ms)
-                .map(|n| (Some(journal::Base { journal_bytes: b.journal_bytes + n, ..b }), n)),
+            (Some(b), Some(ids)) if b.has_room() => {
+                self.append(b, &cursor, &counters, &ids, now_ms).map(|n| {
+                    (
+                        Some(journal::Base {
+                            records: b.records + 1,
+                            journal_bytes: b.journal_bytes + n,
+                            ..b
+                        }),
+                        n,
+                    )
+                })
+            }
             _ => self.write_base(&cursor, &counters, dedup, now_ms).map(|b| (Some(b), b.bytes)),
         };
         match res {
@@ -253,7 +262,7 @@ impl Checkpoints {
         now_ms: i64,
     ) -> Result<u64, CheckpointError> {
         let path = self.journal_path();
-        let record = journal::encode(base.id, now_ms, &cursor.0, counters, ids);
+        let record = journal::encode(base.id, base.records, now_ms, &cursor.0, counters, ids);
         let mut file = OpenOptions::new().append(true).open(&path).map_err(io("open", &path))?;
         file.write_all(&record).map_err(io("write", &path))?;
         file.sync_data().map_err(io("fsync", &path))?;
@@ -308,7 +317,7 @@ impl Checkpoints {
         // stops them from taking room.
         let path = self.journal_path();
         File::create(&path).and_then(|f| f.sync_all()).map_err(io("create", &path))?;
-        Ok(journal::Base { id, bytes, journal_bytes: 0 })
+        Ok(journal::Base { id, records: 0, bytes, journal_bytes: 0 })
     }
 
     /// Loads the checkpoint: the analytics, and the dedup window filled in place.

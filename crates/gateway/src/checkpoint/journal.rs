@@ -3,7 +3,8 @@
 //! previous save, so a save writes what changed instead of the whole dedup window.
 //!
 //! Record: `"ADCJ"`, `body_len u32`, body, `crc32(body) u32`; body: `base_id u64`,
-//! `created_ms i64`, `cursor_len u16`, cursor, `analytics_len u64`, analytics snapshot,
+//! `seq u32` (0 for the first record after its base, then 1, 2, ...: a missing or
+//! reordered record ends the journal there), `created_ms i64`, `cursor_len u16`, cursor, `analytics_len u64`, analytics snapshot,
 //! `groups u32`, then per group `at_ms i64`, `n u32`, `n` keys `u64`. All little-endian.
 
 const MAGIC: &[u8; 4] = b"ADCJ";
@@ -18,6 +19,8 @@ const JOURNAL_BYTES: std::ops::RangeInclusive<u64> = (4 << 20)..=(32 << 20);
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Base {
     pub id: u64,
+    /// Records appended after it (the next record's sequence number).
+    pub records: u32,
     /// Size of the base file.
     pub bytes: u64,
     /// Size of the journal after it.
@@ -71,6 +74,7 @@ impl Pending {
 /// One record's contents.
 pub(super) struct Record<'a> {
     pub base_id: u64,
+    pub seq: u32,
     pub cursor: &'a str,
     pub analytics: &'a [u8],
     pub groups: Vec<(i64, &'a [u8])>,
@@ -88,6 +92,7 @@ impl Record<'_> {
 /// Encodes a record.
 pub(super) fn encode(
     base_id: u64,
+    seq: u32,
     created_ms: i64,
     cursor: &str,
     analytics: &[u8],
@@ -96,6 +101,7 @@ pub(super) fn encode(
     let keys: usize = groups.iter().map(|(_, k)| k.len()).sum();
     let mut body = Vec::with_capacity(64 + cursor.len() + analytics.len() + groups.len() * 12 + keys * 8);
     body.extend_from_slice(&base_id.to_le_bytes());
+    body.extend_from_slice(&seq.to_le_bytes());
     body.extend_from_slice(&created_ms.to_le_bytes());
     body.extend_from_slice(&(cursor.len() as u16).to_le_bytes());
     body.extend_from_slice(cursor.as_bytes());
@@ -140,6 +146,7 @@ impl<'a> Body<'a> {
 fn decode_body(body: &[u8]) -> Option<Record<'_>> {
     let mut b = Body(body);
     let base_id = b.u64()?;
+    let seq = b.u32()?;
     let _created_ms = b.u64()?;
     let n = b.u16()? as usize;
     let cursor = std::str::from_utf8(b.take(n)?).ok()?;
@@ -152,13 +159,14 @@ fn decode_body(body: &[u8]) -> Option<Record<'_>> {
         let n = b.u32()? as usize;
         groups.push((at, b.take(n.checked_mul(8)?)?));
     }
-    b.0.is_empty().then_some(Record { base_id, cursor, analytics, groups })
+    b.0.is_empty().then_some(Record { base_id, seq, cursor, analytics, groups })
 }
 
 /// The valid records of `journal` that extend base `base_id`, in order: reading stops at
-/// the first record that is torn, damaged or of another base (nothing valid of this
-/// base can follow one: records are only appended, and the journal is emptied after
-/// each new base). Also returns how many bytes they take.
+/// the first record that is torn, damaged, of another base or out of sequence (a record
+/// after a missing one must not be used: the ids of the missing one would be absent
+/// while its commits lie before the position used). Also returns how many bytes the
+/// records used take.
 pub(super) fn records(journal: &[u8], base_id: u64) -> (Vec<Record<'_>>, usize) {
     let (mut out, mut at) = (Vec::new(), 0usize);
     while let Some(rest) = journal.get(at..) {
@@ -172,7 +180,7 @@ pub(super) fn records(journal: &[u8], base_id: u64) -> (Vec<Record<'_>>, usize) 
             break;
         }
         match decode_body(body) {
-            Some(r) if r.base_id == base_id => out.push(r),
+            Some(r) if r.base_id == base_id && r.seq as usize == out.len() => out.push(r),
             _ => break,
         }
         at += 12 + len;
@@ -184,14 +192,14 @@ pub(super) fn records(journal: &[u8], base_id: u64) -> (Vec<Record<'_>>, usize) 
 mod tests {
     use super::*;
 
-    fn record(base: u64, cursor: &str, keys: &[u64]) -> Vec<u8> {
-        encode(base, 7, cursor, b"analytics", &[(100, keys.to_vec()), (101, vec![9])])
+    fn record(base: u64, seq: u32, cursor: &str, keys: &[u64]) -> Vec<u8> {
+        encode(base, seq, 7, cursor, b"analytics", &[(100, keys.to_vec()), (101, vec![9])])
     }
 
     #[test]
     fn records_read_back_in_order_until_a_torn_or_foreign_one() {
-        let mut j = record(1, "1:10", &[1, 2]);
-        j.extend(record(1, "1:20", &[3]));
+        let mut j = record(1, 0, "1:10", &[1, 2]);
+        j.extend(record(1, 1, "1:20", &[3]));
         let (rs, used) = records(&j, 1);
         assert_eq!(used, j.len());
         assert_eq!(rs.iter().map(|r| r.cursor).collect::<Vec<_>>(), ["1:10", "1:20"]);
@@ -200,7 +208,7 @@ mod tests {
         // Another base's records are not ours.
         assert!(records(&j, 2).0.is_empty());
         // A torn last record, a flipped bit, trailing garbage: the valid prefix only.
-        let first = record(1, "1:10", &[1, 2]).len();
+        let first = record(1, 0, "1:10", &[1, 2]).len();
         assert_eq!(records(&j[..j.len() - 3], 1).0.len(), 1);
         for at in [first + 2, first + 9, j.len() - 1] {
             let mut bad = j.clone();
@@ -213,8 +221,19 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_or_reordered_record_ends_the_journal() {
+        let (a, b, c) = (record(1, 0, "1:10", &[1]), record(1, 1, "1:20", &[2]), record(1, 2, "1:30", &[3]));
+        let gap = [a.clone(), c.clone()].concat();
+        assert_eq!(records(&gap, 1).0.iter().map(|r| r.cursor).collect::<Vec<_>>(), ["1:10"]);
+        let swapped = [b.clone(), a.clone(), c.clone()].concat();
+        assert!(records(&swapped, 1).0.is_empty());
+        let twice = [a.clone(), b.clone(), a, b, c].concat();
+        assert_eq!(records(&twice, 1).0.len(), 2);
+    }
+
+    #[test]
     fn a_journal_grows_to_its_base_within_bounds() {
-        let b = |bytes: u64, journal_bytes: u64| Base { id: 1, bytes, journal_bytes }.has_room();
+        let b = |bytes: u64, journal_bytes: u64| Base { id: 1, records: 0, bytes, journal_bytes }.has_room();
         const MB: u64 = 1 << 20;
         assert!(b(MB, 3 * MB) && !b(MB, 4 * MB), "a small base: up to 4 MiB");
         assert!(b(10 * MB, 9 * MB) && !b(10 * MB, 10 * MB), "as large as its base");
