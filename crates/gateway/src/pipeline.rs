@@ -96,6 +96,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     /// Failed store writes (each attempt).
     pub store_errors: AtomicU64,
+    /// Accepted-mode events given up at shutdown because the store kept failing.
+    pub abandoned: AtomicU64,
 }
 
 /// Whether the caller waits for room in the queue or is refused.

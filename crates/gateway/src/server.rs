@@ -556,6 +556,15 @@ pub async fn serve(
     let _ = health_task.await;
     store.close().await.context("closing the event store")?;
     let c = pipeline.counters();
+    let abandoned = c.abandoned.load(Ordering::Relaxed);
+    if abandoned > 0 {
+        tracing::error!(
+            abandoned,
+            committed = c.committed.load(Ordering::Relaxed),
+            "gateway stopped; accepted-mode events were NOT written: the event store kept failing during the shutdown"
+        );
+        return Ok(());
+    }
     tracing::info!(
         received = c.received.load(Ordering::Relaxed),
         accepted = c.accepted.load(Ordering::Relaxed),

@@ -64,6 +64,9 @@ struct Batcher {
     stopping: AtomicBool,
     /// Set by `Handle::stop` (see there).
     stop_asked: Arc<AtomicBool>,
+    /// A commit gave up on the store during the shutdown: later ones try once only, so
+    /// the shutdown does not take a full retry budget per queued batch.
+    gave_up: AtomicBool,
     max_batch: Arc<std::sync::atomic::AtomicUsize>,
     /// One permit per commit that may be in flight.
     slots: Arc<Semaphore>,
@@ -113,6 +116,7 @@ pub(super) fn spawn(p: Parts, rx: mpsc::Receiver<Submission>) -> Handle {
         counters: p.counters,
         stopping: AtomicBool::new(false),
         stop_asked: stop_asked.clone(),
+        gave_up: AtomicBool::new(false),
         max_batch: p.max_batch,
         slots: Arc::new(Semaphore::new(p.in_flight.max(1) as usize)),
         in_flight: p.in_flight.max(1),
@@ -251,7 +255,10 @@ impl Batcher {
             if stopped_at.is_none() && self.stop_asked.load(Ordering::Relaxed) {
                 stopped_at = Some(attempt);
             }
-            if stopped_at.is_some_and(|at| attempt - at >= 2 * self.cfg.store_retry_attempts) {
+            let spent = stopped_at.is_some_and(|at| attempt - at >= 2 * self.cfg.store_retry_attempts);
+            if spent || (stopped_at.is_some() && self.gave_up.load(Ordering::Relaxed)) {
+                self.gave_up.store(true, Ordering::Relaxed);
+                self.counters.abandoned.fetch_add(events.len() as u64, Ordering::Relaxed);
                 tracing::error!(
                     events = events.len(),
                     "shutting down with a failing store: accepted-mode events were NOT stored"

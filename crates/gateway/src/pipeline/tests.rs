@@ -346,4 +346,27 @@ async fn shutdown_ends_even_while_a_commit_retries_on_a_dead_store() {
     tokio::time::timeout(std::time::Duration::from_secs(10), p.shutdown())
         .await
         .expect("shutdown gives up on a dead store after its budget");
+    assert_eq!(p.counters().abandoned.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn at_shutdown_on_a_dead_store_later_batches_do_not_each_spend_a_retry_budget() {
+    let store = Arc::new(FlakyStore::default());
+    store.fail.store(u32::MAX, Ordering::SeqCst);
+    let analytics = Arc::new(RwLock::new(Analytics::default()));
+    // One event per commit: five queued batches.
+    let one = IngestConfig { commits_in_flight: 1, max_batch_events: 1, ..cfg() };
+    let p = Pipeline::start(one, Limits::default(), store.clone(), Some(analytics), None, None, None);
+    for i in 0..5 {
+        let r =
+            p.enqueue(vec![ev(&format!("q{i}"))], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
+        r.wait().await.unwrap();
+    }
+    appends_reach(&store, 5).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), p.shutdown()).await.expect("shutdown ends");
+    assert_eq!(p.counters().abandoned.load(Ordering::Relaxed), 5);
+    // The first batch spends its budget (2 x 3 attempts after the stop); the other four
+    // try once each, instead of 6 attempts each.
+    let appends = store.appends.load(Ordering::SeqCst);
+    assert!(appends <= 25, "{appends} attempts");
 }
