@@ -94,7 +94,7 @@ pub fn record_commit(
     mark: Option<&Mark>,
     store: &dyn EventStore,
     events: &[adflow_store::StoredEvent],
-    ids: &[u64],
+    ids: Vec<u64>,
     now_ms: i64,
 ) {
     let mut a = analytics.write().unwrap_or_else(|p| p.into_inner());

@@ -10,11 +10,11 @@
 //!
 //! "Duplicate" means "stored". Every submission carries an `Outcome` channel that the
 //! batcher resolves when the commit holding it ends. The dedup window marks the ids of a
-//! submission pending with its ticket until then (`in_flight` maps tickets to channels); a repeat of a pending id (a client's
-//! retry racing its first attempt, on any connection) is counted as a duplicate, and in
-//! durable mode its reply waits for the first copy's commit and shares its outcome: a
-//! failed first commit fails the repeat too, so its client retries instead of trusting a
-//! copy that was never written.
+//! submission pending with its ticket until then (`in_flight` maps tickets to channels);
+//! a repeat of a pending id (a client's retry racing its first attempt, on any
+//! connection) is counted as a duplicate, and when either copy is durable its reply waits
+//! for the first copy's commit and shares its outcome: a failed first commit fails the
+//! repeat too, so its client retries instead of trusting a copy that was never written.
 
 mod batcher;
 mod in_flight;
@@ -312,15 +312,13 @@ impl Pipeline {
             }
             if let Some(window) = &self.dedup {
                 let k = dedup::key(view.event_id);
-                // A repeat waits for its first copy's commit when that copy is durable
-                // (dropped if its commit fails) or the repeat itself is durable: a
-                // "duplicate" must never stand for an event that is then not stored. A
-                // repeat in accepted mode of an accepted-mode first copy is answered at
-                // once: that copy is kept and retried until stored.
-                // A repeat inside this request shares its own commit. Consecutive repeats
-                // of one first commit are folded; others are kept even if seen before:
-                // waiting on a resolved commit is O(1), a search per event would be
-                // quadratic. The lookup runs under the window's lock, while the first
+                // A repeat waits for its first copy's commit when either copy is durable
+                // (a failed durable commit drops its events); an accepted-mode first copy
+                // is kept and retried until stored, so an accepted-mode repeat of it is
+                // answered at once. Repeats inside this request share its own commit;
+                // consecutive repeats of one first copy are folded (waiting twice on a
+                // resolved commit is O(1), searching the list per event would be
+                // quadratic). The lookup runs under the window's lock, while the first
                 // copy's ticket is certainly open.
                 let first = |&t: &u64| {
                     if t == own || t == last_first {

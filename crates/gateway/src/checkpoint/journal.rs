@@ -47,7 +47,7 @@ pub(super) struct Pending {
 
 impl Pending {
     /// Keeps the `ids` of a commit received at `at_ms`.
-    pub fn push(&mut self, at_ms: i64, ids: &[u64]) {
+    pub fn push(&mut self, at_ms: i64, ids: Vec<u64>) {
         if !self.collecting || self.overflowed || ids.is_empty() {
             return;
         }
@@ -58,7 +58,7 @@ impl Pending {
             return;
         }
         self.n += ids.len();
-        self.groups.push((at_ms, ids.to_vec()));
+        self.groups.push((at_ms, ids));
     }
 
     /// The ids kept since the last call, if they are complete (None: a base is needed);
@@ -243,17 +243,17 @@ mod tests {
     #[test]
     fn pending_ids_are_complete_only_between_two_saves_that_kept_them() {
         let mut p = Pending::default();
-        p.push(1, &[1]);
+        p.push(1, vec![1]);
         assert_eq!(p.take(true), None, "nothing was kept before the first save");
-        p.push(2, &[2, 3]);
-        p.push(3, &[]);
+        p.push(2, vec![2, 3]);
+        p.push(3, vec![]);
         assert_eq!(p.take(true), Some(vec![(2, vec![2, 3])]));
         assert_eq!(p.take(true), Some(vec![]));
         p.n = MAX_PENDING_IDS;
-        p.push(4, &[4]);
+        p.push(4, vec![4]);
         assert_eq!(p.take(true), None, "an overflow asks for a base");
         assert_eq!(p.take(false), Some(vec![]));
-        p.push(5, &[5]);
+        p.push(5, vec![5]);
         assert_eq!(p.take(true), None, "not kept while not collecting");
     }
 }

@@ -52,7 +52,11 @@ impl Fixture {
         for &k in &keys {
             self.dedup.insert(k, NOW);
         }
-        record_commit(&self.analytics, Some(&self.mark), &self.store, batch, &keys, NOW);
+        record_commit(&self.analytics, Some(&self.mark), &self.store, batch, keys, NOW);
+    }
+    /// Saves now; panics unless something was saved.
+    fn save(&self) -> Saved {
+        self.cp.save(&self.analytics, &self.mark, Some(&self.dedup), NOW).unwrap().unwrap()
     }
     fn total(a: &Analytics) -> u64 {
         a.sum(Scope::All, 0, NOW + 1, NOW).total()
@@ -65,7 +69,7 @@ async fn a_saved_checkpoint_gives_back_the_counters_the_dedup_ids_and_the_positi
     assert!(f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().is_none(), "nothing to save yet");
     f.commit(&events(0, 500)).await;
     f.commit(&events(500, 700)).await;
-    let saved = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let saved = f.save();
     assert_eq!(Some(saved.cursor.clone()), f.store.end_cursor());
 
     let fresh = Window::new(600_000, 1_000_000);
@@ -82,7 +86,7 @@ async fn a_saved_checkpoint_gives_back_the_counters_the_dedup_ids_and_the_positi
 async fn a_damaged_or_truncated_checkpoint_is_refused_not_half_used() {
     let f = fixture().await;
     f.commit(&events(0, 300)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     let good = std::fs::read(f.cp.path()).unwrap();
     for at in [3, 20, good.len() / 2, good.len() - 2] {
         let mut bad = good.clone();
@@ -102,7 +106,7 @@ async fn a_damaged_or_truncated_checkpoint_is_refused_not_half_used() {
 async fn a_checkpoint_past_the_stores_end_or_for_another_window_is_refused() {
     let f = fixture().await;
     f.commit(&events(0, 300)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     // Another (empty) store: the position is past its end.
     let other = tempfile::tempdir().unwrap();
     let empty =
@@ -128,13 +132,13 @@ fn load_fresh(f: &Fixture) -> (Loaded, Window) {
 async fn later_saves_append_only_what_changed_and_a_restart_reads_base_and_journal() {
     let f = fixture().await;
     f.commit(&events(0, 3000)).await;
-    let first = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let first = f.save();
     let base = std::fs::read(f.cp.path()).unwrap();
     assert_eq!(journal_len(&f), 0, "a base starts an empty journal");
     f.commit(&events(3000, 200)).await;
-    let second = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let second = f.save();
     f.commit(&events(3200, 100)).await;
-    let third = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let third = f.save();
     assert_eq!(std::fs::read(f.cp.path()).unwrap(), base, "the base is not rewritten");
     assert_eq!(journal_len(&f), second.bytes + third.bytes);
     assert!(
@@ -157,11 +161,11 @@ async fn later_saves_append_only_what_changed_and_a_restart_reads_base_and_journ
 async fn a_torn_or_damaged_journal_record_costs_only_a_longer_replay() {
     let f = fixture().await;
     f.commit(&events(0, 300)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     f.commit(&events(300, 200)).await;
-    let second = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    let second = f.save();
     f.commit(&events(500, 100)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     let good = std::fs::read(f.cp.journal_path()).unwrap();
     let torn = &good[..good.len() - 5];
     let mut flipped = good.clone();
@@ -183,9 +187,9 @@ async fn a_torn_or_damaged_journal_record_costs_only_a_longer_replay() {
 async fn a_restart_writes_a_new_base_and_ignores_the_old_journal() {
     let f = fixture().await;
     f.commit(&events(0, 300)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     f.commit(&events(300, 200)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     let old_journal = std::fs::read(f.cp.journal_path()).unwrap();
     assert!(!old_journal.is_empty());
     // A restarted gateway's first save is a base; a crash right after its rename leaves
@@ -205,7 +209,7 @@ async fn a_restart_writes_a_new_base_and_ignores_the_old_journal() {
 async fn after_a_failed_save_the_next_one_writes_a_whole_base() {
     let f = fixture().await;
     f.commit(&events(0, 300)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     let base = std::fs::read(f.cp.path()).unwrap();
     f.commit(&events(300, 200)).await;
     // The journal cannot be appended to: this save's ids are lost to it...
@@ -213,7 +217,7 @@ async fn after_a_failed_save_the_next_one_writes_a_whole_base() {
     assert!(f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).is_err());
     f.commit(&events(500, 100)).await;
     // ...so the next save writes the whole window again, which holds them.
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     assert_ne!(std::fs::read(f.cp.path()).unwrap(), base, "a new base");
     let (l, w) = load_fresh(&f);
     assert_eq!(l.dedup_ids, 600);
@@ -224,12 +228,12 @@ async fn after_a_failed_save_the_next_one_writes_a_whole_base() {
 async fn a_journal_missing_a_middle_record_is_used_only_up_to_the_gap() {
     let f = fixture().await;
     f.commit(&events(0, 300)).await;
-    f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+    f.save();
     let mut sizes = Vec::new();
     let mut cursors = Vec::new();
     for i in 0..3 {
         f.commit(&events(300 + i * 100, 100)).await;
-        let s = f.cp.save(&f.analytics, &f.mark, Some(&f.dedup), NOW).unwrap().unwrap();
+        let s = f.save();
         sizes.push(s.bytes as usize);
         cursors.push(s.cursor);
     }

@@ -288,7 +288,7 @@ impl Batcher {
         }
         if let Some(a) = &self.analytics {
             // The settled keys go to the next checkpoint journal record.
-            crate::checkpoint::record_commit(a, self.mark.as_ref(), &*self.store, &events, &keys, now_ms());
+            crate::checkpoint::record_commit(a, self.mark.as_ref(), &*self.store, &events, keys, now_ms());
         }
         self.counters.committed.fetch_add(n, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);

@@ -144,6 +144,14 @@ async fn appends_reach(store: &FlakyStore, n: u32) {
     }
 }
 
+/// True when `task` has still not finished after the runtime had many chances to run it.
+async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    !task.is_finished()
+}
+
 #[tokio::test]
 async fn a_repeat_racing_a_failing_first_commit_fails_with_it_and_its_retry_is_stored() {
     let store = Arc::new(FlakyStore::default());
@@ -181,10 +189,7 @@ async fn a_repeat_racing_a_commit_is_answered_only_after_that_commit() {
     let repeat =
         p.enqueue(vec![ev("y1"), ev("y2")], pb::AckMode::Durable, 0, WhenFull::Refuse).await.unwrap();
     let waiting = tokio::spawn(repeat.wait());
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiting.is_finished(), "the repeat was answered while the first copy was not stored");
+    assert!(still_waiting(&waiting).await, "the repeat was answered while the first copy was not stored");
     assert!(store.events.lock().unwrap().is_empty());
     store.gate.add_permits(10);
     assert_eq!(first.wait().await.unwrap().accepted, 1);
@@ -292,10 +297,7 @@ async fn a_repeat_of_several_pending_commits_waits_for_each_and_no_ticket_stays_
     let waiting = tokio::spawn(repeat.wait());
     store.gate.add_permits(1); // only the first commit (a1, a2) ends
     assert_eq!(a.wait().await.unwrap().accepted, 2);
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiting.is_finished(), "answered while b1's first copy was not stored");
+    assert!(still_waiting(&waiting).await, "answered while b1's first copy was not stored");
     store.gate.add_permits(10);
     assert_eq!(b.wait().await.unwrap().accepted, 1);
     let reply = waiting.await.unwrap().unwrap();
@@ -316,10 +318,10 @@ async fn an_accepted_mode_repeat_of_a_pending_durable_id_fails_with_it() {
     let repeat =
         p.enqueue(vec![ev("d1"), ev("d2")], pb::AckMode::Accepted, 0, WhenFull::Refuse).await.unwrap();
     let waiting = tokio::spawn(repeat.wait());
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiting.is_finished(), "answered 'duplicate' while the durable first copy was not stored");
+    assert!(
+        still_waiting(&waiting).await,
+        "answered 'duplicate' while the durable first copy was not stored"
+    );
     store.gate.add_permits(3);
     assert!(matches!(first.wait().await, Err(IngestError::CommitFailed(_))));
     let err = waiting.await.unwrap().expect_err("the first copy was dropped: no 'duplicate'");
